@@ -1,0 +1,502 @@
+//! The dispatcher's policy, as a state machine over injected `Instant`s.
+//!
+//! Workers are handed *tasks*: "try to claim one run of handler `h`" or "sweep". A handler is
+//! *hinted* when it may have due work (a notification, a local commit, a timer, a sweep). At most
+//! one *probe* per handler is outstanding at a time; each probe that finds work lets the next
+//! one go (a cascade that puts as many workers on a handler as it has ready runs, up to its
+//! concurrency limit), and a probe that finds nothing clears the hint unless a newer hint
+//! arrived meanwhile (tracked by a generation counter). Nothing here blocks, sleeps or reads a
+//! clock, so every rule is unit-tested below.
+
+use std::time::{Duration, Instant};
+
+/// First delay after an infrastructure error; doubles per consecutive error.
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(50);
+/// Longest delay between retries after infrastructure errors.
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Work handed to a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Task {
+    /// Claim and process at most one due run of this handler.
+    Claim { handler: usize, generation: u64 },
+    /// Ask the database which handlers have due runs and when the others' timers fire.
+    Sweep,
+}
+
+/// How a claim task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClaimResult {
+    /// A run was processed.
+    Ran,
+    /// Nothing was due. `next_wake` is how long until the handler's earliest timer, if any.
+    Empty {
+        generation: u64,
+        next_wake: Option<Duration>,
+    },
+    /// An infrastructure error (lost connection, ...) ended the attempt.
+    Failed,
+}
+
+/// What a sweep found for one handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SweepEntry {
+    /// The handler has a due run.
+    Due(usize),
+    /// The handler's earliest runnable run wakes in this long.
+    Wait(usize, Duration),
+}
+
+#[derive(Debug)]
+struct Slot {
+    limit: usize,
+    hinted: bool,
+    generation: u64,
+    probing: usize,
+    busy: usize,
+    timer: Option<Instant>,
+    backoff_until: Option<Instant>,
+    failures: u32,
+}
+
+/// The dispatcher's state.
+#[derive(Debug)]
+pub(crate) struct Scheduler {
+    slots: Vec<Slot>,
+    idle_workers: usize,
+    cursor: usize,
+    safety_net: Duration,
+    next_sweep: Instant,
+    sweep_requested: bool,
+    sweep_in_flight: bool,
+    sweep_failures: u32,
+    shutting_down: bool,
+}
+
+impl Scheduler {
+    /// `limits[h]` is handler `h`'s concurrency. The first sweep is due at once.
+    pub(crate) fn new(
+        limits: &[usize],
+        workers: usize,
+        safety_net: Duration,
+        now: Instant,
+    ) -> Scheduler {
+        Scheduler {
+            slots: limits
+                .iter()
+                .map(|&limit| Slot {
+                    limit,
+                    hinted: false,
+                    generation: 0,
+                    probing: 0,
+                    busy: 0,
+                    timer: None,
+                    backoff_until: None,
+                    failures: 0,
+                })
+                .collect(),
+            idle_workers: workers,
+            cursor: 0,
+            safety_net,
+            next_sweep: now + safety_net,
+            sweep_requested: true,
+            sweep_in_flight: false,
+            sweep_failures: 0,
+            shutting_down: false,
+        }
+    }
+
+    /// Handler `h` may have due work.
+    pub(crate) fn hint(&mut self, h: usize) {
+        if let Some(slot) = self.slots.get_mut(h) {
+            slot.hinted = true;
+            slot.generation += 1;
+        }
+    }
+
+    /// Ask for a sweep as soon as a worker is free (after a reconnect, for instance).
+    pub(crate) fn request_sweep(&mut self) {
+        self.sweep_requested = true;
+    }
+
+    /// A probe for `h` found a run and is now running it.
+    pub(crate) fn on_claimed(&mut self, h: usize) {
+        let slot = &mut self.slots[h];
+        slot.probing = slot.probing.saturating_sub(1);
+        slot.busy += 1;
+    }
+
+    /// A claim task for `h` ended. `jitter` is a number in `[0, 1)` used to spread retries.
+    pub(crate) fn on_finished(
+        &mut self,
+        h: usize,
+        claimed: bool,
+        result: ClaimResult,
+        now: Instant,
+        jitter: f64,
+    ) {
+        self.idle_workers += 1;
+        let slot = &mut self.slots[h];
+        if claimed {
+            slot.busy = slot.busy.saturating_sub(1);
+        } else {
+            slot.probing = slot.probing.saturating_sub(1);
+        }
+        match result {
+            ClaimResult::Ran => slot.failures = 0,
+            ClaimResult::Empty {
+                generation,
+                next_wake,
+            } => {
+                slot.failures = 0;
+                if generation == slot.generation {
+                    slot.hinted = false;
+                }
+                if let Some(wait) = next_wake {
+                    set_timer(&mut slot.timer, now + wait);
+                }
+            }
+            ClaimResult::Failed => {
+                slot.failures += 1;
+                slot.backoff_until = Some(now + backoff(slot.failures, jitter));
+                // Keep the hint: the work is still there once the database answers again.
+                slot.hinted = true;
+            }
+        }
+    }
+
+    /// A sweep ended; `found` is `None` if it failed.
+    pub(crate) fn on_sweep_done(
+        &mut self,
+        found: Option<&[SweepEntry]>,
+        now: Instant,
+        jitter: f64,
+    ) {
+        self.idle_workers += 1;
+        self.sweep_in_flight = false;
+        match found {
+            Some(entries) => {
+                self.sweep_failures = 0;
+                for entry in entries {
+                    match *entry {
+                        SweepEntry::Due(h) => self.hint(h),
+                        SweepEntry::Wait(h, wait) => {
+                            if let Some(slot) = self.slots.get_mut(h) {
+                                set_timer(&mut slot.timer, now + wait);
+                            }
+                        }
+                    }
+                }
+                // Spread sweeps of many runtimes over time instead of letting them align.
+                self.next_sweep = now + self.safety_net.mul_f64(0.9 + 0.2 * jitter);
+            }
+            None => {
+                self.sweep_failures += 1;
+                self.next_sweep = now + backoff(self.sweep_failures, jitter).min(self.safety_net);
+            }
+        }
+    }
+
+    /// The next task to hand to an idle worker, if any. Call until it returns `None`.
+    pub(crate) fn next_task(&mut self, now: Instant) -> Option<Task> {
+        self.fire_timers(now);
+        if self.shutting_down || self.idle_workers == 0 {
+            return None;
+        }
+        if !self.sweep_in_flight && (self.sweep_requested || now >= self.next_sweep) {
+            self.sweep_requested = false;
+            self.sweep_in_flight = true;
+            self.idle_workers -= 1;
+            return Some(Task::Sweep);
+        }
+        let n = self.slots.len();
+        for offset in 0..n {
+            let h = (self.cursor + offset) % n;
+            let slot = &mut self.slots[h];
+            let backing_off = slot.backoff_until.is_some_and(|t| t > now);
+            if slot.hinted
+                && slot.probing == 0
+                && slot.probing + slot.busy < slot.limit
+                && !backing_off
+            {
+                slot.probing += 1;
+                self.idle_workers -= 1;
+                self.cursor = (h + 1) % n;
+                return Some(Task::Claim {
+                    handler: h,
+                    generation: slot.generation,
+                });
+            }
+        }
+        None
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        for slot in &mut self.slots {
+            if slot.timer.is_some_and(|t| t <= now) {
+                slot.timer = None;
+                slot.hinted = true;
+                slot.generation += 1;
+            }
+            if slot.backoff_until.is_some_and(|t| t <= now) {
+                slot.backoff_until = None;
+            }
+        }
+    }
+
+    /// When the dispatcher must wake up even if no event arrives.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        if self.shutting_down {
+            return None;
+        }
+        let mut deadline = (!self.sweep_in_flight).then_some(self.next_sweep);
+        for slot in &self.slots {
+            for t in [slot.timer, slot.backoff_until.filter(|_| slot.hinted)]
+                .into_iter()
+                .flatten()
+            {
+                deadline = Some(deadline.map_or(t, |d| d.min(t)));
+            }
+        }
+        deadline
+    }
+
+    /// Stop handing out tasks; in-flight ones finish.
+    pub(crate) fn shut_down(&mut self) {
+        self.shutting_down = true;
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Nothing is running or being probed.
+    pub(crate) fn is_drained(&self) -> bool {
+        !self.sweep_in_flight && self.slots.iter().all(|s| s.probing == 0 && s.busy == 0)
+    }
+
+    /// Drained and no handler is waiting to be probed: the runtime believes it has no due work.
+    pub(crate) fn is_quiescent(&self, now: Instant) -> bool {
+        self.is_drained()
+            && !self.sweep_requested
+            && self
+                .slots
+                .iter()
+                .all(|s| !s.hinted && s.timer.is_none_or(|t| t > now))
+    }
+}
+
+fn set_timer(timer: &mut Option<Instant>, at: Instant) {
+    *timer = Some(timer.map_or(at, |t| t.min(at)));
+}
+
+/// Exponential backoff with jitter: the `failures`-th consecutive failure waits between half
+/// and all of `BACKOFF_BASE * 2^(failures-1)`, capped at `BACKOFF_MAX`.
+pub(crate) fn backoff(failures: u32, jitter: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let full = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX);
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: Duration = Duration::from_secs(30);
+
+    fn started(limits: &[usize], workers: usize) -> (Scheduler, Instant) {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(limits, workers, NET, t0);
+        assert_eq!(
+            s.next_task(t0),
+            Some(Task::Sweep),
+            "the first task is a sweep"
+        );
+        s.on_sweep_done(Some(&[]), t0, 0.5);
+        (s, t0)
+    }
+
+    #[test]
+    fn an_idle_scheduler_only_wakes_for_the_safety_net() {
+        let (mut s, t0) = started(&[4, 4], 4);
+        assert_eq!(s.next_task(t0), None);
+        assert!(s.is_quiescent(t0));
+        let deadline = s.next_deadline().unwrap();
+        assert_eq!(deadline, t0 + NET);
+        assert_eq!(s.next_task(deadline), Some(Task::Sweep));
+    }
+
+    #[test]
+    fn one_probe_per_handler_then_a_cascade_while_probes_find_work() {
+        let (mut s, t0) = started(&[3], 4);
+        s.hint(0);
+        let first = s.next_task(t0);
+        assert_eq!(
+            first,
+            Some(Task::Claim {
+                handler: 0,
+                generation: 1
+            })
+        );
+        assert_eq!(s.next_task(t0), None, "only one probe at a time");
+        s.on_claimed(0);
+        assert!(matches!(
+            s.next_task(t0),
+            Some(Task::Claim { handler: 0, .. })
+        ));
+        s.on_claimed(0);
+        assert!(matches!(
+            s.next_task(t0),
+            Some(Task::Claim { handler: 0, .. })
+        ));
+        s.on_claimed(0);
+        assert_eq!(
+            s.next_task(t0),
+            None,
+            "the concurrency limit of 3 is reached"
+        );
+    }
+
+    #[test]
+    fn an_empty_probe_clears_the_hint_unless_a_newer_one_arrived() {
+        let (mut s, t0) = started(&[2], 2);
+        s.hint(0);
+        let Some(Task::Claim { generation, .. }) = s.next_task(t0) else {
+            panic!("expected a claim")
+        };
+        s.hint(0); // arrives while the probe is out
+        s.on_finished(
+            0,
+            false,
+            ClaimResult::Empty {
+                generation,
+                next_wake: None,
+            },
+            t0,
+            0.0,
+        );
+        let Some(Task::Claim {
+            generation: generation2,
+            ..
+        }) = s.next_task(t0)
+        else {
+            panic!("the newer hint must be probed")
+        };
+        assert!(generation2 > generation);
+        s.on_finished(
+            0,
+            false,
+            ClaimResult::Empty {
+                generation: generation2,
+                next_wake: None,
+            },
+            t0,
+            0.0,
+        );
+        assert_eq!(s.next_task(t0), None);
+        assert!(s.is_quiescent(t0));
+    }
+
+    #[test]
+    fn timers_from_empty_probes_fire_as_hints() {
+        let (mut s, t0) = started(&[1], 1);
+        s.hint(0);
+        let Some(Task::Claim { generation, .. }) = s.next_task(t0) else {
+            panic!()
+        };
+        let wait = Duration::from_millis(200);
+        s.on_finished(
+            0,
+            false,
+            ClaimResult::Empty {
+                generation,
+                next_wake: Some(wait),
+            },
+            t0,
+            0.0,
+        );
+        assert_eq!(s.next_deadline(), Some(t0 + wait));
+        assert_eq!(s.next_task(t0 + wait / 2), None);
+        assert!(matches!(
+            s.next_task(t0 + wait),
+            Some(Task::Claim { handler: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn sweeps_hint_due_handlers_and_arm_timers() {
+        let (mut s, t0) = started(&[1, 1, 1], 3);
+        s.request_sweep();
+        assert_eq!(s.next_task(t0), Some(Task::Sweep));
+        let wait = Duration::from_secs(2);
+        s.on_sweep_done(
+            Some(&[SweepEntry::Due(1), SweepEntry::Wait(2, wait)]),
+            t0,
+            0.0,
+        );
+        assert!(matches!(
+            s.next_task(t0),
+            Some(Task::Claim { handler: 1, .. })
+        ));
+        assert_eq!(s.next_task(t0), None);
+        assert!(matches!(
+            s.next_task(t0 + wait),
+            Some(Task::Claim { handler: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_and_keep_the_hint() {
+        let (mut s, t0) = started(&[1], 1);
+        s.hint(0);
+        assert!(s.next_task(t0).is_some());
+        s.on_finished(0, false, ClaimResult::Failed, t0, 1.0);
+        assert_eq!(s.next_task(t0), None, "backing off");
+        let retry = s.next_deadline().unwrap();
+        assert_eq!(retry, t0 + BACKOFF_BASE);
+        assert!(s.next_task(retry).is_some());
+        assert_eq!(backoff(2, 1.0), BACKOFF_BASE * 2);
+        assert_eq!(backoff(30, 1.0), BACKOFF_MAX);
+        assert_eq!(backoff(1, 0.0), BACKOFF_BASE / 2);
+    }
+
+    #[test]
+    fn handlers_are_served_round_robin() {
+        let (mut s, t0) = started(&[1, 1], 1);
+        s.hint(0);
+        s.hint(1);
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let Some(Task::Claim { handler, .. }) = s.next_task(t0) else {
+                panic!()
+            };
+            order.push(handler);
+            s.on_claimed(handler);
+            s.on_finished(handler, true, ClaimResult::Ran, t0, 0.0);
+        }
+        assert_eq!(order, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn shutting_down_stops_new_tasks_and_waits_for_running_ones() {
+        let (mut s, t0) = started(&[2], 2);
+        s.hint(0);
+        assert!(s.next_task(t0).is_some());
+        s.on_claimed(0);
+        s.shut_down();
+        assert_eq!(s.next_task(t0), None);
+        assert!(!s.is_drained());
+        s.on_finished(0, true, ClaimResult::Ran, t0, 0.0);
+        assert!(s.is_drained());
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_failed_sweep_is_retried_soon() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(&[1], 1, NET, t0);
+        assert_eq!(s.next_task(t0), Some(Task::Sweep));
+        s.on_sweep_done(None, t0, 1.0);
+        assert_eq!(s.next_deadline(), Some(t0 + BACKOFF_BASE));
+    }
+}

@@ -1,0 +1,185 @@
+//! The vocabulary shared by the core, the store and the public API.
+
+use std::fmt;
+
+/// What a step asks for next.
+///
+/// A step closure returning `Ok(())` means [`Next::Continue`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Next {
+    /// Run the following step (or finish the saga after the last one).
+    #[default]
+    Continue,
+    /// Run this same step again; its iteration counter goes up by one.
+    Repeat,
+    /// Run the step at this index next (forwards or backwards).
+    GoTo(usize),
+}
+
+impl From<()> for Next {
+    fn from((): ()) -> Self {
+        Next::Continue
+    }
+}
+
+/// The kinds of history events, with Scoop's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A message was emitted (by a step, or on the global scope).
+    Emitted,
+    /// A handler started its run for a message.
+    Seen,
+    /// A step finished and its run waits for its children (or for its next step).
+    Suspended,
+    /// A run finished successfully, after every child of its last step finished.
+    Committed,
+    /// A run failed and entered its rollback path.
+    RollingBack,
+    /// A run asked the children of one of its steps to roll back.
+    RollbackEmitted,
+    /// A run finished rolling back.
+    RolledBack,
+    /// A run's rollback failed.
+    RollbackFailed,
+    /// Cancellation of a run or tree was requested.
+    CancellationRequested,
+}
+
+impl EventKind {
+    /// The stored (and displayed) name, e.g. `SUSPENDED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Emitted => "EMITTED",
+            EventKind::Seen => "SEEN",
+            EventKind::Suspended => "SUSPENDED",
+            EventKind::Committed => "COMMITTED",
+            EventKind::RollingBack => "ROLLING_BACK",
+            EventKind::RollbackEmitted => "ROLLBACK_EMITTED",
+            EventKind::RolledBack => "ROLLED_BACK",
+            EventKind::RollbackFailed => "ROLLBACK_FAILED",
+            EventKind::CancellationRequested => "CANCELLATION_REQUESTED",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Some(match s {
+            "EMITTED" => EventKind::Emitted,
+            "SEEN" => EventKind::Seen,
+            "SUSPENDED" => EventKind::Suspended,
+            "COMMITTED" => EventKind::Committed,
+            "ROLLING_BACK" => EventKind::RollingBack,
+            "ROLLBACK_EMITTED" => EventKind::RollbackEmitted,
+            "ROLLED_BACK" => EventKind::RolledBack,
+            "ROLLBACK_FAILED" => EventKind::RollbackFailed,
+            "CANCELLATION_REQUESTED" => EventKind::CancellationRequested,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a run is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// On its happy path: running steps or waiting for children.
+    Active,
+    /// On its rollback path.
+    RollingBack,
+    /// Finished successfully.
+    Committed,
+    /// Finished rolling back.
+    RolledBack,
+    /// Its rollback failed.
+    RollbackFailed,
+}
+
+impl RunStatus {
+    /// The stored name, e.g. `committed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Active => "active",
+            RunStatus::RollingBack => "rolling_back",
+            RunStatus::Committed => "committed",
+            RunStatus::RolledBack => "rolled_back",
+            RunStatus::RollbackFailed => "rollback_failed",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<RunStatus> {
+        Some(match s {
+            "active" => RunStatus::Active,
+            "rolling_back" => RunStatus::RollingBack,
+            "committed" => RunStatus::Committed,
+            "rolled_back" => RunStatus::RolledBack,
+            "rollback_failed" => RunStatus::RollbackFailed,
+            _ => return None,
+        })
+    }
+
+    /// Whether the run has finished (committed, rolled back, or failed to roll back).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Committed | RunStatus::RolledBack | RunStatus::RollbackFailed
+        )
+    }
+}
+
+/// What the core needs to know about a claimed run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RunView {
+    pub(crate) status: RunStatus,
+    /// Index of the step to run next; equal to the number of steps once the last step ran.
+    pub(crate) step_index: u32,
+    /// How many consecutive times the step at `step_index` has already run.
+    pub(crate) step_iteration: u32,
+    /// Step instances executed so far (the next one gets this number).
+    pub(crate) instances: u32,
+    /// Children of the latest step instance that ended without committing.
+    pub(crate) failed_children: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for k in [
+            EventKind::Emitted,
+            EventKind::Seen,
+            EventKind::Suspended,
+            EventKind::Committed,
+            EventKind::RollingBack,
+            EventKind::RollbackEmitted,
+            EventKind::RolledBack,
+            EventKind::RollbackFailed,
+            EventKind::CancellationRequested,
+        ] {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        for s in [
+            RunStatus::Active,
+            RunStatus::RollingBack,
+            RunStatus::Committed,
+            RunStatus::RolledBack,
+            RunStatus::RollbackFailed,
+        ] {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(EventKind::parse("nope"), None);
+        assert_eq!(Next::from(()), Next::Continue);
+    }
+}

@@ -1,0 +1,142 @@
+//! The crate's error type.
+
+use std::time::Duration;
+
+use crate::ids::RootId;
+
+/// Everything that can go wrong when configuring, starting or talking to the engine.
+///
+/// Failures of *user* step code are not errors of this type: they are recorded as
+/// [`Failure`](crate::Failure)s on the run and in its history.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A name (schema, topic, handler, step) does not satisfy the rules for its kind.
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        /// What the name is for, e.g. `"schema"`.
+        kind: &'static str,
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A saga definition is malformed (no steps, duplicate step names, ...).
+    #[error("invalid saga {saga:?}: {reason}")]
+    InvalidSaga {
+        /// The saga's handler name.
+        saga: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A runtime or client setting is out of range or contradicts another.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The database could not be reached within the connection timeout.
+    #[error("could not connect to postgres: {0}")]
+    Connect(String),
+
+    /// The schema was migrated by a newer version of this library.
+    #[error(
+        "schema {schema:?} is at migration version {found}, newer than the {known} this library knows"
+    )]
+    SchemaTooNew {
+        /// The schema in question.
+        schema: String,
+        /// The highest version recorded in the database.
+        found: i32,
+        /// The highest version this library ships.
+        known: i32,
+    },
+
+    /// A payload could not be serialized to JSON.
+    #[error("could not serialize the payload for topic {topic:?}: {source}")]
+    Encode {
+        /// The topic the payload was meant for.
+        topic: String,
+        /// The serializer's error.
+        source: serde_json::Error,
+    },
+
+    /// Waiting for a cooperation tree to finish ran out of time.
+    #[error("timed out after {waited:?} waiting for root {root} to finish: {detail}")]
+    Timeout {
+        /// The root that was waited for.
+        root: RootId,
+        /// How long the caller waited.
+        waited: Duration,
+        /// What was still unfinished.
+        detail: String,
+    },
+
+    /// An out-of-band completion named a run that does not exist or is not waiting for one.
+    #[error("no run of handler {handler:?} for message {message} can be completed: {reason}")]
+    NotCompletable {
+        /// The handler named by the caller.
+        handler: String,
+        /// The message named by the caller.
+        message: crate::ids::MessageId,
+        /// Why the completion was refused.
+        reason: &'static str,
+    },
+
+    /// The runtime has been shut down, or one of its threads died.
+    #[error("the runtime is shut down")]
+    ShutDown,
+
+    /// Shutting down did not go cleanly.
+    #[error("shutdown finished with errors: {0}")]
+    Shutdown(String),
+
+    /// An error reported by PostgreSQL or the connection to it.
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
+
+    /// An error from the connection pool (usually a connection timeout).
+    #[error(transparent)]
+    Pool(#[from] r2d2::Error),
+
+    /// Stored JSON (a failure, a payload) could not be decoded.
+    #[error("could not decode stored json: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed (lost connections, pool
+    /// timeouts, serialization failures and deadlocks reported by PostgreSQL).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Postgres(e) => is_transient_pg(e),
+            Error::Pool(_) | Error::Connect(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a PostgreSQL error is one that a retry from the last committed state can cure.
+pub(crate) fn is_transient_pg(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => true, // io errors, broken connections
+        Some(code) => {
+            *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::CONNECTION_FAILURE
+                || *code == SqlState::CONNECTION_EXCEPTION
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::QUERY_CANCELED
+        }
+    }
+}
+
+/// The crate's `Result` alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,282 @@
+//! Failures as data: what a step's error or panic becomes once it is recorded.
+//!
+//! The JSON shape keeps the property names of Scoop's `CooperationFailure` (`type`, `message`,
+//! `source`, `causes`) so that traces read the same across implementations; readers tolerate
+//! extra properties such as Scoop's `stackTrace`.
+
+use std::any::Any;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A recorded failure: a type, a message, where it came from, the step, and its causes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    #[serde(rename = "type")]
+    kind: String,
+    message: String,
+    source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step: Option<String>,
+    #[serde(default)]
+    causes: Vec<Failure>,
+}
+
+impl Failure {
+    /// A failure with the given type, message and source, no step and no causes.
+    pub fn new(
+        kind: impl Into<String>,
+        message: impl Into<String>,
+        source: impl Into<String>,
+    ) -> Self {
+        Failure {
+            kind: kind.into(),
+            message: non_empty(message.into()),
+            source: source.into(),
+            step: None,
+            causes: Vec::new(),
+        }
+    }
+
+    /// The same failure, attributed to a step.
+    pub fn with_step(mut self, step: impl Into<String>) -> Self {
+        self.step = Some(step.into());
+        self
+    }
+
+    /// The same failure with one more cause appended.
+    pub fn with_cause(mut self, cause: Failure) -> Self {
+        self.causes.push(cause);
+        self
+    }
+
+    /// The failure's type: a Rust type name for errors, `panic` for panics, or an engine type
+    /// such as `structured_cooperation::PayloadMismatch`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Who raised it: `handler[instance]` for step code, or a caller-supplied string.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The step that was running, if known.
+    pub fn step(&self) -> Option<&str> {
+        self.step.as_deref()
+    }
+
+    /// The causes, outermost first.
+    pub fn causes(&self) -> &[Failure] {
+        &self.causes
+    }
+
+    /// Builds the failure recorded for a step error.
+    pub(crate) fn from_step_error(err: StepError, source: &str, step: &str) -> Failure {
+        let mut failure = Failure::new(err.kind, err.inner.to_string(), source).with_step(step);
+        failure.causes = source_chain(err.inner.source(), source);
+        failure
+    }
+
+    /// Builds the failure recorded for a panic in user code.
+    pub(crate) fn from_panic(payload: &(dyn Any + Send), source: &str, step: &str) -> Failure {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "<panic payload is not a string>".to_owned()
+        };
+        Failure::new("panic", message, source).with_step(step)
+    }
+}
+
+fn non_empty(message: String) -> String {
+    if message.trim().is_empty() {
+        "<no message>".to_owned()
+    } else {
+        message
+    }
+}
+
+/// Turns an error's `source()` chain into nested causes. The concrete types of sources are
+/// not known at runtime, so they are recorded with a generic type.
+fn source_chain(
+    mut next: Option<&(dyn std::error::Error + 'static)>,
+    source: &str,
+) -> Vec<Failure> {
+    let mut chain = Vec::new();
+    while let Some(err) = next {
+        chain.push(Failure::new("error source", err.to_string(), source));
+        next = err.source();
+    }
+    // Nest them: each cause holds the next one.
+    chain.into_iter().rev().fold(Vec::new(), |inner, mut f| {
+        f.causes = inner;
+        vec![f]
+    })
+}
+
+impl fmt::Display for Failure {
+    /// Renders like a backtrace that crosses services, one line per failure:
+    ///
+    /// ```text
+    /// [order-saga[6f1c…]] structured_cooperation::ChildFailed: a child failed (step "0")
+    ///   caused by: [payment[9a2e…]] my_app::CardDeclined: card declined (step "charge")
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.render(f, 0)
+    }
+}
+
+impl Failure {
+    fn render(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
+        if depth > 0 {
+            write!(f, "\n{:indent$}caused by: ", "", indent = depth * 2)?;
+        }
+        write!(f, "[{}] {}: {}", self.source, self.kind, self.message)?;
+        if let Some(step) = &self.step {
+            write!(f, " (step {step:?})")?;
+        }
+        for cause in &self.causes {
+            cause.render(f, depth + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// The error type of step closures.
+///
+/// Any `std::error::Error + Send + Sync + 'static` converts into it with `?`, keeping its type
+/// name for the recorded [`Failure`]. For ad-hoc messages use [`StepError::msg`].
+pub struct StepError {
+    kind: String,
+    inner: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl StepError {
+    /// A step error carrying just a message.
+    pub fn msg(message: impl fmt::Display) -> StepError {
+        StepError {
+            kind: "structured_cooperation::StepFailed".to_owned(),
+            inner: message.to_string().into(),
+        }
+    }
+
+    /// Wraps an already boxed error (whose concrete type name is no longer known).
+    pub fn from_boxed(inner: Box<dyn std::error::Error + Send + Sync + 'static>) -> StepError {
+        StepError {
+            kind: "boxed error".to_owned(),
+            inner,
+        }
+    }
+
+    /// A step error with an explicit failure type, for callers that want stable type strings
+    /// (for example to be matched by another service).
+    pub fn with_kind(kind: impl Into<String>, message: impl fmt::Display) -> StepError {
+        StepError {
+            kind: kind.into(),
+            inner: message.to_string().into(),
+        }
+    }
+
+    /// The type name that will be recorded.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for StepError {
+    fn from(err: E) -> Self {
+        StepError {
+            kind: std::any::type_name::<E>().to_owned(),
+            inner: Box::new(err),
+        }
+    }
+}
+
+impl fmt::Debug for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StepError({}: {})", self.kind, self.inner)
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.inner)
+    }
+}
+
+/// What step closures return: `Ok(())` to continue, or `Ok(Next::...)` to choose the next step.
+pub type StepResult<T = ()> = std::result::Result<T, StepError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("could not reserve stock")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn error_chain_becomes_nested_causes() {
+        let err: StepError = Outer(std::io::Error::other("disk on fire")).into();
+        assert!(err.kind().ends_with("Outer"));
+        let f = Failure::from_step_error(err, "inventory[1]", "reserve");
+        assert_eq!(f.message(), "could not reserve stock");
+        assert_eq!(f.step(), Some("reserve"));
+        assert_eq!(f.causes().len(), 1);
+        assert_eq!(f.causes()[0].message(), "disk on fire");
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["type"], f.kind());
+        let back: Failure = serde_json::from_value(json).unwrap();
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn reads_scoop_shaped_json() {
+        let json = r#"{"message":"boom","type":"java.lang.RuntimeException","source":"child[1]",
+            "stackTrace":[{"fileName":"X.kt","lineNumber":3}]}"#;
+        let f: Failure = serde_json::from_str(json).unwrap();
+        assert_eq!(f.kind(), "java.lang.RuntimeException");
+        assert!(f.causes().is_empty());
+    }
+
+    #[test]
+    fn panic_payloads() {
+        let p: Box<dyn Any + Send> = Box::new("boom");
+        assert_eq!(Failure::from_panic(&*p, "h[1]", "0").message(), "boom");
+        let p: Box<dyn Any + Send> = Box::new(String::from("owned boom"));
+        assert_eq!(
+            Failure::from_panic(&*p, "h[1]", "0").message(),
+            "owned boom"
+        );
+        let p: Box<dyn Any + Send> = Box::new(42);
+        assert_eq!(Failure::from_panic(&*p, "h[1]", "0").kind(), "panic");
+    }
+
+    #[test]
+    fn renders_like_a_backtrace() {
+        let f = Failure::new("a::Outer", "outer", "root[1]")
+            .with_step("0")
+            .with_cause(Failure::new("b::Inner", "", "child[2]"));
+        assert_eq!(
+            f.to_string(),
+            "[root[1]] a::Outer: outer (step \"0\")\n  caused by: [child[2]] b::Inner: <no message>"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! What callers can read back: a root's outcome, its tree of runs, and its history.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::core::{EventKind, RunStatus};
+use crate::failure::Failure;
+use crate::ids::{MessageId, RootId, RunId};
+
+/// The state of the top-level runs of a cooperation root (one per handler of the root
+/// message). Because every run waits for its children, the whole tree has finished exactly
+/// when all of these have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeOutcome {
+    root: RootId,
+    runs: Vec<RootRun>,
+}
+
+/// A top-level run of a root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RootRun {
+    /// Its handler.
+    pub handler: String,
+    /// Its status.
+    pub status: RunStatus,
+    /// Its failure, if it failed.
+    pub failure: Option<Failure>,
+}
+
+impl TreeOutcome {
+    pub(crate) fn new(root: RootId, runs: Vec<RootRun>) -> TreeOutcome {
+        TreeOutcome { root, runs }
+    }
+
+    /// The root.
+    pub fn root(&self) -> RootId {
+        self.root
+    }
+
+    /// The top-level runs, by handler name. Empty when no handler was registered for the
+    /// root's topic at launch.
+    pub fn runs(&self) -> &[RootRun] {
+        &self.runs
+    }
+
+    /// Every top-level run (hence every run of the tree) is terminal.
+    pub fn is_finished(&self) -> bool {
+        self.runs.iter().all(|r| r.status.is_terminal())
+    }
+
+    /// Every top-level run committed.
+    pub fn is_committed(&self) -> bool {
+        self.runs.iter().all(|r| r.status == RunStatus::Committed)
+    }
+
+    pub(crate) fn unfinished(&self) -> String {
+        let open: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|r| !r.status.is_terminal())
+            .map(|r| format!("{} is {}", r.handler, r.status))
+            .collect();
+        open.join(", ")
+    }
+}
+
+/// One run of a cooperation tree, as listed by [`Client::tree`](crate::Client::tree).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunInfo {
+    /// The run.
+    pub id: RunId,
+    /// The run that emitted its message, for children.
+    pub parent_id: Option<RunId>,
+    /// Its handler.
+    pub handler: String,
+    /// The topic of its message.
+    pub topic: String,
+    /// Its status.
+    pub status: RunStatus,
+    /// The index of its next step (the number of steps once the last one ran).
+    pub step_index: u32,
+    /// Unfinished children of its latest step.
+    pub pending_children: u32,
+    /// 0 for top-level runs, 1 for their children, ...
+    pub depth: u32,
+    /// Its failure, if it failed.
+    pub failure: Option<Failure>,
+}
+
+/// Renders runs (as returned by [`Client::tree`](crate::Client::tree)) as an indented tree.
+pub fn render_tree(runs: &[RunInfo]) -> String {
+    let mut out = String::new();
+    for run in runs {
+        let waiting = if run.pending_children > 0 {
+            format!(", waiting for {} children", run.pending_children)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{:indent$}{} on {:?}: {}{waiting}\n",
+            "",
+            run.handler,
+            run.topic,
+            run.status,
+            indent = 2 * run.depth as usize
+        ));
+    }
+    out
+}
+
+/// One entry of a root's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryEvent {
+    /// Position in the history (strictly increasing).
+    pub seq: i64,
+    /// When it was written (database clock).
+    pub at: SystemTime,
+    /// What happened.
+    pub kind: EventKind,
+    /// The handler that wrote it (`None` for launches from outside and operator requests).
+    pub handler: Option<String>,
+    /// The step it concerns.
+    pub step: Option<String>,
+    /// The run that wrote it.
+    pub run_id: Option<RunId>,
+    /// The message it concerns (for `EMITTED`: the emitted message).
+    pub message_id: MessageId,
+    /// On `SUSPENDED`: the index of the step to run next (`None` after the last step).
+    pub next_step: Option<i32>,
+    /// On `ROLLING_BACK` and `ROLLBACK_FAILED`: the failure.
+    pub failure: Option<Failure>,
+}
+
+impl fmt::Display for HistoryEvent {
+    /// `KIND(step)@handler`, the notation of the reference's golden traces, e.g.
+    /// `SUSPENDED(0)@root-handler` or `EMITTED@-`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if let Some(step) = &self.step {
+            write!(f, "({step})")?;
+        }
+        write!(f, "@{}", self.handler.as_deref().unwrap_or("-"))
+    }
+}

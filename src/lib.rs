@@ -1,0 +1,106 @@
+//! # structured-cooperation
+//!
+//! Structured concurrency for services that talk through messages, on PostgreSQL, with plain
+//! threads.
+//!
+//! A handler ([`Saga`]) is a sequence of steps. Each step runs in one database transaction and
+//! may emit messages. **The next step does not start until every handler of every message
+//! emitted in the previous step has finished** — transitively, across services and processes.
+//! That one rule is what makes a tree of message handlers behave like structured code.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use structured_cooperation::{Runtime, Saga, StepContext, StepResult};
+//! use serde_json::{json, Value};
+//!
+//! # fn main() -> structured_cooperation::Result<()> {
+//! let order = Saga::builder("order-saga")
+//!     .step(|ctx: &mut StepContext<'_>, order: &Value| -> StepResult {
+//!         // Business writes commit atomically with the step...
+//!         ctx.tx().execute("INSERT INTO orders (body) VALUES ($1)", &[order])?;
+//!         // ...and so do the messages it emits.
+//!         ctx.emit("payments", &json!({ "amount": order["amount"] }))?;
+//!         ctx.emit("shipping", &json!({ "address": order["address"] }))?;
+//!         Ok(())
+//!     })
+//!     .step_named("confirm", |_ctx, _order: &Value| -> StepResult {
+//!         // Runs only after every payments and shipping handler has finished.
+//!         Ok(())
+//!     })
+//!     .build()?;
+//! let payment = Saga::builder("payment")
+//!     .step(|_ctx, _p: &Value| -> StepResult { Ok(()) })
+//!     .build()?;
+//!
+//! let runtime = Runtime::builder("postgres://postgres@127.0.0.1/postgres")
+//!     .workers(4)
+//!     .subscribe("orders", order)
+//!     .subscribe("payments", payment)
+//!     .start()?;
+//! let root = runtime.launch("orders", &json!({ "amount": 42, "address": "Main St 1" }))?;
+//! let outcome = runtime.wait_for(root, Duration::from_secs(30))?;
+//! for event in runtime.history(root)? {
+//!     println!("{event}"); // EMITTED@-, SEEN@order-saga, EMITTED(0)@order-saga, ...
+//! }
+//! # let _ = outcome;
+//! runtime.shutdown()
+//! # }
+//! ```
+//!
+//! ## Brief overview
+//!
+//! * [`Saga`] / [`SagaBuilder`]: define a handler and its steps.
+//! * [`StepContext`]: what a step gets — the open [`postgres::Transaction`], [`emit`] for
+//!   children, [`launch`] for independent roots.
+//! * [`Runtime`] / [`RuntimeBuilder`]: worker threads that run subscribed handlers.
+//! * [`Client`]: launch, inspect ([`history`], [`tree`]), wait, and complete out-of-band
+//!   handlers, from any process.
+//! * [`Failure`]: a recorded failure with its causes, rendered like a cross-service backtrace.
+//!
+//! ## Implementation
+//!
+//! * a **pure core** (`core`) decides what a claimed run does next and how the dispatcher
+//!   schedules work; it has no database, threads or clock and is tested on its own;
+//! * a **store** (`store`) holds every SQL statement and row decoder;
+//! * the **blocking runtime** is a few thin loops: a dispatcher, workers and a `LISTEN`
+//!   connection, connected by `crossbeam-channel`.
+//!
+//! One row per run holds its state, including its count of unfinished children; claiming is an
+//! indexed `FOR UPDATE SKIP LOCKED` lookup that does not slow down as history grows, and the
+//! append-only history (in Scoop's vocabulary: `EMITTED`, `SEEN`, `SUSPENDED`, `COMMITTED`, ...)
+//! is for people and tests. See `ARCHITECTURE.md` for tables, transitions and lock order.
+//!
+//! [`emit`]: StepContext::emit
+//! [`launch`]: StepContext::launch
+//! [`history`]: Client::history
+//! [`tree`]: Client::tree
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod core;
+mod error;
+mod failure;
+mod ids;
+mod inspect;
+mod migrate;
+mod runtime;
+mod saga;
+mod store;
+mod validate;
+
+pub use crate::client::{Client, ClientBuilder, DEFAULT_SCHEMA, Pool};
+pub use crate::core::{EventKind, Next, RunStatus};
+pub use crate::error::{Error, Result};
+pub use crate::failure::{Failure, StepError, StepResult};
+pub use crate::ids::{MessageId, RootId, RunId};
+pub use crate::inspect::{HistoryEvent, RootRun, RunInfo, TreeOutcome, render_tree};
+pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};
+pub use crate::saga::{Saga, SagaBuilder, StepContext};
+
+/// The `postgres` crate, re-exported so that step code uses the same version.
+pub use postgres;
+/// The `r2d2` crate, re-exported for building a [`Pool`].
+pub use r2d2;
+/// The `r2d2_postgres` crate, re-exported for building a [`Pool`].
+pub use r2d2_postgres;

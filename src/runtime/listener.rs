@@ -1,0 +1,108 @@
+//! The runtime's one `LISTEN` connection.
+//!
+//! It turns notifications (payload: a handler name) into hints for the dispatcher. When the
+//! connection dies it reconnects with backoff and asks for a sweep, because notifications sent
+//! while it was down are lost. Nothing depends on it for correctness, only for latency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use postgres::fallible_iterator::FallibleIterator;
+
+use super::dispatcher::Event;
+use super::{Shared, bump};
+use crate::core::schedule::backoff;
+use crate::error::{Error, Result};
+
+/// How often the blocked listener checks whether it should stop. The wait itself sends
+/// nothing to the database.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// The `application_name` of the listener's connection (useful to find it in
+/// `pg_stat_activity`).
+pub(crate) fn application_name(schema: &str) -> String {
+    format!("sc-listener:{schema}")
+}
+
+pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, ready: Sender<Result<()>>) {
+    let mut ready = Some(ready);
+    let mut failures = 0u32;
+    loop {
+        if should_stop(&stop) {
+            return;
+        }
+        let mut conn = match connect(&shared) {
+            Ok(conn) => conn,
+            Err(e) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+                failures += 1;
+                log::warn!("listener: could not reconnect: {e}");
+                // Wait for the backoff, or for a stop request, whichever comes first.
+                match stop.recv_timeout(backoff(failures, 0.5)) {
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    _ => return,
+                }
+            }
+        };
+        failures = 0;
+        match ready.take() {
+            Some(ready) => {
+                let _ = ready.send(Ok(()));
+            }
+            None => {
+                bump(&shared.stats.listener_reconnects);
+                log::info!("listener: reconnected; sweeping for work announced meanwhile");
+                let _ = shared.events.send(Event::SweepRequested);
+            }
+        }
+        match listen(&shared, &mut conn, &stop) {
+            Ok(()) => {
+                // Stopping: leave the pooled connection as we found it.
+                let _ = conn.batch_execute("UNLISTEN *; RESET application_name");
+                return;
+            }
+            Err(e) => log::warn!("listener: connection lost: {e}"),
+        }
+    }
+}
+
+type Conn = r2d2::PooledConnection<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>;
+
+fn connect(shared: &Shared) -> Result<Conn> {
+    let mut conn = shared.client.conn()?;
+    conn.batch_execute(&format!(
+        "SET application_name = '{}'; LISTEN {}",
+        application_name(shared.client.schema()),
+        shared.client.sql().channel
+    ))?;
+    Ok(conn)
+}
+
+fn should_stop(stop: &Receiver<()>) -> bool {
+    !matches!(stop.try_recv(), Err(TryRecvError::Empty))
+}
+
+/// Forwards notifications until asked to stop (`Ok`) or the connection fails (`Err`).
+fn listen(shared: &Shared, conn: &mut Conn, stop: &Receiver<()>) -> Result<()> {
+    loop {
+        if should_stop(stop) {
+            return Ok(());
+        }
+        {
+            let mut notifications = conn.notifications();
+            let mut iter = notifications.timeout_iter(STOP_CHECK);
+            while let Some(n) = iter.next()? {
+                shared.hint_names(std::iter::once(n.payload()));
+            }
+        }
+        if conn.is_closed() {
+            return Err(Error::Connect(
+                "the listener's connection was closed".to_owned(),
+            ));
+        }
+    }
+}

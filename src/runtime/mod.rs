@@ -1,0 +1,648 @@
+//! The blocking runtime: worker threads, a dispatcher, and one `LISTEN` connection.
+//!
+//! ```text
+//!   listener ──Hint(h)──┐                       ┌── Task ──> worker 1 ─┐
+//!   workers ──Claimed/  ├──> events ──> dispatcher ── Task ──> worker 2 ─┼─> Postgres
+//!            Finished/  │     (crossbeam)   (core::schedule) ...          │
+//!            Hint(h)  ──┘                       └── Task ──> worker n ─┘
+//! ```
+//!
+//! The dispatcher owns the scheduling state ([`crate::core::schedule`]) and sleeps until an
+//! event arrives or its next deadline (a timer, a backoff, the safety-net sweep). Workers block
+//! on the task channel. The listener blocks on its connection. An idle runtime therefore
+//! sends nothing to the database except one sweep query per safety-net interval.
+
+mod dispatcher;
+mod listener;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use postgres::GenericClient;
+use serde::Serialize;
+
+use crate::client::{Client, DEFAULT_SCHEMA, Pool, Source, build_pool};
+use crate::error::{Error, Result};
+use crate::ids::RootId;
+use crate::inspect::{HistoryEvent, TreeOutcome};
+use crate::saga::Saga;
+use crate::store;
+use crate::validate;
+
+use dispatcher::Event;
+
+/// Entry point: `Runtime::builder(url)...start()`.
+///
+/// A started runtime serves its subscribed handlers until [`shutdown`](Runtime::shutdown) or
+/// drop. Several runtimes, in one process or many, can serve the same schema (and the same
+/// handlers): row locks decide who runs what.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use structured_cooperation::{Runtime, Saga, StepResult};
+///
+/// # fn main() -> structured_cooperation::Result<()> {
+/// let saga = Saga::builder("greeter")
+///     .step(|_ctx, name: &String| -> StepResult {
+///         println!("hello, {name}");
+///         Ok(())
+///     })
+///     .build()?;
+/// let runtime = Runtime::builder("postgres://postgres@127.0.0.1/postgres")
+///     .subscribe("greetings", saga)
+///     .start()?;
+/// let root = runtime.launch("greetings", "world")?;
+/// assert!(runtime.wait_for(root, Duration::from_secs(10))?.is_committed());
+/// runtime.shutdown()
+/// # }
+/// ```
+pub struct Runtime {
+    shared: Arc<Shared>,
+    threads: Option<Threads>,
+}
+
+struct Threads {
+    dispatcher: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
+    listener: JoinHandle<()>,
+    stop_listener: Sender<()>,
+    /// Disconnected once every runtime thread has exited.
+    exited: Receiver<()>,
+}
+
+/// Builds and starts a [`Runtime`]. Every setting documents its default.
+#[derive(Debug)]
+pub struct RuntimeBuilder {
+    source: Source,
+    schema: String,
+    workers: usize,
+    pool_size: Option<u32>,
+    safety_net: Duration,
+    connect_timeout: Duration,
+    subscriptions: Vec<Subscription>,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    topic: String,
+    saga: Saga,
+    concurrency: Option<usize>,
+}
+
+impl RuntimeBuilder {
+    fn new(source: Source) -> RuntimeBuilder {
+        RuntimeBuilder {
+            source,
+            schema: DEFAULT_SCHEMA.to_owned(),
+            workers: 4,
+            pool_size: None,
+            safety_net: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            subscriptions: Vec::new(),
+        }
+    }
+
+    /// Worker threads, i.e. how many steps this runtime runs at once. Defaults to 4.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// Connections in the pool when the runtime builds it. Each worker keeps one connection
+    /// (with its prepared statements) and the listener keeps one, so this must be at least
+    /// `workers + 1`. Defaults to `workers + 3`. Ignored with
+    /// [`Runtime::builder_with_pool`], whose pool must be at least as large.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = Some(size);
+        self
+    }
+
+    /// The schema holding the engine's tables; created and migrated at start. Lowercase
+    /// letters, digits and `_`, at most 48 bytes. Defaults to `scoop`.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// How often the runtime asks the database for due work even when no notification
+    /// arrived. Correctness never depends on notifications, only latency does: this bounds
+    /// the delay after a lost one. Defaults to 30 seconds.
+    pub fn safety_net_interval(mut self, interval: Duration) -> Self {
+        self.safety_net = interval;
+        self
+    }
+
+    /// How long to wait for a database connection before failing. Defaults to 10 seconds.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Subscribes `saga` to `topic`; up to `workers` of its runs may execute at once.
+    pub fn subscribe(mut self, topic: impl Into<String>, saga: Saga) -> Self {
+        self.subscriptions.push(Subscription {
+            topic: topic.into(),
+            saga,
+            concurrency: None,
+        });
+        self
+    }
+
+    /// Subscribes `saga` to `topic` with at most `concurrency` of its runs executing at once
+    /// in this runtime (must be >= 1).
+    pub fn subscribe_with(
+        mut self,
+        topic: impl Into<String>,
+        saga: Saga,
+        concurrency: usize,
+    ) -> Self {
+        self.subscriptions.push(Subscription {
+            topic: topic.into(),
+            saga,
+            concurrency: Some(concurrency),
+        });
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate::schema(&self.schema)?;
+        if self.workers == 0 {
+            return Err(Error::Config("workers must be >= 1".to_owned()));
+        }
+        if self.safety_net.is_zero() {
+            return Err(Error::Config(
+                "the safety-net interval must be positive".to_owned(),
+            ));
+        }
+        let mut names = HashMap::new();
+        for sub in &self.subscriptions {
+            validate::name("topic", &sub.topic)?;
+            if sub.concurrency == Some(0) {
+                return Err(Error::Config(format!(
+                    "concurrency for handler {:?} must be >= 1",
+                    sub.saga.name()
+                )));
+            }
+            if let Some(topic) = names.insert(sub.saga.name(), &sub.topic) {
+                return Err(Error::Config(format!(
+                    "handler {:?} is subscribed twice (to {topic:?} and {:?}); \
+                     a handler name identifies one saga",
+                    sub.saga.name(),
+                    sub.topic
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects, migrates the schema, registers the subscriptions in the durable topology and
+    /// starts the threads. Fails with a clear error, within the connect timeout, if the
+    /// database cannot be reached.
+    pub fn start(self) -> Result<Runtime> {
+        self.validate()?;
+        let needed = self.workers as u32 + 1;
+        let pool = match self.source {
+            Source::Url(ref url) => {
+                let size = self.pool_size.unwrap_or(needed + 2);
+                if size < needed {
+                    return Err(Error::Config(format!(
+                        "pool size {size} is too small for {} workers: each worker and the \
+                         listener keep a connection, so at least {needed} are needed",
+                        self.workers
+                    )));
+                }
+                build_pool(url, size, self.connect_timeout)?
+            }
+            Source::Pool(ref pool) => {
+                if pool.max_size() < needed {
+                    return Err(Error::Config(format!(
+                        "the pool's max size {} is too small for {} workers: at least {needed} \
+                         connections are needed",
+                        pool.max_size(),
+                        self.workers
+                    )));
+                }
+                pool.clone()
+            }
+        };
+        let client = Client::new(pool, self.schema.clone())?;
+        let instance = crate::ids::new_uuid().to_string();
+        let handlers: Vec<HandlerEntry> = self
+            .subscriptions
+            .into_iter()
+            .map(|sub| HandlerEntry {
+                name: Arc::from(sub.saga.name()),
+                source: format!("{}[{instance}]", sub.saga.name()),
+                concurrency: sub.concurrency.unwrap_or(self.workers).min(self.workers),
+                topic: sub.topic,
+                saga: sub.saga,
+            })
+            .collect();
+        {
+            let pairs: Vec<(&str, &str)> = handlers
+                .iter()
+                .map(|h| (h.topic.as_str(), &*h.name))
+                .collect();
+            if !pairs.is_empty() {
+                let mut conn = client.conn()?;
+                store::register(&mut *conn, client.sql(), &pairs, "runtime")?;
+            }
+        }
+        let by_name = handlers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.name.to_string(), i))
+            .collect();
+        let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, h) in handlers.iter().enumerate() {
+            by_topic.entry(h.topic.clone()).or_default().push(i);
+        }
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            client,
+            instance,
+            handlers,
+            by_name,
+            by_topic,
+            events: events_tx,
+            stats: Counters::default(),
+            signals: Signals::default(),
+        });
+        let (exit_tx, exit_rx) = crossbeam_channel::bounded::<()>(0);
+        let (tasks_tx, tasks_rx) = crossbeam_channel::bounded(self.workers);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
+            let exit = exit_tx.clone();
+            std::thread::Builder::new().name(name).spawn(move || {
+                let _exit = exit; // dropped when the thread ends, however it ends
+                body();
+            })
+        };
+        let listener = {
+            let shared = shared.clone();
+            spawn(
+                "sc-listener".to_owned(),
+                Box::new(move || listener::run(shared, stop_rx, ready_tx)),
+            )
+            .map_err(|e| Error::Config(format!("could not spawn a thread: {e}")))?
+        };
+        match ready_rx.recv_timeout(self.connect_timeout + Duration::from_secs(1)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Error::Connect(
+                    "the listener connection did not come up in time".to_owned(),
+                ));
+            }
+        }
+        let mut workers = Vec::with_capacity(self.workers);
+        for i in 0..self.workers {
+            let shared = shared.clone();
+            let tasks = tasks_rx.clone();
+            workers.push(
+                spawn(
+                    format!("sc-worker-{i}"),
+                    Box::new(move || worker::run(shared, tasks)),
+                )
+                .map_err(|e| Error::Config(format!("could not spawn a thread: {e}")))?,
+            );
+        }
+        let dispatcher = {
+            let shared = shared.clone();
+            let workers = self.workers;
+            let safety_net = self.safety_net;
+            spawn(
+                "sc-dispatcher".to_owned(),
+                Box::new(move || dispatcher::run(shared, events_rx, tasks_tx, workers, safety_net)),
+            )
+            .map_err(|e| Error::Config(format!("could not spawn a thread: {e}")))?
+        };
+        drop(exit_tx);
+        log::info!(
+            "runtime {} started: schema {}, {} workers, handlers {:?}",
+            shared.instance,
+            shared.client.schema(),
+            self.workers,
+            shared.handlers.iter().map(|h| &*h.name).collect::<Vec<_>>()
+        );
+        Ok(Runtime {
+            shared,
+            threads: Some(Threads {
+                dispatcher,
+                workers,
+                listener,
+                stop_listener: stop_tx,
+                exited: exit_rx,
+            }),
+        })
+    }
+}
+
+impl Runtime {
+    /// A builder that connects to `url` (a `postgres://` URL or a `key=value` string).
+    pub fn builder(url: impl Into<String>) -> RuntimeBuilder {
+        RuntimeBuilder::new(Source::Url(url.into()))
+    }
+
+    /// A builder that takes connections from an existing pool, which must allow at least
+    /// `workers + 1` connections.
+    pub fn builder_with_pool(pool: Pool) -> RuntimeBuilder {
+        RuntimeBuilder::new(Source::Pool(pool))
+    }
+
+    /// The runtime's client (launch, inspect, wait).
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// This runtime's instance id, part of the `handler[instance]` source of its failures.
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// Launches on the global scope; see [`Client::launch`]. Handlers of `topic` served by this
+    /// runtime start at once, without waiting for the notification's round trip.
+    pub fn launch<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Result<RootId> {
+        let root = self.shared.client.launch(topic, payload)?;
+        if let Some(handlers) = self.shared.by_topic.get(topic) {
+            for &h in handlers {
+                let _ = self.shared.events.send(Event::Hint(h));
+            }
+        }
+        Ok(root)
+    }
+
+    /// Launches in the caller's transaction; see [`Client::launch_in`].
+    pub fn launch_in<C: GenericClient, T: Serialize + ?Sized>(
+        &self,
+        client: &mut C,
+        topic: &str,
+        payload: &T,
+    ) -> Result<RootId> {
+        self.shared.client.launch_in(client, topic, payload)
+    }
+
+    /// Waits until the root's whole tree has finished or `timeout` passes; see
+    /// [`Client::wait_for`]. Wakes as soon as this runtime finishes a root run.
+    pub fn wait_for(&self, root: RootId, timeout: Duration) -> Result<TreeOutcome> {
+        let signals = &self.shared.signals;
+        let mut seen = signals.lock().completions;
+        self.shared.client.wait_for_with(root, timeout, |pause| {
+            let guard = signals.lock();
+            let (guard, _) = signals
+                .cond
+                .wait_timeout_while(guard, pause, |s| s.completions == seen)
+                .unwrap_or_else(|p| p.into_inner());
+            seen = guard.completions;
+        })
+    }
+
+    /// The root's history in order; see [`Client::history`].
+    pub fn history(&self, root: RootId) -> Result<Vec<HistoryEvent>> {
+        self.shared.client.history(root)
+    }
+
+    /// Waits until this runtime has no due work: nothing running, nothing hinted, and the
+    /// database confirms that none of its handlers has a due run. Runs waiting for children
+    /// that no one will run (an external handler, a stopped service) do not count as due.
+    pub fn wait_idle(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let names: Vec<&str> = self.shared.handlers.iter().map(|h| &*h.name).collect();
+        loop {
+            {
+                let guard = self.shared.signals.lock();
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let (guard, _) = self
+                    .shared
+                    .signals
+                    .cond
+                    .wait_timeout_while(guard, remaining, |s| !s.quiescent)
+                    .unwrap_or_else(|p| p.into_inner());
+                if !guard.quiescent {
+                    return Err(Error::Config(format!("runtime not idle after {timeout:?}")));
+                }
+            }
+            let mut conn = self.shared.client.conn()?;
+            let due: Vec<usize> = store::sweep(&mut *conn, self.shared.client.sql(), None, &names)?
+                .into_iter()
+                .filter(|(_, wait)| wait.is_none())
+                .map(|(h, _)| h)
+                .collect();
+            if due.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Config(format!("runtime not idle after {timeout:?}")));
+            }
+            // Cleared before hinting, so the next wait sees the dispatcher's answer to them.
+            self.shared.signals.set_quiescent(false);
+            for h in due {
+                let _ = self.shared.events.send(Event::Hint(h));
+            }
+        }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> RuntimeStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Stops handing out work, lets running steps finish, and joins every thread.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop(None)
+    }
+
+    /// Like [`shutdown`](Self::shutdown), but gives up waiting after `timeout`. Steps still
+    /// running then are abandoned: their transactions roll back when they end (or when the
+    /// process exits) and another runtime picks their runs up.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Result<()> {
+        self.stop(Some(timeout))
+    }
+
+    fn stop(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let Some(threads) = self.threads.take() else {
+            return Ok(());
+        };
+        let _ = self.shared.events.send(Event::Shutdown);
+        drop(threads.stop_listener);
+        let all_exited = match timeout {
+            None => {
+                // Only disconnects once every thread dropped its end.
+                let _ = threads.exited.recv();
+                true
+            }
+            Some(t) => matches!(
+                threads.exited.recv_timeout(t),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+            ),
+        };
+        if !all_exited {
+            return Err(Error::Shutdown(format!(
+                "threads still running after {timeout:?}; their steps are abandoned"
+            )));
+        }
+        let mut problems = Vec::new();
+        for (name, handle) in std::iter::once(("dispatcher", threads.dispatcher))
+            .chain(std::iter::once(("listener", threads.listener)))
+            .chain(threads.workers.into_iter().map(|w| ("worker", w)))
+        {
+            if handle.join().is_err() {
+                problems.push(format!("the {name} thread panicked"));
+            }
+        }
+        log::info!("runtime {} stopped", self.shared.instance);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Shutdown(problems.join("; ")))
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop(None) {
+            log::error!("runtime {}: {e}", self.shared.instance);
+        }
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("instance", &self.shared.instance)
+            .field("schema", &self.shared.client.schema())
+            .field(
+                "handlers",
+                &self
+                    .shared
+                    .handlers
+                    .iter()
+                    .map(|h| &*h.name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Counters of a runtime's activity since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeStats {
+    /// Step transactions committed (user steps and bookkeeping-only steps such as commits).
+    pub steps: u64,
+    /// User steps that failed (error or panic) and were recorded as failures.
+    pub step_failures: u64,
+    /// Claims that found nothing due.
+    pub empty_claims: u64,
+    /// Attempts that ended in an infrastructure error (lost connection, deadlock, ...) and
+    /// were retried from the last committed state.
+    pub infra_errors: u64,
+    /// Safety-net sweeps.
+    pub sweeps: u64,
+    /// Times the `LISTEN` connection was re-established.
+    pub listener_reconnects: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    steps: AtomicU64,
+    step_failures: AtomicU64,
+    empty_claims: AtomicU64,
+    infra_errors: AtomicU64,
+    sweeps: AtomicU64,
+    listener_reconnects: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> RuntimeStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RuntimeStats {
+            steps: get(&self.steps),
+            step_failures: get(&self.step_failures),
+            empty_claims: get(&self.empty_claims),
+            infra_errors: get(&self.infra_errors),
+            sweeps: get(&self.sweeps),
+            listener_reconnects: get(&self.listener_reconnects),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One subscribed handler.
+#[derive(Debug)]
+pub(crate) struct HandlerEntry {
+    pub(crate) name: Arc<str>,
+    pub(crate) topic: String,
+    pub(crate) saga: Saga,
+    /// `handler[instance]`, the source of failures raised by its steps.
+    pub(crate) source: String,
+    pub(crate) concurrency: usize,
+}
+
+/// What every runtime thread shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) instance: String,
+    pub(crate) handlers: Vec<HandlerEntry>,
+    pub(crate) by_name: HashMap<String, usize>,
+    pub(crate) by_topic: HashMap<String, Vec<usize>>,
+    pub(crate) events: Sender<Event>,
+    pub(crate) stats: Counters,
+    pub(crate) signals: Signals,
+}
+
+impl Shared {
+    /// Wakes this runtime's handlers among `names` without waiting for a notification.
+    pub(crate) fn hint_names<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            if let Some(&h) = self.by_name.get(name) {
+                let _ = self.events.send(Event::Hint(h));
+            }
+        }
+    }
+}
+
+/// Conditions other threads wait on: root completions (for `wait_for`) and quiescence (for
+/// `wait_idle`).
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    state: Mutex<SignalState>,
+    cond: Condvar,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SignalState {
+    completions: u64,
+    quiescent: bool,
+}
+
+impl Signals {
+    fn lock(&self) -> MutexGuard<'_, SignalState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn root_finished(&self) {
+        self.lock().completions += 1;
+        self.cond.notify_all();
+    }
+
+    pub(crate) fn set_quiescent(&self, quiescent: bool) {
+        let mut state = self.lock();
+        if state.quiescent != quiescent {
+            state.quiescent = quiescent;
+            drop(state);
+            self.cond.notify_all();
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! What a step closure gets: the open transaction, emission, and facts about the run.
+
+use std::fmt;
+use std::sync::Arc;
+
+use postgres::Transaction;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::ids::{MessageId, RootId, RunId, new_uuid};
+use crate::validate;
+
+/// Facts about the step being run.
+#[derive(Clone, Debug)]
+pub(crate) struct StepInfo {
+    pub(crate) handler: Arc<str>,
+    pub(crate) run_id: RunId,
+    pub(crate) root_id: RootId,
+    pub(crate) message_id: MessageId,
+    pub(crate) topic: String,
+    pub(crate) step_name: String,
+    pub(crate) step_index: usize,
+    pub(crate) iteration: u32,
+}
+
+/// A message to be written when the step returns.
+#[derive(Clone, Debug)]
+pub(crate) struct Emission {
+    pub(crate) id: Uuid,
+    pub(crate) topic: String,
+    pub(crate) payload: String,
+    /// `true` for a child of this run, `false` for a launch on the global scope.
+    pub(crate) scoped: bool,
+}
+
+/// The savepoint taken before user code first touches the transaction.
+enum Savepoint {
+    NotTaken,
+    Taken,
+    Failed(postgres::Error),
+}
+
+/// The name of the savepoint that separates the claim from user code.
+pub(crate) const SAVEPOINT: &str = "structured_cooperation_step";
+
+/// Given to every step closure: the step's open transaction and ways to emit messages.
+///
+/// Everything done through the context commits atomically with the run's bookkeeping, or not
+/// at all: the user's own writes on [`tx`](Self::tx), the messages from [`emit`](Self::emit)
+/// and [`launch`](Self::launch), and the step's completion.
+pub struct StepContext<'c> {
+    tx: Transaction<'c>,
+    savepoint: Savepoint,
+    info: StepInfo,
+    emissions: Vec<Emission>,
+}
+
+impl<'c> StepContext<'c> {
+    pub(crate) fn new(tx: Transaction<'c>, info: StepInfo) -> StepContext<'c> {
+        StepContext {
+            tx,
+            savepoint: Savepoint::NotTaken,
+            info,
+            emissions: Vec::new(),
+        }
+    }
+
+    /// The step's open transaction. Write your business data here: it commits together with
+    /// the step, and is discarded if the step fails.
+    ///
+    /// Do not commit or roll it back yourself. If one of your statements fails, return the
+    /// error (or use a nested savepoint with [`Transaction::transaction`]): an aborted
+    /// transaction cannot record the step's completion, and the step is then failed.
+    pub fn tx(&mut self) -> &mut Transaction<'c> {
+        if let Savepoint::NotTaken = self.savepoint {
+            // Taken lazily, so steps that never touch the database pay nothing for it. The
+            // claim's row lock predates it and survives a rollback to it.
+            self.savepoint = match self.tx.batch_execute(&format!("SAVEPOINT {SAVEPOINT}")) {
+                Ok(()) => Savepoint::Taken,
+                Err(e) => Savepoint::Failed(e),
+            };
+        }
+        &mut self.tx
+    }
+
+    /// Emits a child message on `topic`. Every handler registered for the topic gets a run,
+    /// and this run's next step starts only after all of them have finished.
+    ///
+    /// The message is written when the step returns successfully; its id is known at once.
+    pub fn emit<T: Serialize + ?Sized>(&mut self, topic: &str, payload: &T) -> Result<MessageId> {
+        self.push(topic, payload, true).map(MessageId::from_uuid)
+    }
+
+    /// Launches a message on the global scope: a new, independent cooperation root that this
+    /// run does not wait for. It is written atomically with the step.
+    pub fn launch<T: Serialize + ?Sized>(&mut self, topic: &str, payload: &T) -> Result<RootId> {
+        self.push(topic, payload, false).map(RootId::from_uuid)
+    }
+
+    fn push<T: Serialize + ?Sized>(
+        &mut self,
+        topic: &str,
+        payload: &T,
+        scoped: bool,
+    ) -> Result<Uuid> {
+        validate::name("topic", topic)?;
+        let payload = serde_json::to_string(payload).map_err(|source| Error::Encode {
+            topic: topic.to_owned(),
+            source,
+        })?;
+        let id = new_uuid();
+        self.emissions.push(Emission {
+            id,
+            topic: topic.to_owned(),
+            payload,
+            scoped,
+        });
+        Ok(id)
+    }
+
+    /// The handler (saga) name.
+    pub fn handler(&self) -> &str {
+        &self.info.handler
+    }
+
+    /// This run's id.
+    pub fn run_id(&self) -> RunId {
+        self.info.run_id
+    }
+
+    /// The id of the cooperation root this run belongs to.
+    pub fn root_id(&self) -> RootId {
+        self.info.root_id
+    }
+
+    /// The id of the message this run handles.
+    pub fn message_id(&self) -> MessageId {
+        self.info.message_id
+    }
+
+    /// The topic of the message this run handles.
+    pub fn topic(&self) -> &str {
+        &self.info.topic
+    }
+
+    /// The name of the running step.
+    pub fn step_name(&self) -> &str {
+        &self.info.step_name
+    }
+
+    /// The index of the running step.
+    pub fn step_index(&self) -> usize {
+        self.info.step_index
+    }
+
+    /// How many times this step has run consecutively before this execution (0 the first
+    /// time; reset when another step runs in between).
+    pub fn iteration(&self) -> u32 {
+        self.info.iteration
+    }
+
+    /// Returns the transaction, the buffered emissions, and whether (and how) a savepoint was
+    /// taken.
+    pub(crate) fn into_parts(self) -> (Transaction<'c>, Vec<Emission>, SavepointState) {
+        let state = match self.savepoint {
+            Savepoint::NotTaken => SavepointState::NotTaken,
+            Savepoint::Taken => SavepointState::Taken,
+            Savepoint::Failed(e) => SavepointState::Failed(e),
+        };
+        (self.tx, self.emissions, state)
+    }
+}
+
+/// Whether user code touched the transaction, seen from the runtime.
+#[derive(Debug)]
+pub(crate) enum SavepointState {
+    NotTaken,
+    Taken,
+    Failed(postgres::Error),
+}
+
+impl fmt::Debug for StepContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepContext")
+            .field("info", &self.info)
+            .field("emissions", &self.emissions.len())
+            .finish()
+    }
+}

@@ -1,0 +1,433 @@
+//! Persistence: the statements of [`sql`] executed over any `postgres::GenericClient`, with row
+//! decoding in one place.
+//!
+//! Functions take a [`StmtCache`] where they run on the hot path (workers keep their connection
+//! and its prepared statements for their whole life); the rest prepare per call.
+
+mod sql;
+
+use std::time::{Duration, SystemTime};
+
+use postgres::{GenericClient, Row, Statement};
+use uuid::Uuid;
+
+use crate::core::decide::{Event, Transition};
+use crate::core::{EventKind, RunStatus, RunView};
+use crate::error::{Error, Result};
+use crate::failure::Failure;
+use crate::ids::{MessageId, RootId, RunId};
+use crate::saga::Emission;
+
+pub(crate) use sql::Sql;
+
+/// Identifies a cached statement.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stmt {
+    Claim = 0,
+    Emit,
+    Finish,
+    Sweep,
+}
+
+const CACHED: usize = 4;
+
+/// Prepared statements of one connection.
+#[derive(Debug, Default)]
+pub(crate) struct StmtCache {
+    stmts: [Option<Statement>; CACHED],
+}
+
+impl StmtCache {
+    fn get(&mut self, client: &mut impl GenericClient, sql: &Sql, id: Stmt) -> Result<Statement> {
+        if let Some(stmt) = &self.stmts[id as usize] {
+            return Ok(stmt.clone());
+        }
+        let text = match id {
+            Stmt::Claim => &sql.claim,
+            Stmt::Emit => &sql.emit,
+            Stmt::Finish => &sql.finish,
+            Stmt::Sweep => &sql.sweep,
+        };
+        let stmt = client.prepare(text)?;
+        self.stmts[id as usize] = Some(stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Forgets every statement (after an error that may have left them unusable).
+    pub(crate) fn clear(&mut self) {
+        self.stmts = Default::default();
+    }
+}
+
+/// A claimed run, as read by [`claim`].
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    pub(crate) id: RunId,
+    pub(crate) root_id: RootId,
+    pub(crate) message_id: MessageId,
+    pub(crate) topic: String,
+    pub(crate) view: RunView,
+    pub(crate) due: bool,
+    pub(crate) wait: Duration,
+    pub(crate) payload: String,
+}
+
+fn status(row: &Row, column: &str) -> Result<RunStatus> {
+    let s: &str = row.try_get(column)?;
+    RunStatus::parse(s)
+        .ok_or_else(|| Error::Config(format!("unknown run status {s:?} in the database")))
+}
+
+fn u32_col(row: &Row, column: &str) -> Result<u32> {
+    let v: i32 = row.try_get(column)?;
+    Ok(u32::try_from(v).unwrap_or(0))
+}
+
+fn failure_col(row: &Row, column: &str) -> Result<Option<Failure>> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| serde_json::from_str(&t).map_err(Error::from))
+        .transpose()
+}
+
+/// Claims the next runnable run of `handler`, if any.
+pub(crate) fn claim(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    cache: &mut StmtCache,
+    handler: &str,
+    worker: &str,
+) -> Result<Option<Claimed>> {
+    let stmt = cache.get(client, sql, Stmt::Claim)?;
+    let Some(row) = client.query_opt(&stmt, &[&handler, &worker])? else {
+        return Ok(None);
+    };
+    let wait_ms: i64 = row.try_get("wait_ms")?;
+    Ok(Some(Claimed {
+        id: RunId::from_uuid(row.try_get("id")?),
+        root_id: RootId::from_uuid(row.try_get("root_id")?),
+        message_id: MessageId::from_uuid(row.try_get("message_id")?),
+        topic: row.try_get("topic")?,
+        view: RunView {
+            status: status(&row, "status")?,
+            step_index: u32_col(&row, "step_index")?,
+            step_iteration: u32_col(&row, "step_iteration")?,
+            instances: u32_col(&row, "instances")?,
+            failed_children: u32_col(&row, "failed_children")?,
+        },
+        due: row.try_get("due")?,
+        wait: Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)),
+        payload: row.try_get("payload")?,
+    }))
+}
+
+/// Who emits: the run, its step instance, and names for the history.
+#[derive(Debug)]
+pub(crate) struct Emitter<'a> {
+    pub(crate) root_id: RootId,
+    pub(crate) run_id: RunId,
+    pub(crate) instance: u32,
+    pub(crate) handler: &'a str,
+    pub(crate) step: &'a str,
+}
+
+/// What an emission created.
+#[derive(Debug, Default)]
+pub(crate) struct Emitted {
+    /// Child runs created for the emitting run.
+    pub(crate) children: u32,
+    /// Handlers that got new runs (and were notified).
+    pub(crate) handlers: Vec<String>,
+}
+
+/// Writes emissions (children of `emitter`, or global launches when `emitter` is `None`).
+pub(crate) fn emit(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    cache: Option<&mut StmtCache>,
+    emitter: Option<&Emitter<'_>>,
+    emissions: &[Emission],
+    worker: &str,
+) -> Result<Emitted> {
+    if emissions.is_empty() {
+        return Ok(Emitted::default());
+    }
+    let ids: Vec<Uuid> = emissions.iter().map(|e| e.id).collect();
+    let topics: Vec<&str> = emissions.iter().map(|e| e.topic.as_str()).collect();
+    let payloads: Vec<&str> = emissions.iter().map(|e| e.payload.as_str()).collect();
+    let scoped: Vec<bool> = emissions
+        .iter()
+        .map(|e| e.scoped && emitter.is_some())
+        .collect();
+    let root = emitter.map(|e| e.root_id.as_uuid());
+    let run = emitter.map(|e| e.run_id.as_uuid());
+    let instance = emitter.map(|e| e.instance as i32);
+    let handler = emitter.map(|e| e.handler);
+    let step = emitter.map(|e| e.step);
+    let params: [&(dyn postgres::types::ToSql + Sync); 11] = [
+        &ids,
+        &topics,
+        &payloads,
+        &scoped,
+        &root,
+        &run,
+        &instance,
+        &handler,
+        &step,
+        &worker,
+        &sql.channel,
+    ];
+    let row = match cache {
+        Some(cache) => {
+            let stmt = cache.get(client, sql, Stmt::Emit)?;
+            client.query_one(&stmt, &params)?
+        }
+        None => client.query_one(sql.emit.as_str(), &params)?,
+    };
+    Ok(Emitted {
+        children: u32::try_from(row.try_get::<_, i32>("children")?).unwrap_or(0),
+        handlers: row.try_get("notified")?,
+    })
+}
+
+/// What persisting a transition revealed.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// The run is a top-level run of its root.
+    pub(crate) is_root: bool,
+    /// The parent's handler, if this transition made the parent runnable.
+    pub(crate) woken_parent: Option<String>,
+}
+
+/// Persists `t` for run `run`.
+pub(crate) fn apply(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    cache: Option<&mut StmtCache>,
+    run: RunId,
+    t: &Transition,
+    worker: &str,
+) -> Result<Applied> {
+    let failure = t.failure.as_ref().map(serde_json::to_string).transpose()?;
+    let kinds: Vec<&str> = t.events.iter().map(|e: &Event| e.kind.as_str()).collect();
+    let steps: Vec<Option<&str>> = t.events.iter().map(|e| e.step.as_deref()).collect();
+    let next_steps: Vec<Option<i32>> = t.events.iter().map(|e| e.next_step).collect();
+    let failures: Vec<Option<String>> = t
+        .events
+        .iter()
+        .map(|e| e.failure.as_ref().map(serde_json::to_string).transpose())
+        .collect::<std::result::Result<_, _>>()?;
+    let params: [&(dyn postgres::types::ToSql + Sync); 13] = [
+        &run.as_uuid(),
+        &t.status.as_str(),
+        &(t.step_index as i32),
+        &(t.step_iteration as i32),
+        &(t.instances as i32),
+        &(t.pending_children as i32),
+        &failure,
+        &kinds,
+        &steps,
+        &next_steps,
+        &failures,
+        &worker,
+        &sql.channel,
+    ];
+    let row = match cache {
+        Some(cache) => {
+            let stmt = cache.get(client, sql, Stmt::Finish)?;
+            client.query_one(&stmt, &params)?
+        }
+        None => client.query_one(sql.finish.as_str(), &params)?,
+    };
+    let parent: Option<Uuid> = row.try_get("parent_id")?;
+    Ok(Applied {
+        is_root: parent.is_none(),
+        woken_parent: row.try_get("woken_parent")?,
+    })
+}
+
+/// For each of `handlers`, whether it has a due run or when its earliest runnable run wakes.
+/// Returns `(index into handlers, None if due / Some(wait))`.
+pub(crate) fn sweep(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    cache: Option<&mut StmtCache>,
+    handlers: &[&str],
+) -> Result<Vec<(usize, Option<Duration>)>> {
+    let rows = match cache {
+        Some(cache) => {
+            let stmt = cache.get(client, sql, Stmt::Sweep)?;
+            client.query(&stmt, &[&handlers])?
+        }
+        None => client.query(sql.sweep.as_str(), &[&handlers])?,
+    };
+    rows.iter()
+        .map(|row| {
+            let position: i64 = row.try_get(0)?;
+            let due: bool = row.try_get(1)?;
+            let wait_ms: i64 = row.try_get(2)?;
+            let index = usize::try_from(position - 1).unwrap_or(0);
+            Ok((
+                index,
+                (!due).then(|| Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))),
+            ))
+        })
+        .collect()
+}
+
+/// Registers `(topic, handler)` pairs of the given kind (`runtime` or `external`).
+pub(crate) fn register(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    pairs: &[(&str, &str)],
+    kind: &str,
+) -> Result<()> {
+    let topics: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+    let handlers: Vec<&str> = pairs.iter().map(|p| p.1).collect();
+    client.execute(sql.register.as_str(), &[&topics, &handlers, &kind])?;
+    Ok(())
+}
+
+/// A top-level run of a root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RootRunRow {
+    pub(crate) handler: String,
+    pub(crate) status: RunStatus,
+    pub(crate) failure: Option<Failure>,
+}
+
+pub(crate) fn root_runs(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    root: RootId,
+) -> Result<Vec<RootRunRow>> {
+    client
+        .query(sql.root_runs.as_str(), &[&root.as_uuid()])?
+        .iter()
+        .map(|row| {
+            Ok(RootRunRow {
+                handler: row.try_get("handler")?,
+                status: status(row, "status")?,
+                failure: failure_col(row, "failure")?,
+            })
+        })
+        .collect()
+}
+
+/// One run of a tree, for inspection.
+#[derive(Clone, Debug)]
+pub(crate) struct TreeRow {
+    pub(crate) id: RunId,
+    pub(crate) parent_id: Option<RunId>,
+    pub(crate) handler: String,
+    pub(crate) topic: String,
+    pub(crate) status: RunStatus,
+    pub(crate) step_index: u32,
+    pub(crate) pending_children: u32,
+    pub(crate) depth: u32,
+    pub(crate) failure: Option<Failure>,
+}
+
+pub(crate) fn tree(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    root: RootId,
+) -> Result<Vec<TreeRow>> {
+    client
+        .query(sql.tree.as_str(), &[&root.as_uuid()])?
+        .iter()
+        .map(|row| {
+            Ok(TreeRow {
+                id: RunId::from_uuid(row.try_get("id")?),
+                parent_id: row
+                    .try_get::<_, Option<Uuid>>("parent_id")?
+                    .map(RunId::from_uuid),
+                handler: row.try_get("handler")?,
+                topic: row.try_get("topic")?,
+                status: status(row, "status")?,
+                step_index: u32_col(row, "step_index")?,
+                pending_children: u32_col(row, "pending_children")?,
+                depth: u32_col(row, "depth")?,
+                failure: failure_col(row, "failure")?,
+            })
+        })
+        .collect()
+}
+
+/// One history row.
+#[derive(Clone, Debug)]
+pub(crate) struct HistoryRow {
+    pub(crate) seq: i64,
+    pub(crate) at: SystemTime,
+    pub(crate) kind: EventKind,
+    pub(crate) handler: Option<String>,
+    pub(crate) step: Option<String>,
+    pub(crate) run_id: Option<RunId>,
+    pub(crate) message_id: MessageId,
+    pub(crate) next_step: Option<i32>,
+    pub(crate) failure: Option<Failure>,
+}
+
+pub(crate) fn history(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    root: RootId,
+) -> Result<Vec<HistoryRow>> {
+    client
+        .query(sql.history.as_str(), &[&root.as_uuid()])?
+        .iter()
+        .map(|row| {
+            let event: &str = row.try_get("event")?;
+            Ok(HistoryRow {
+                seq: row.try_get("seq")?,
+                at: row.try_get("at")?,
+                kind: EventKind::parse(event).ok_or_else(|| {
+                    Error::Config(format!("unknown history event {event:?} in the database"))
+                })?,
+                handler: row.try_get("handler")?,
+                step: row.try_get("step")?,
+                run_id: row
+                    .try_get::<_, Option<Uuid>>("run_id")?
+                    .map(RunId::from_uuid),
+                message_id: MessageId::from_uuid(row.try_get("message_id")?),
+                next_step: row.try_get("next_step")?,
+                failure: failure_col(row, "failure")?,
+            })
+        })
+        .collect()
+}
+
+/// A run locked for an out-of-band completion.
+#[derive(Debug)]
+pub(crate) struct ExternalRun {
+    pub(crate) id: RunId,
+    pub(crate) view: RunView,
+    pub(crate) pending_children: u32,
+    pub(crate) seen: bool,
+    pub(crate) kind: Option<String>,
+}
+
+pub(crate) fn lock_external(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    message: MessageId,
+    handler: &str,
+) -> Result<Option<ExternalRun>> {
+    let Some(row) =
+        client.query_opt(sql.lock_external.as_str(), &[&message.as_uuid(), &handler])?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(ExternalRun {
+        id: RunId::from_uuid(row.try_get("id")?),
+        view: RunView {
+            status: status(&row, "status")?,
+            step_index: u32_col(&row, "step_index")?,
+            step_iteration: u32_col(&row, "step_iteration")?,
+            instances: u32_col(&row, "instances")?,
+            failed_children: u32_col(&row, "failed_children")?,
+        },
+        pending_children: u32_col(&row, "pending_children")?,
+        seen: row.try_get("seen")?,
+        kind: row.try_get("kind")?,
+    }))
+}
