@@ -12,7 +12,7 @@ use crate::core::decide;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::ids::{MessageId, RootId, new_uuid};
-use crate::inspect::{HistoryEvent, RootRun, RunInfo, TreeOutcome};
+use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome};
 use crate::migrate;
 use crate::saga::Emission;
 use crate::store::{self, Sql};
@@ -204,6 +204,22 @@ impl Client {
         };
         store::emit(client, self.sql(), None, None, &[emission], CLIENT_WORKER)?;
         Ok(RootId::from_uuid(id))
+    }
+
+    /// A message by id, or `None` if there is no such message.
+    pub fn message(&self, id: MessageId) -> Result<Option<Message>> {
+        let mut conn = self.conn()?;
+        store::message(&mut *conn, self.sql(), id)?
+            .map(|m| {
+                Ok(Message {
+                    id: m.id,
+                    root_id: m.root_id,
+                    topic: m.topic,
+                    payload: serde_json::from_str(&m.payload)?,
+                    created_at: m.created_at,
+                })
+            })
+            .transpose()
     }
 
     /// The root's history, in order.

@@ -145,3 +145,19 @@ impl fmt::Display for HistoryEvent {
         write!(f, "@{}", self.handler.as_deref().unwrap_or("-"))
     }
 }
+
+/// A stored message, as returned by [`Client::message`](crate::Client::message).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Message {
+    /// Its id.
+    pub id: MessageId,
+    /// The root it belongs to (itself for a launch on the global scope).
+    pub root_id: RootId,
+    /// Its topic.
+    pub topic: String,
+    /// Its payload.
+    pub payload: serde_json::Value,
+    /// When it was written (database clock).
+    pub created_at: SystemTime,
+}

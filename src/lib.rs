@@ -94,7 +94,7 @@ pub use crate::core::{EventKind, Next, RunStatus};
 pub use crate::error::{Error, Result};
 pub use crate::failure::{Failure, StepError, StepResult};
 pub use crate::ids::{MessageId, RootId, RunId};
-pub use crate::inspect::{HistoryEvent, RootRun, RunInfo, TreeOutcome, render_tree};
+pub use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, render_tree};
 pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};
 pub use crate::saga::{Saga, SagaBuilder, StepContext};
 

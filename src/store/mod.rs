@@ -431,3 +431,32 @@ pub(crate) fn lock_external(
         kind: row.try_get("kind")?,
     }))
 }
+
+/// A stored message.
+#[derive(Clone, Debug)]
+pub(crate) struct MessageRow {
+    pub(crate) id: MessageId,
+    pub(crate) root_id: RootId,
+    pub(crate) topic: String,
+    pub(crate) payload: String,
+    pub(crate) created_at: SystemTime,
+}
+
+pub(crate) fn message(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    id: MessageId,
+) -> Result<Option<MessageRow>> {
+    client
+        .query_opt(sql.message.as_str(), &[&id.as_uuid()])?
+        .map(|row| {
+            Ok(MessageRow {
+                id: MessageId::from_uuid(row.try_get("id")?),
+                root_id: RootId::from_uuid(row.try_get("root_id")?),
+                topic: row.try_get("topic")?,
+                payload: row.try_get("payload")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .transpose()
+}

@@ -165,6 +165,11 @@ const HISTORY: &str = "
 SELECT seq, at, event, handler, step, run_id, message_id, next_step, failure::text AS failure
 FROM __S__.history WHERE root_id = $1 ORDER BY seq";
 
+/// One message.
+const MESSAGE: &str = "
+SELECT id, root_id, topic, payload::text AS payload, created_at
+FROM __S__.messages WHERE id = $1";
+
 /// Locks the run of handler `$2` for message `$1` for an out-of-band completion.
 const LOCK_EXTERNAL: &str = "
 SELECT r.id, r.root_id, r.status, r.step_index, r.step_iteration, r.instances,
@@ -187,6 +192,7 @@ pub(crate) struct Sql {
     pub(crate) tree: String,
     pub(crate) history: String,
     pub(crate) lock_external: String,
+    pub(crate) message: String,
     /// The LISTEN/NOTIFY channel that wakes handlers; payload = handler name.
     pub(crate) channel: String,
 }
@@ -205,6 +211,7 @@ impl Sql {
             tree: s(TREE),
             history: s(HISTORY),
             lock_external: s(LOCK_EXTERNAL),
+            message: s(MESSAGE),
             channel: format!("{schema}_wake"),
         }
     }

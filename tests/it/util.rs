@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+
 use std::time::Duration;
 
 use structured_cooperation::{Client, HistoryEvent, RootId, Runtime, RuntimeBuilder};
@@ -179,4 +180,23 @@ impl Gate {
         lock.lock().unwrap().open = true;
         cond.notify_all();
     }
+}
+
+/// Polls `condition` until it holds, failing the test after `WAIT`.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until the root's history contains `event` (as `KIND(step)@handler`).
+pub fn wait_for_event(runtime: &Runtime, root: RootId, event: &str) {
+    eventually(event, || {
+        history_of(runtime, root).iter().any(|e| e == event)
+    });
 }
