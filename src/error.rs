@@ -92,7 +92,7 @@ pub enum Error {
     Shutdown(String),
 
     /// An error reported by PostgreSQL or the connection to it.
-    #[error(transparent)]
+    #[error("{}", with_sources(.0))]
     Postgres(#[from] postgres::Error),
 
     /// An error from the connection pool (usually a connection timeout).
@@ -114,6 +114,19 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// `postgres::Error` displays only its kind ("db error"); the server's message is in its
+/// source chain, which is what a reader needs.
+pub(crate) fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }
 
 /// Whether a PostgreSQL error is one that a retry from the last committed state can cure.

@@ -1,7 +1,17 @@
 //! Integration tests against a real PostgreSQL (see `tests/it/util.rs` for the fixture).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
 
+/// Atomicity of a step's writes (AT-*).
+mod atomicity;
+/// Bad configuration gives clear errors.
+mod config;
+/// Failing steps are recorded and release their parents.
+mod failures;
 /// Happy-path scenarios of the reference (HP-*).
 mod happy_path;
+/// The queue API and several instances of one handler (MQ-*).
+mod messaging;
+/// Lost notifications, deep trees, concurrent siblings.
+mod resilience;
 /// Shared fixtures.
 mod util;

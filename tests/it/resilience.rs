@@ -1,0 +1,250 @@
+//! Wake-ups without the listener, deep trees, and many children finishing at once.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use structured_cooperation::{Runtime, Saga, StepContext, StepResult};
+
+use crate::util::{ExecLog, Gate, TestDb, WAIT, eventually, history_of};
+
+fn listener_pids(db: &mut TestDb) -> i64 {
+    db.query_i64(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sc-listener:{}'",
+        db.schema
+    ))
+}
+
+fn kill_listeners(db: &mut TestDb) -> i64 {
+    db.query_i64(&format!(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'sc-listener:{}'",
+        db.schema
+    ))
+}
+
+#[test]
+fn killing_the_listen_connection_mid_run_loses_nothing() {
+    let mut db = TestDb::new("listener_killed");
+    let gate = Gate::default();
+    let root = Saga::builder("root-handler")
+        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+            ctx.emit("child-topic", &json!({}))?;
+            Ok(())
+        })
+        .step(|_ctx, _: &Value| -> StepResult { Ok(()) })
+        .build()
+        .unwrap();
+    let child = {
+        let gate = gate.clone();
+        Saga::builder("child-handler")
+            .step(move |_ctx, p: &Value| -> StepResult {
+                if p["gated"].as_bool() == Some(true) {
+                    gate.pass();
+                }
+                Ok(())
+            })
+            .build()
+            .unwrap()
+    };
+    let gated_root = Saga::builder("gated-root")
+        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+            ctx.emit("child-topic", &json!({"gated": true}))?;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    // Parents and children live in different runtimes, so a child's completion reaches its
+    // parent only through the database: a notification, or a sweep. The safety net is far
+    // beyond the test's patience, so only the listener (after reconnecting) can do it.
+    let parents = db
+        .runtime()
+        .safety_net_interval(Duration::from_secs(3600))
+        .subscribe("root-topic", root)
+        .subscribe("gated-topic", gated_root)
+        .start()
+        .unwrap();
+    let children = db
+        .runtime()
+        .safety_net_interval(Duration::from_secs(3600))
+        .subscribe("child-topic", child)
+        .start()
+        .unwrap();
+    let held = parents.launch("gated-topic", &json!({})).unwrap();
+    gate.wait_for_waiting(1);
+    assert_eq!(kill_listeners(&mut db), 2);
+    // Work launched while the listeners are down must not be lost either.
+    let roots: Vec<_> = (0..10)
+        .map(|_| parents.client().launch("root-topic", &json!({})).unwrap())
+        .collect();
+    gate.open();
+    assert!(parents.wait_for(held, WAIT).unwrap().is_committed());
+    for root in roots {
+        assert!(parents.wait_for(root, WAIT).unwrap().is_committed());
+    }
+    eventually("both listeners to reconnect", || {
+        listener_pids(&mut db) == 2
+    });
+    assert!(parents.stats().listener_reconnects >= 1);
+    assert!(children.stats().listener_reconnects >= 1);
+    // And notifications flow again afterwards.
+    let after = parents.client().launch("root-topic", &json!({})).unwrap();
+    assert!(parents.wait_for(after, WAIT).unwrap().is_committed());
+}
+
+#[test]
+fn the_rule_is_transitive_across_three_levels() {
+    let db = TestDb::new("three_levels");
+    let log = ExecLog::default();
+    let gate = Gate::default();
+    let level = |name: &str, emits: Option<&'static str>, log: &ExecLog, gate: Option<Gate>| {
+        let (log1, log2, n1, n2) = (
+            log.clone(),
+            log.clone(),
+            format!("{name}:s1"),
+            format!("{name}:s2"),
+        );
+        Saga::builder(name)
+            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                log1.push(n1.clone());
+                if let Some(topic) = emits {
+                    ctx.emit(topic, &json!({}))?;
+                }
+                if let Some(gate) = &gate {
+                    gate.pass();
+                }
+                Ok(())
+            })
+            .step(move |_ctx, _: &Value| -> StepResult {
+                log2.push(n2.clone());
+                Ok(())
+            })
+            .build()
+            .unwrap()
+    };
+    let runtime = db
+        .runtime()
+        .subscribe("root-topic", level("root", Some("child-topic"), &log, None))
+        .subscribe(
+            "child-topic",
+            level("child", Some("grandchild-topic"), &log, None),
+        )
+        .subscribe(
+            "grandchild-topic",
+            level("grandchild", None, &log, Some(gate.clone())),
+        )
+        .start()
+        .unwrap();
+    let root = runtime.launch("root-topic", &json!({})).unwrap();
+    gate.wait_for_waiting(1);
+    assert_eq!(log.entries(), ["root:s1", "child:s1", "grandchild:s1"]);
+    gate.open();
+    assert!(runtime.wait_for(root, WAIT).unwrap().is_committed());
+    assert_eq!(
+        log.entries(),
+        [
+            "root:s1",
+            "child:s1",
+            "grandchild:s1",
+            "grandchild:s2",
+            "child:s2",
+            "root:s2"
+        ]
+    );
+    let tree = runtime.client().tree(root).unwrap();
+    assert_eq!(
+        tree.iter()
+            .map(|r| (r.handler.as_str(), r.depth))
+            .collect::<Vec<_>>(),
+        [("root", 0), ("child", 1), ("grandchild", 2)]
+    );
+}
+
+#[test]
+fn golden_trace_1_the_last_steps_children_finish_before_commit() {
+    let db = TestDb::new("golden_1");
+    let root = Saga::builder("root")
+        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+            ctx.emit("child-topic", &json!({}))?;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let child = Saga::builder("child")
+        .step(|_ctx, _: &Value| -> StepResult { Ok(()) })
+        .build()
+        .unwrap();
+    let runtime = db
+        .runtime()
+        .subscribe("root-topic", root)
+        .subscribe("child-topic", child)
+        .start()
+        .unwrap();
+    let id = runtime.launch("root-topic", &json!({})).unwrap();
+    assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
+    assert_eq!(
+        history_of(&runtime, id),
+        [
+            "EMITTED@-",
+            "SEEN@root",
+            "EMITTED(0)@root",
+            "SUSPENDED(0)@root",
+            "SEEN@child",
+            "SUSPENDED(0)@child",
+            "COMMITTED(0)@child",
+            "COMMITTED(0)@root",
+        ]
+    );
+}
+
+fn fan_out(children: usize) -> Saga {
+    Saga::builder("parent")
+        .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+            for i in 0..children {
+                ctx.emit("leaf-topic", &json!({ "i": i }))?;
+            }
+            Ok(())
+        })
+        .step(|_ctx, _: &Value| -> StepResult { Ok(()) })
+        .build()
+        .unwrap()
+}
+
+fn leaf() -> Saga {
+    Saga::builder("leaf")
+        .step(|_ctx, _: &Value| -> StepResult { Ok(()) })
+        .build()
+        .unwrap()
+}
+
+/// Siblings finishing at the same moment all update their parent's row. Lock order (child
+/// before parent, never the reverse) means they queue instead of deadlocking: no attempt may
+/// end in an infrastructure error.
+#[test]
+fn many_children_finishing_at_once_never_deadlock() {
+    let mut db = TestDb::new("no_deadlock");
+    let start = |db: &TestDb| -> Runtime {
+        db.runtime()
+            .workers(4)
+            .subscribe("parent-topic", fan_out(40))
+            .subscribe("leaf-topic", leaf())
+            .start()
+            .unwrap()
+    };
+    let (a, b) = (start(&db), start(&db));
+    let roots: Vec<_> = (0..10)
+        .map(|_| a.client().launch("parent-topic", &json!({})).unwrap())
+        .collect();
+    for root in roots {
+        assert!(a.wait_for(root, WAIT).unwrap().is_committed());
+    }
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM __S__.runs WHERE status = 'committed'"),
+        10 + 10 * 40
+    );
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.infra_errors + sb.infra_errors, 0, "{sa:?} {sb:?}");
+    assert!(
+        sa.steps > 0 && sb.steps > 0,
+        "both runtimes took part: {sa:?} {sb:?}"
+    );
+}
