@@ -333,7 +333,9 @@ fn hp_07_a_registered_handler_that_never_starts_blocks_its_parent() {
         "SELECT pending_children::int8 FROM __S__.runs WHERE message_id = '{root_id}'"
     ));
     assert_eq!(waiting, 1, "the root still waits for the stub handler");
-    let err = runtime.wait_for(root_id, std::time::Duration::ZERO).unwrap_err();
+    let err = runtime
+        .wait_for(root_id, std::time::Duration::ZERO)
+        .unwrap_err();
     assert!(err.to_string().contains("root-handler is active"), "{err}");
     runtime.shutdown().unwrap();
 }
