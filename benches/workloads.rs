@@ -1,2 +1,416 @@
-//! Placeholder while the real one is written.
-fn main() {}
+//! End-to-end workloads against a real PostgreSQL, printed as `name=value` lines (run by
+//! `scripts/bench`, which also measures the machine's ceiling with pgbench).
+//!
+//! * w1: 10,000 pre-launched single-step jobs (each inserts one row) drained by 4 workers;
+//! * w3: 500 pre-launched roots whose first step emits 10 messages to a one-step handler
+//!   (each inserts one row) and whose second step (one insert) then runs: 12 steps a tree;
+//! * wake latency: on an idle runtime, from a last child's commit to its parent's next step;
+//! * history flatness: w1 again with 200,000 finished runs in the tables;
+//! * idle transactions: 8 workers, 20 handlers, nothing to do, for 10 s.
+//!
+//! Environment: `DATABASE_URL` (required), `SC_BENCH_ONLY` (comma-separated subset of
+//! `w1,w3,wake,flat,idle`).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use postgres::NoTls;
+use serde_json::{Value, json};
+use structured_cooperation::{Client, Runtime, Saga, StepContext, StepResult};
+
+const WORKERS: usize = 4;
+const SCHEMA: &str = "sc_bench";
+
+fn url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        eprintln!("set DATABASE_URL (scripts/bench provisions a database and sets it)");
+        std::process::exit(2)
+    })
+}
+
+fn admin() -> postgres::Client {
+    postgres::Client::connect(&url(), NoTls).unwrap_or_else(|e| {
+        eprintln!("cannot connect to DATABASE_URL: {e}");
+        std::process::exit(2)
+    })
+}
+
+fn report(name: &str, value: f64) {
+    println!("{name}={value:.3}");
+}
+
+fn wanted(name: &str) -> bool {
+    match std::env::var("SC_BENCH_ONLY") {
+        Ok(only) => only.split(',').any(|w| w.trim() == name),
+        Err(_) => true,
+    }
+}
+
+fn fresh_schema(admin: &mut postgres::Client) -> Client {
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        .unwrap();
+    let client = Client::builder(url()).schema(SCHEMA).connect().unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {SCHEMA}.results (id bigserial PRIMARY KEY, run_id uuid NOT NULL, \
+             at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        ))
+        .unwrap();
+    client
+}
+
+/// The business write every measured step does: one row, through a statement prepared once
+/// per connection (as an application's hot path would be).
+fn insert_result(ctx: &mut StepContext<'_>) -> StepResult {
+    let run = ctx.run_id().as_uuid();
+    let insert = ctx.prepare_cached(&format!(
+        "INSERT INTO {SCHEMA}.results (run_id) VALUES ($1)"
+    ))?;
+    ctx.tx().execute(&insert, &[&run])?;
+    Ok(())
+}
+
+/// Launches `n` roots on `topic` in batches of one transaction each.
+fn prelaunch(client: &Client, topic: &str, n: usize) {
+    let mut conn = client.pool().get().unwrap();
+    for chunk in 0..n.div_ceil(1000) {
+        let mut tx = conn.transaction().unwrap();
+        for i in chunk * 1000..((chunk + 1) * 1000).min(n) {
+            client
+                .launch_in(&mut tx, topic, &json!({ "n": i }))
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+}
+
+/// Waits until `handler` has no unfinished runs left. Counts through the index of runnable
+/// runs, so that the polling itself costs the same however much history the tables hold.
+/// (Only for handlers whose runs have no children: a run waiting for children is not in that
+/// index.)
+fn wait_drained(admin: &mut postgres::Client, handler: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM {SCHEMA}.runs WHERE handler = $1 \
+         AND status IN ('active', 'rolling_back') AND pending_children = 0"
+    );
+    wait_zero(admin, &sql, handler);
+}
+
+fn wait_zero(admin: &mut postgres::Client, sql: &str, handler: &str) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let left: i64 = admin.query_one(sql, &[&handler]).unwrap().get(0);
+        if left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out with {left} runs of {handler} left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn db_now(admin: &mut postgres::Client) -> f64 {
+    admin
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .unwrap()
+        .get(0)
+}
+
+fn job_saga() -> Saga {
+    Saga::builder("w1-job")
+        .step(|ctx: &mut StepContext<'_>, _: &Value| insert_result(ctx))
+        .build()
+        .unwrap()
+}
+
+/// Drains `jobs` pre-launched jobs; returns steps per second (database clock: from just before
+/// the runtime starts to the last job's commit).
+fn w1_run(admin: &mut postgres::Client, client: &Client, jobs: usize) -> f64 {
+    client.register_handler("w1", "w1-job").unwrap();
+    prelaunch(client, "w1", jobs);
+    admin
+        .batch_execute(&format!("VACUUM ANALYZE {SCHEMA}.runs"))
+        .unwrap();
+    let start = db_now(admin);
+    let runtime = Runtime::builder(url())
+        .schema(SCHEMA)
+        .workers(WORKERS)
+        .subscribe("w1", job_saga())
+        .start()
+        .unwrap();
+    wait_drained(admin, "w1-job");
+    let end: f64 = admin
+        .query_one(
+            &format!(
+                "SELECT extract(epoch FROM max(finished_at))::float8 FROM {SCHEMA}.runs \
+                 WHERE handler = 'w1-job' AND finished_at >= to_timestamp($1)"
+            ),
+            &[&start],
+        )
+        .unwrap()
+        .get(0);
+    runtime.shutdown().unwrap();
+    jobs as f64 / (end - start)
+}
+
+fn w1(admin: &mut postgres::Client) -> f64 {
+    let mut best = 0.0f64;
+    for _ in 0..2 {
+        let client = fresh_schema(admin);
+        best = best.max(w1_run(admin, &client, 10_000));
+    }
+    report("w1_steps_per_s", best);
+    best
+}
+
+/// Fills the tables with `n` finished runs (and their messages and history), as the engine
+/// would have left them, in bulk.
+fn fill_history(admin: &mut postgres::Client, n: i64) {
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {SCHEMA}.messages (id, root_id, topic, payload, created_at)
+             SELECT id, id, 'w1', jsonb_build_object('n', i), now() - interval '1 day'
+             FROM (SELECT {SCHEMA}.uuid_v7() AS id, i FROM generate_series(1, {n}) i) s;
+             INSERT INTO {SCHEMA}.runs (id, root_id, message_id, handler, topic, status,
+                                        step_index, instances, wake_at, started_at, finished_at)
+             SELECT {SCHEMA}.uuid_v7(), m.id, m.id, 'w1-job', 'w1', 'committed', 1, 1,
+                    m.created_at, m.created_at, m.created_at
+             FROM {SCHEMA}.messages m;
+             INSERT INTO {SCHEMA}.history (root_id, run_id, message_id, event, handler, step, at)
+             SELECT r.root_id, CASE WHEN e.event = 'EMITTED' THEN NULL ELSE r.id END,
+                    r.message_id, e.event, CASE WHEN e.event = 'EMITTED' THEN NULL ELSE r.handler END,
+                    CASE WHEN e.event IN ('SUSPENDED', 'COMMITTED') THEN '0' END, r.finished_at
+             FROM {SCHEMA}.runs r,
+                  (VALUES (1, 'EMITTED'), (2, 'SEEN'), (3, 'SUSPENDED'), (4, 'COMMITTED')) e(o, event)
+             ORDER BY r.id, e.o;
+             INSERT INTO {SCHEMA}.results (run_id) SELECT id FROM {SCHEMA}.runs;"
+        ))
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "VACUUM ANALYZE {SCHEMA}.messages, {SCHEMA}.runs, {SCHEMA}.history, {SCHEMA}.results"
+        ))
+        .unwrap();
+}
+
+fn flatness(admin: &mut postgres::Client, empty_rate: f64) {
+    let mut best = 0.0f64;
+    for _ in 0..2 {
+        let client = fresh_schema(admin);
+        fill_history(admin, 200_000);
+        best = best.max(w1_run(admin, &client, 10_000));
+    }
+    report("w1_with_200k_history_steps_per_s", best);
+    report("history_flatness", best / empty_rate);
+}
+
+fn w3(admin: &mut postgres::Client) {
+    let client = fresh_schema(admin);
+    let root = Saga::builder("w3-root")
+        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+            for i in 0..10 {
+                ctx.emit("w3-child", &json!({ "i": i }))?;
+            }
+            Ok(())
+        })
+        .step(|ctx: &mut StepContext<'_>, _: &Value| insert_result(ctx))
+        .build()
+        .unwrap();
+    let child = Saga::builder("w3-child")
+        .step(|ctx: &mut StepContext<'_>, _: &Value| insert_result(ctx))
+        .build()
+        .unwrap();
+    let roots = 500usize;
+    client.register_handler("w3", "w3-root").unwrap();
+    client.register_handler("w3-child", "w3-child").unwrap();
+    prelaunch(&client, "w3", roots);
+    let start = db_now(admin);
+    let runtime = Runtime::builder(url())
+        .schema(SCHEMA)
+        .workers(WORKERS)
+        .subscribe("w3", root)
+        .subscribe("w3-child", child)
+        .start()
+        .unwrap();
+    // Roots wait for their children, so once no root is left unfinished, nothing is. (The
+    // schema is fresh and small, so a plain count is cheap here.)
+    wait_zero(
+        admin,
+        &format!("SELECT count(*) FROM {SCHEMA}.runs WHERE handler = $1 AND status <> 'committed'"),
+        "w3-root",
+    );
+    let pending: i64 = admin
+        .query_one(
+            &format!("SELECT count(*) FROM {SCHEMA}.runs WHERE status <> 'committed'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0, "every run of w3 commits");
+    let row = admin
+        .query_one(
+            &format!(
+                "SELECT extract(epoch FROM max(finished_at))::float8,
+                        (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FROM (
+                            SELECT extract(epoch FROM r.finished_at - s.at) * 1000 AS ms
+                            FROM {SCHEMA}.runs r
+                            JOIN {SCHEMA}.history s ON s.root_id = r.root_id AND s.run_id = r.id
+                                                   AND s.event = 'SEEN'
+                            WHERE r.parent_id IS NULL) t)::float8
+                 FROM {SCHEMA}.runs"
+            ),
+            &[],
+        )
+        .unwrap();
+    let (end, p50): (f64, f64) = (row.get(0), row.get(1));
+    runtime.shutdown().unwrap();
+    let steps = roots * 12;
+    report("w3_steps_per_s", steps as f64 / (end - start));
+    report("w3_root_p50_ms", p50);
+}
+
+/// Parent-child pairs one at a time on an idle runtime. Each parent's second step measures,
+/// on the database clock, how long ago its (only) child committed.
+fn wake(admin: &mut postgres::Client, split: bool) -> (f64, f64) {
+    let _client = fresh_schema(admin);
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let parent = {
+        let samples = samples.clone();
+        Saga::builder("wake-parent")
+            .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                ctx.emit("wake-child", &json!({}))?;
+                Ok(())
+            })
+            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                let run = ctx.run_id().as_uuid();
+                let ms: f64 = ctx
+                    .tx()
+                    .query_one(
+                        &format!(
+                            "SELECT (extract(epoch FROM clock_timestamp() - max(finished_at)) \
+                             * 1000)::float8 FROM {SCHEMA}.runs WHERE parent_id = $1"
+                        ),
+                        &[&run],
+                    )?
+                    .get(0);
+                samples.lock().unwrap().push(ms);
+                Ok(())
+            })
+            .build()
+            .unwrap()
+    };
+    let child = Saga::builder("wake-child")
+        .step(|_ctx, _: &Value| -> StepResult { Ok(()) })
+        .build()
+        .unwrap();
+    // With `split`, parent and child live in different runtimes: the wake-up then travels
+    // through a NOTIFY and the other runtime's listener instead of an in-process hint.
+    let (a, b) = if split {
+        let a = Runtime::builder(url())
+            .schema(SCHEMA)
+            .workers(WORKERS)
+            .subscribe("wake", parent)
+            .start()
+            .unwrap();
+        let b = Runtime::builder(url())
+            .schema(SCHEMA)
+            .workers(WORKERS)
+            .subscribe("wake-child", child)
+            .start()
+            .unwrap();
+        (a, Some(b))
+    } else {
+        let a = Runtime::builder(url())
+            .schema(SCHEMA)
+            .workers(WORKERS)
+            .subscribe("wake", parent)
+            .subscribe("wake-child", child)
+            .start()
+            .unwrap();
+        (a, None)
+    };
+    for _ in 0..200 {
+        let root = a.launch("wake", &json!({})).unwrap();
+        assert!(
+            a.wait_for(root, Duration::from_secs(30))
+                .unwrap()
+                .is_committed()
+        );
+    }
+    a.shutdown().unwrap();
+    if let Some(b) = b {
+        b.shutdown().unwrap();
+    }
+    let mut s = samples.lock().unwrap().clone();
+    s.sort_by(f64::total_cmp);
+    let pct = |p: f64| s[((s.len() - 1) as f64 * p).round() as usize];
+    (pct(0.5), pct(0.99))
+}
+
+fn xacts(admin: &mut postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database \
+             WHERE datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn idle(admin: &mut postgres::Client) {
+    let _client = fresh_schema(admin);
+    let mut builder = Runtime::builder(url()).schema(SCHEMA).workers(8);
+    for i in 0..20 {
+        let saga = Saga::builder(format!("idle-{i}"))
+            .step(|_ctx, _: &Value| -> StepResult { Ok(()) })
+            .build()
+            .unwrap();
+        builder = builder.subscribe(format!("idle-topic-{i}"), saga);
+    }
+    let runtime = builder.start().unwrap();
+    // Backends report their counters to pg_stat_database up to ~10 s late; let the start-up
+    // burst land before the window opens.
+    std::thread::sleep(Duration::from_secs(11));
+    let before = xacts(admin);
+    let window = Duration::from_secs(10);
+    std::thread::sleep(window);
+    let after = xacts(admin);
+    // The first snapshot's own transaction is counted in the second one.
+    let observed = (after - before - 1).max(0);
+    let stats = runtime.stats();
+    runtime.shutdown().unwrap();
+    report("idle_tx_per_s", observed as f64 / window.as_secs_f64());
+    report("idle_sweeps", stats.sweeps as f64);
+}
+
+fn main() {
+    let mut admin = admin();
+    let mut w1_rate = None;
+    if wanted("w1") || wanted("flat") {
+        w1_rate = Some(w1(&mut admin));
+    }
+    if wanted("w3") {
+        w3(&mut admin);
+    }
+    if wanted("wake") {
+        let (p50, p99) = wake(&mut admin, false);
+        report("wake_latency_p50_ms", p50);
+        report("wake_latency_p99_ms", p99);
+        let (p50, p99) = wake(&mut admin, true);
+        report("wake_latency_via_notify_p50_ms", p50);
+        report("wake_latency_via_notify_p99_ms", p99);
+    }
+    if wanted("flat") {
+        flatness(&mut admin, w1_rate.expect("w1 ran"));
+    }
+    if wanted("idle") {
+        idle(&mut admin);
+    }
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        .unwrap();
+}

@@ -2,6 +2,19 @@
 -- Applied by src/migrate.rs inside one transaction, under an advisory lock, with
 -- search_path set to the target schema (so the names below are unqualified).
 
+-- A time-ordered UUID (version 7): 48 bits of Unix milliseconds, then random bits. Run ids
+-- are minted in SQL (their number depends on the topology at emission), and time order keeps
+-- primary-key inserts at the right edge of the index instead of scattering them.
+CREATE FUNCTION uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+    SELECT encode(
+        set_bit(set_bit(
+            overlay(uuid_send(gen_random_uuid())
+                    placing substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                    FROM 1 FOR 6),
+            52, 1), 53, 1),
+        'hex')::uuid
+$$;
+
 -- Every emitted message: immutable once written.
 CREATE TABLE messages (
     id              uuid        PRIMARY KEY,

@@ -202,7 +202,15 @@ impl Client {
             payload,
             scoped: false,
         };
-        store::emit(client, self.sql(), None, None, &[emission], CLIENT_WORKER)?;
+        store::emit(
+            client,
+            self.sql(),
+            None,
+            None,
+            &[emission],
+            CLIENT_WORKER,
+            &[],
+        )?;
         Ok(RootId::from_uuid(id))
     }
 
@@ -308,6 +316,17 @@ impl Client {
         }
     }
 
+    /// Registers `handler` as a listener of `topic` in the durable topology without starting
+    /// a runtime, so that messages launched from now on get a run of it (which waits until a
+    /// runtime serving the handler starts). Runtimes register their subscriptions themselves
+    /// at start; this is for declaring the topology ahead of deployment or of a backlog.
+    pub fn register_handler(&self, topic: &str, handler: &str) -> Result<()> {
+        validate::name("topic", topic)?;
+        validate::name("handler", handler)?;
+        let mut conn = self.conn()?;
+        store::register(&mut *conn, self.sql(), &[(topic, handler)], "runtime")
+    }
+
     /// Registers `handler` as an out-of-band listener of `topic`: messages on the topic get a
     /// run of it, which no runtime executes; parents wait for it until someone calls
     /// [`complete_external`](Self::complete_external) (a person approving, an external
@@ -344,7 +363,7 @@ impl Client {
             return Err(refuse("the run has already finished"));
         }
         let t = decide::complete_external(&run.view, !run.seen, result.err());
-        store::apply(&mut tx, self.sql(), None, run.id, &t, CLIENT_WORKER)?;
+        store::apply(&mut tx, self.sql(), None, run.id, &t, CLIENT_WORKER, &[])?;
         tx.commit()?;
         Ok(())
     }

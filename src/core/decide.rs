@@ -54,14 +54,6 @@ pub(crate) struct Transition {
     pub(crate) events: Vec<Event>,
 }
 
-impl Transition {
-    /// Whether the run can be claimed again right away (it has more to do and nothing to wait
-    /// for), so the runtime should keep its handler's queue warm.
-    pub(crate) fn runnable_now(&self) -> bool {
-        !self.status.is_terminal() && self.pending_children == 0
-    }
-}
-
 /// The outcome of user code for one step.
 #[derive(Debug)]
 pub(crate) enum StepOutcome {
@@ -312,7 +304,6 @@ mod tests {
         assert_eq!(t.step_index, 1);
         assert_eq!(t.pending_children, 3);
         assert_eq!(t.instances, 1);
-        assert!(!t.runnable_now());
         assert_eq!(kinds(&t), vec![(EventKind::Suspended, Some("0"))]);
         assert_eq!(t.events[0].next_step, Some(1));
     }
@@ -327,8 +318,10 @@ mod tests {
             0,
             "h[1]",
         );
-        assert!(t.runnable_now());
-        assert_eq!(t.step_index, 1);
+        assert_eq!(
+            (t.status, t.pending_children, t.step_index),
+            (RunStatus::Active, 0, 1)
+        );
     }
 
     #[test]
@@ -457,7 +450,6 @@ mod tests {
             ]
         );
         assert_eq!(t.events[0].failure.as_ref(), Some(&failure));
-        assert!(!t.runnable_now());
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod listener;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -236,6 +236,7 @@ impl RuntimeBuilder {
             .subscriptions
             .into_iter()
             .map(|sub| HandlerEntry {
+                last_notified: AtomicU64::new(0),
                 name: Arc::from(sub.saga.name()),
                 source: format!("{}[{instance}]", sub.saga.name()),
                 concurrency: sub.concurrency.unwrap_or(self.workers).min(self.workers),
@@ -272,6 +273,8 @@ impl RuntimeBuilder {
             events: events_tx,
             stats: Counters::default(),
             signals: Signals::default(),
+            started: Instant::now(),
+            stopping: AtomicBool::new(false),
         });
         let (exit_tx, exit_rx) = crossbeam_channel::bounded::<()>(0);
         let (tasks_tx, tasks_rx) = crossbeam_channel::bounded(self.workers);
@@ -469,6 +472,7 @@ impl Runtime {
         let Some(threads) = self.threads.take() else {
             return Ok(());
         };
+        self.shared.stopping.store(true, Ordering::Relaxed);
         let _ = self.shared.events.send(Event::Shutdown);
         drop(threads.stop_listener);
         let all_exited = match timeout {
@@ -587,7 +591,16 @@ pub(crate) struct HandlerEntry {
     /// `handler[instance]`, the source of failures raised by its steps.
     pub(crate) source: String,
     pub(crate) concurrency: usize,
+    /// When this runtime last notified other runtimes about the handler's new runs
+    /// (milliseconds since start, plus one; 0 = never).
+    pub(crate) last_notified: AtomicU64,
 }
+
+/// While a handler served here was notified this recently, further notifications for it are
+/// skipped: this runtime wakes it in-process, and other runtimes serving it are already awake
+/// and draining. Notifying commits serialize on a lock that PostgreSQL holds through the
+/// commit, so notifying every emission would cost throughput for nothing.
+const NOTIFY_QUIET_WINDOW: Duration = Duration::from_millis(100);
 
 /// What every runtime thread shares.
 #[derive(Debug)]
@@ -600,9 +613,50 @@ pub(crate) struct Shared {
     pub(crate) events: Sender<Event>,
     pub(crate) stats: Counters,
     pub(crate) signals: Signals,
+    pub(crate) started: Instant,
+    /// Set when shutdown begins, so workers stop draining early.
+    pub(crate) stopping: AtomicBool,
 }
 
 impl Shared {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// Local handlers notified within the quiet window: don't notify them again yet.
+    pub(crate) fn quiet_handlers(&self) -> Vec<&str> {
+        let now = self.now_ms();
+        let window = NOTIFY_QUIET_WINDOW.as_millis() as u64;
+        self.handlers
+            .iter()
+            .filter(|h| {
+                let last = h.last_notified.load(Ordering::Relaxed);
+                last != 0 && now.saturating_sub(last) < window
+            })
+            .map(|h| &*h.name)
+            .collect()
+    }
+
+    /// Records that the local handlers among `woken`, except those in `quiet`, were notified.
+    pub(crate) fn record_notified<'a>(
+        &self,
+        woken: impl IntoIterator<Item = &'a str>,
+        quiet: &[&str],
+    ) {
+        let now = self.now_ms();
+        for name in woken {
+            if !quiet.contains(&name) {
+                if let Some(&h) = self.by_name.get(name) {
+                    self.handlers[h].last_notified.store(now, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
     /// Wakes this runtime's handlers among `names` without waiting for a notification.
     pub(crate) fn hint_names<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         for name in names {

@@ -3,6 +3,7 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use postgres::{NoTls, Transaction};
@@ -15,13 +16,26 @@ use crate::core::decide::{self, Action, StepOutcome, Transition};
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
-use crate::saga::{SAVEPOINT, SavepointState, StepContext, StepInfo};
+use crate::saga::{SAVEPOINT, SavepointState, StepContext, StepInfo, UserStatements};
 use crate::store::{self, Applied, Claimed, Emitted, Emitter, StmtCache};
+
+/// A worker keeps claiming runs of the handler it was given until none is due, or until it
+/// has run this many (or for `BATCH_TIME`), then goes back to the dispatcher so other
+/// handlers get their turn.
+const BATCH_STEPS: usize = 64;
+const BATCH_TIME: Duration = Duration::from_millis(100);
 
 /// A worker's own connection, kept for its whole life so its prepared statements stay valid.
 struct WorkerConn {
     client: PooledConnection<PostgresConnectionManager<NoTls>>,
     cache: StmtCache,
+    user: UserStatements,
+}
+
+/// How one claim attempt ended.
+enum Processed {
+    Ran,
+    Empty(Option<Duration>),
 }
 
 pub(crate) fn run(shared: Arc<Shared>, tasks: Receiver<Task>) {
@@ -32,28 +46,10 @@ pub(crate) fn run(shared: Arc<Shared>, tasks: Receiver<Task>) {
                 handler,
                 generation,
             } => {
-                let mut claimed = false;
-                let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                    process(&shared, &mut conn, handler, generation, &mut claimed)
-                }));
-                let result = match outcome {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(e)) => {
-                        infra_error(&shared, &mut conn, &e, &shared.handlers[handler].name);
-                        ClaimResult::Failed
-                    }
-                    Err(_) => {
-                        // Our own bug, not user code (which is caught closer to it). The
-                        // transaction was dropped, i.e. rolled back; keep the thread alive.
-                        log::error!("internal panic while processing a run; it will be retried");
-                        bump(&shared.stats.infra_errors);
-                        conn = None;
-                        ClaimResult::Failed
-                    }
-                };
+                let (announced, result) = drain(&shared, &mut conn, handler, generation);
                 let _ = shared.events.send(Event::Finished {
                     handler,
-                    claimed,
+                    claimed: announced,
                     result,
                 });
             }
@@ -67,6 +63,53 @@ pub(crate) fn run(shared: Arc<Shared>, tasks: Receiver<Task>) {
                     }
                 };
                 let _ = shared.events.send(Event::SweepDone(found));
+            }
+        }
+    }
+}
+
+/// Processes runs of handler `h` one transaction at a time until none is due or the batch is
+/// used up. Returns whether a claim was announced to the dispatcher, and how it ended.
+fn drain(
+    shared: &Shared,
+    conn: &mut Option<WorkerConn>,
+    h: usize,
+    generation: u64,
+) -> (bool, ClaimResult) {
+    let started = Instant::now();
+    let mut announced = false;
+    let mut ran = 0;
+    loop {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            process(shared, conn, h, &mut announced)
+        }));
+        match outcome {
+            Ok(Ok(Processed::Ran)) => {
+                ran += 1;
+                if ran >= BATCH_STEPS || started.elapsed() >= BATCH_TIME || shared.is_stopping() {
+                    return (announced, ClaimResult::Ran);
+                }
+            }
+            Ok(Ok(Processed::Empty(next_wake))) => {
+                return (
+                    announced,
+                    ClaimResult::Empty {
+                        generation,
+                        next_wake,
+                    },
+                );
+            }
+            Ok(Err(e)) => {
+                infra_error(shared, conn, &e, &shared.handlers[h].name);
+                return (announced, ClaimResult::Failed);
+            }
+            Err(_) => {
+                // Our own bug, not user code (which is caught closer to it). The transaction
+                // was dropped, i.e. rolled back; keep the thread alive.
+                log::error!("internal panic while processing a run; it will be retried");
+                bump(&shared.stats.infra_errors);
+                *conn = None;
+                return (announced, ClaimResult::Failed);
             }
         }
     }
@@ -93,6 +136,7 @@ fn connection<'a>(shared: &Shared, slot: &'a mut Option<WorkerConn>) -> Result<&
         None => Ok(slot.insert(WorkerConn {
             client: shared.client.conn()?,
             cache: StmtCache::default(),
+            user: UserStatements::default(),
         })),
     }
 }
@@ -120,37 +164,46 @@ fn process(
     shared: &Shared,
     slot: &mut Option<WorkerConn>,
     h: usize,
-    generation: u64,
-    claimed: &mut bool,
-) -> Result<ClaimResult> {
+    announced: &mut bool,
+) -> Result<Processed> {
     let entry = &shared.handlers[h];
     let sql = shared.client.sql();
-    let WorkerConn { client, cache } = connection(shared, slot)?;
+    let WorkerConn {
+        client,
+        cache,
+        user,
+    } = connection(shared, slot)?;
     let mut tx = client.transaction()?;
     let Some(run) = store::claim(&mut tx, sql, cache, &entry.name, &shared.instance)? else {
         tx.rollback()?;
         bump(&shared.stats.empty_claims);
-        return Ok(ClaimResult::Empty {
-            generation,
-            next_wake: None,
-        });
+        return Ok(Processed::Empty(None));
     };
     if !run.due {
         tx.rollback()?;
         bump(&shared.stats.empty_claims);
-        return Ok(ClaimResult::Empty {
-            generation,
-            next_wake: Some(run.wait),
-        });
+        return Ok(Processed::Empty(Some(run.wait)));
     }
-    *claimed = true;
-    let _ = shared.events.send(Event::Claimed(h));
+    if !*announced {
+        // Lets the dispatcher put another worker on this handler while this one is busy.
+        *announced = true;
+        let _ = shared.events.send(Event::Claimed(h));
+    }
 
+    let quiet = shared.quiet_handlers();
     let steps = entry.saga.step_names();
     let ((transition, emitted, applied), tx) =
         match decide::next_action(&run.view, steps, &entry.source) {
             Action::RunStep { index, iteration } => {
-                run_step(shared, entry, cache, tx, &run, index, iteration)?
+                let step = Step {
+                    shared,
+                    entry,
+                    run: &run,
+                    index,
+                    iteration,
+                    quiet: &quiet,
+                };
+                step.run(cache, user, tx)?
             }
             action => {
                 let t = match action {
@@ -161,132 +214,170 @@ fn process(
                     }
                     _ => decide::finish_rollback(&run.view, steps, None),
                 };
-                let applied =
-                    store::apply(&mut tx, sql, Some(cache), run.id, &t, &shared.instance)?;
+                let applied = store::apply(
+                    &mut tx,
+                    sql,
+                    Some(cache),
+                    run.id,
+                    &t,
+                    &shared.instance,
+                    &quiet,
+                )?;
                 ((t, Emitted::default(), applied), tx)
             }
         };
     tx.commit()?;
     bump(&shared.stats.steps);
 
-    // Wake local handlers now rather than after the notification's round trip.
-    shared.hint_names(emitted.handlers.iter().map(String::as_str));
-    shared.hint_names(applied.woken_parent.as_deref());
-    if transition.runnable_now() {
-        let _ = shared.events.send(Event::Hint(h));
-    }
+    let woken = emitted
+        .handlers
+        .iter()
+        .map(String::as_str)
+        .chain(applied.woken_parent.as_deref());
+    shared.record_notified(woken.clone(), &quiet);
+    // Wake local handlers now rather than after the notification's round trip. This worker
+    // goes on claiming for its own handler, so it needs no hint.
+    shared.hint_names(woken.filter(|&name| name != &*entry.name));
     if applied.is_root && transition.status.is_terminal() {
         shared.signals.root_finished();
     }
-    Ok(ClaimResult::Ran)
+    Ok(Processed::Ran)
 }
 
 type Done<'c> = ((Transition, Emitted, Applied), Transaction<'c>);
 
-/// Runs user step `index` of a claimed run and persists its outcome in the same transaction.
-fn run_step<'c>(
-    shared: &Shared,
-    entry: &HandlerEntry,
-    cache: &mut StmtCache,
-    tx: Transaction<'c>,
-    run: &Claimed,
+/// A user step about to run.
+struct Step<'a> {
+    shared: &'a Shared,
+    entry: &'a HandlerEntry,
+    run: &'a Claimed,
     index: usize,
     iteration: u32,
-) -> Result<Done<'c>> {
-    let steps = entry.saga.step_names();
-    let step = &steps[index];
-    let info = StepInfo {
-        handler: entry.name.clone(),
-        run_id: run.id,
-        root_id: run.root_id,
-        message_id: run.message_id,
-        topic: run.topic.clone(),
-        step_name: step.clone(),
-        step_index: index,
-        iteration,
-    };
-    let mut ctx = StepContext::new(tx, info);
-    let result = panic::catch_unwind(AssertUnwindSafe(|| {
-        entry.saga.run_step(index, &mut ctx, &run.payload)
-    }));
-    let (mut tx, emissions, savepoint) = ctx.into_parts();
-    let savepoint_taken = match savepoint {
-        SavepointState::Failed(e) => return Err(e.into()),
-        SavepointState::Taken => true,
-        SavepointState::NotTaken => false,
-    };
-    let outcome = match result {
-        Ok(Ok(next)) => StepOutcome::Completed(next),
-        Ok(Err(err)) => StepOutcome::Failed(Failure::from_step_error(err, &entry.source, step)),
-        Err(payload) => StepOutcome::Failed(Failure::from_panic(&*payload, &entry.source, step)),
-    };
-    let sql = shared.client.sql();
-    let failure = match outcome {
-        StepOutcome::Completed(next) => {
-            let emitter = Emitter {
-                root_id: run.root_id,
-                run_id: run.id,
-                instance: run.view.instances,
-                handler: &entry.name,
-                step,
-            };
-            let completed = (|| {
-                let emitted = store::emit(
-                    &mut tx,
-                    sql,
-                    Some(cache),
-                    Some(&emitter),
-                    &emissions,
-                    &shared.instance,
-                )?;
-                let t = decide::after_step(
-                    &run.view,
-                    steps,
-                    index,
-                    StepOutcome::Completed(next),
-                    emitted.children,
-                    &entry.source,
-                );
-                let applied =
-                    store::apply(&mut tx, sql, Some(cache), run.id, &t, &shared.instance)?;
-                Ok::<_, Error>((t, emitted, applied))
-            })();
-            match completed {
-                Ok(done) => return Ok((done, tx)),
-                Err(e) if savepoint_taken && left_aborted(&e) => Failure::new(
-                    "structured_cooperation::TransactionAborted",
-                    format!(
-                        "the step returned successfully but a statement it ran had failed, \
-                         leaving its transaction aborted ({e}); return the statement's error, \
-                         or run it inside a nested savepoint"
-                    ),
-                    entry.source.as_str(),
-                )
-                .with_step(step.as_str()),
-                Err(e) => return Err(e),
+    quiet: &'a [&'a str],
+}
+
+impl Step<'_> {
+    /// Runs the user's step and persists its outcome in the same transaction.
+    fn run<'c>(
+        &self,
+        cache: &mut StmtCache,
+        user: &'c mut UserStatements,
+        tx: Transaction<'c>,
+    ) -> Result<Done<'c>> {
+        let (entry, run, shared) = (self.entry, self.run, self.shared);
+        let steps = entry.saga.step_names();
+        let step = &steps[self.index];
+        let info = StepInfo {
+            handler: entry.name.clone(),
+            run_id: run.id,
+            root_id: run.root_id,
+            message_id: run.message_id,
+            topic: run.topic.clone(),
+            step_name: step.clone(),
+            step_index: self.index,
+            iteration: self.iteration,
+        };
+        let mut ctx = StepContext::new(tx, info, user);
+        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+            entry.saga.run_step(self.index, &mut ctx, &run.payload)
+        }));
+        let (mut tx, emissions, savepoint) = ctx.into_parts();
+        let savepoint_taken = match savepoint {
+            SavepointState::Failed(e) => return Err(e.into()),
+            SavepointState::Taken => true,
+            SavepointState::NotTaken => false,
+        };
+        let outcome = match result {
+            Ok(Ok(next)) => StepOutcome::Completed(next),
+            Ok(Err(err)) => StepOutcome::Failed(Failure::from_step_error(err, &entry.source, step)),
+            Err(payload) => {
+                StepOutcome::Failed(Failure::from_panic(&*payload, &entry.source, step))
             }
+        };
+        let sql = shared.client.sql();
+        let failure = match outcome {
+            StepOutcome::Completed(next) => {
+                let emitter = Emitter {
+                    root_id: run.root_id,
+                    run_id: run.id,
+                    instance: run.view.instances,
+                    handler: &entry.name,
+                    step,
+                };
+                let completed = (|| {
+                    let emitted = store::emit(
+                        &mut tx,
+                        sql,
+                        Some(cache),
+                        Some(&emitter),
+                        &emissions,
+                        &shared.instance,
+                        self.quiet,
+                    )?;
+                    let t = decide::after_step(
+                        &run.view,
+                        steps,
+                        self.index,
+                        StepOutcome::Completed(next),
+                        emitted.children,
+                        &entry.source,
+                    );
+                    let applied = store::apply(
+                        &mut tx,
+                        sql,
+                        Some(cache),
+                        run.id,
+                        &t,
+                        &shared.instance,
+                        self.quiet,
+                    )?;
+                    Ok::<_, Error>((t, emitted, applied))
+                })();
+                match completed {
+                    Ok(done) => return Ok((done, tx)),
+                    Err(e) if savepoint_taken && left_aborted(&e) => Failure::new(
+                        "structured_cooperation::TransactionAborted",
+                        format!(
+                            "the step returned successfully but a statement it ran had failed, \
+                             leaving its transaction aborted ({e}); return the statement's \
+                             error, or run it inside a nested savepoint"
+                        ),
+                        entry.source.as_str(),
+                    )
+                    .with_step(step.as_str()),
+                    Err(e) => return Err(e),
+                }
+            }
+            StepOutcome::Failed(failure) => failure,
+        };
+        if savepoint_taken {
+            tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))?;
         }
-        StepOutcome::Failed(failure) => failure,
-    };
-    if savepoint_taken {
-        tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))?;
+        bump(&shared.stats.step_failures);
+        log::warn!(
+            "{}: step {step:?} of run {} failed: {failure}",
+            entry.name,
+            run.id
+        );
+        let t = decide::after_step(
+            &run.view,
+            steps,
+            self.index,
+            StepOutcome::Failed(failure),
+            0,
+            &entry.source,
+        );
+        let applied = store::apply(
+            &mut tx,
+            sql,
+            Some(cache),
+            run.id,
+            &t,
+            &shared.instance,
+            self.quiet,
+        )?;
+        Ok(((t, Emitted::default(), applied), tx))
     }
-    bump(&shared.stats.step_failures);
-    log::warn!(
-        "{}: step {step:?} of run {} failed: {failure}",
-        entry.name,
-        run.id
-    );
-    let t = decide::after_step(
-        &run.view,
-        steps,
-        index,
-        StepOutcome::Failed(failure),
-        0,
-        &entry.source,
-    );
-    let applied = store::apply(&mut tx, sql, Some(cache), run.id, &t, &shared.instance)?;
-    Ok(((t, Emitted::default(), applied), tx))
 }
 
 /// The first statement after user code failed because user code left the transaction

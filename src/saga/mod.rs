@@ -14,7 +14,7 @@ use crate::failure::{StepError, StepResult};
 use crate::validate;
 
 pub use context::StepContext;
-pub(crate) use context::{Emission, SAVEPOINT, SavepointState, StepInfo};
+pub(crate) use context::{Emission, SAVEPOINT, SavepointState, StepInfo, UserStatements};
 
 /// A type-erased step body: decodes the payload and runs the user's closure.
 type StepFn = Box<dyn Fn(&mut StepContext<'_>, &str) -> StepResult<Next> + Send + Sync>;

@@ -135,11 +135,12 @@ pub(crate) struct Emitter<'a> {
 pub(crate) struct Emitted {
     /// Child runs created for the emitting run.
     pub(crate) children: u32,
-    /// Handlers that got new runs (and were notified).
+    /// Handlers that got new runs.
     pub(crate) handlers: Vec<String>,
 }
 
 /// Writes emissions (children of `emitter`, or global launches when `emitter` is `None`).
+/// Handlers in `quiet` get runs but no notification.
 pub(crate) fn emit(
     client: &mut impl GenericClient,
     sql: &Sql,
@@ -147,6 +148,7 @@ pub(crate) fn emit(
     emitter: Option<&Emitter<'_>>,
     emissions: &[Emission],
     worker: &str,
+    quiet: &[&str],
 ) -> Result<Emitted> {
     if emissions.is_empty() {
         return Ok(Emitted::default());
@@ -163,7 +165,7 @@ pub(crate) fn emit(
     let instance = emitter.map(|e| e.instance as i32);
     let handler = emitter.map(|e| e.handler);
     let step = emitter.map(|e| e.step);
-    let params: [&(dyn postgres::types::ToSql + Sync); 11] = [
+    let params: [&(dyn postgres::types::ToSql + Sync); 12] = [
         &ids,
         &topics,
         &payloads,
@@ -175,6 +177,7 @@ pub(crate) fn emit(
         &step,
         &worker,
         &sql.channel,
+        &quiet,
     ];
     let row = match cache {
         Some(cache) => {
@@ -185,7 +188,7 @@ pub(crate) fn emit(
     };
     Ok(Emitted {
         children: u32::try_from(row.try_get::<_, i32>("children")?).unwrap_or(0),
-        handlers: row.try_get("notified")?,
+        handlers: row.try_get("woken")?,
     })
 }
 
@@ -198,7 +201,8 @@ pub(crate) struct Applied {
     pub(crate) woken_parent: Option<String>,
 }
 
-/// Persists `t` for run `run`.
+/// Persists `t` for run `run`. If it wakes the parent, the parent's handler is notified
+/// unless it is in `quiet`.
 pub(crate) fn apply(
     client: &mut impl GenericClient,
     sql: &Sql,
@@ -206,6 +210,7 @@ pub(crate) fn apply(
     run: RunId,
     t: &Transition,
     worker: &str,
+    quiet: &[&str],
 ) -> Result<Applied> {
     let failure = t.failure.as_ref().map(serde_json::to_string).transpose()?;
     let kinds: Vec<&str> = t.events.iter().map(|e: &Event| e.kind.as_str()).collect();
@@ -216,7 +221,7 @@ pub(crate) fn apply(
         .iter()
         .map(|e| e.failure.as_ref().map(serde_json::to_string).transpose())
         .collect::<std::result::Result<_, _>>()?;
-    let params: [&(dyn postgres::types::ToSql + Sync); 13] = [
+    let params: [&(dyn postgres::types::ToSql + Sync); 14] = [
         &run.as_uuid(),
         &t.status.as_str(),
         &(t.step_index as i32),
@@ -230,6 +235,7 @@ pub(crate) fn apply(
         &failures,
         &worker,
         &sql.channel,
+        &quiet,
     ];
     let row = match cache {
         Some(cache) => {

@@ -39,9 +39,10 @@ FROM c CROSS JOIN clock JOIN __S__.messages m ON m.id = c.message_id";
 /// history; notifies the handlers that got runs. Used for child emissions (`scoped`), launches
 /// on the global scope from a step, and launches from outside (`$5`..`$9` NULL).
 ///
-/// Returns how many child runs were created for the emitting run (`$6`) and which handlers
-/// were notified. The count comes from the same statement that inserts the runs, so a handler
-/// registering concurrently can never make it disagree with the rows.
+/// Returns how many child runs were created for the emitting run (`$6`) and which handlers got
+/// runs. The count comes from the same statement that inserts the runs, so a handler
+/// registering concurrently can never make it disagree with the rows. Handlers in `$12` are
+/// not notified: the calling runtime serves them and wakes them itself.
 const EMIT: &str = "
 WITH e AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[])
@@ -55,7 +56,7 @@ msg AS (
 ),
 child AS (
     INSERT INTO __S__.runs (id, root_id, parent_id, parent_instance, message_id, handler, topic)
-    SELECT gen_random_uuid(), CASE WHEN e.scoped THEN $5::uuid ELSE e.id END,
+    SELECT __S__.uuid_v7(), CASE WHEN e.scoped THEN $5::uuid ELSE e.id END,
            CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
            e.id, h.handler, e.topic
     FROM e JOIN __S__.handlers h ON h.topic = e.topic
@@ -69,14 +70,17 @@ hist AS (
     FROM e
     ORDER BY e.ord
 ),
-woken AS (SELECT DISTINCT handler FROM child)
+woken AS (SELECT DISTINCT handler FROM child),
+notified AS MATERIALIZED (
+    SELECT pg_notify($11, w.handler) FROM woken w WHERE w.handler <> ALL($12::text[])
+)
 SELECT (SELECT count(*) FROM child WHERE parent_id IS NOT NULL)::int4 AS children,
-       coalesce((SELECT array_agg(w.handler)
-                 FROM woken w, LATERAL (SELECT pg_notify($11, w.handler)) n), '{}') AS notified";
+       coalesce((SELECT array_agg(handler) FROM woken), '{}') AS woken,
+       (SELECT count(*) FROM notified)::int4 AS notified";
 
 /// Persists a transition of run `$1`: its new state, its history entries in order and, when it
 /// reaches a terminal state, its parent's bookkeeping (one fewer unfinished child; runnable
-/// again at zero, with a notification to the parent's handler).
+/// again at zero, with a notification to the parent's handler unless it is in `$14`).
 ///
 /// Lock order: the run's row is already locked by the claim; the parent's row is locked last,
 /// by this statement. Every transaction that waits for row locks takes them child before
@@ -114,10 +118,14 @@ parent AS (
     WHERE p.id = run.parent_id
       AND run.status IN ('committed', 'rolled_back', 'rollback_failed')
     RETURNING p.handler, p.pending_children
+),
+woke AS (SELECT handler FROM parent WHERE pending_children = 0),
+notified AS MATERIALIZED (
+    SELECT pg_notify($13, handler) FROM woke WHERE handler <> ALL($14::text[])
 )
 SELECT (SELECT parent_id FROM run) AS parent_id,
-       (SELECT p.handler FROM parent p, LATERAL (SELECT pg_notify($13, p.handler)) n
-        WHERE p.pending_children = 0) AS woken_parent";
+       (SELECT handler FROM woke) AS woken_parent,
+       (SELECT count(*) FROM notified)::int4 AS notified";
 
 /// For each handler in `$1` (1-based position returned), whether it has a due run, or how long
 /// until its earliest runnable run wakes. Handlers with nothing runnable are omitted.

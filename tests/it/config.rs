@@ -133,3 +133,38 @@ fn concurrent_first_starts_migrate_once() {
         1
     );
 }
+
+#[test]
+fn run_ids_are_time_ordered_uuid_v7() {
+    let mut db = TestDb::new("uuid_v7");
+    drop(db.client());
+    let sql = format!(
+        "SELECT {}.uuid_v7()::text FROM generate_series(1, 50)",
+        db.schema
+    );
+    let ids: Vec<uuid::Uuid> = db
+        .admin()
+        .query(sql.as_str(), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0).parse().unwrap())
+        .collect();
+    assert!(ids.iter().all(|id| id.get_version_num() == 7), "{ids:?}");
+    assert!(
+        ids.iter()
+            .all(|id| id.get_variant() == uuid::Variant::RFC4122)
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (secs, nanos) = ids[0].get_timestamp().unwrap().to_unix();
+    let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
+    assert!(
+        now_ms.abs_diff(ms) < 60_000,
+        "timestamp {ms} vs now {now_ms}"
+    );
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted.len(), ids.len());
+}
