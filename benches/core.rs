@@ -1,2 +1,0 @@
-//! Placeholder while the real one is written.
-fn main() {}
