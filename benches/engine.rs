@@ -56,20 +56,35 @@ fn benches(c: &mut Criterion) {
         .unwrap();
 
     c.bench_function("launch", |b| {
-        b.iter(|| runtime.client().launch("launch-only", &json!({"n": 1})).unwrap())
+        b.iter(|| {
+            runtime
+                .client()
+                .launch("launch-only", &json!({"n": 1}))
+                .unwrap()
+        })
     });
     let mut group = c.benchmark_group("round_trip");
     group.sample_size(50);
     group.bench_function("one_step", |b| {
         b.iter(|| {
             let root = runtime.launch("one-step", &json!({})).unwrap();
-            assert!(runtime.wait_for(root, Duration::from_secs(10)).unwrap().is_committed());
+            assert!(
+                runtime
+                    .wait_for(root, Duration::from_secs(10))
+                    .unwrap()
+                    .is_committed()
+            );
         })
     });
     group.bench_function("parent_child", |b| {
         b.iter(|| {
             let root = runtime.launch("parent", &json!({})).unwrap();
-            assert!(runtime.wait_for(root, Duration::from_secs(10)).unwrap().is_committed());
+            assert!(
+                runtime
+                    .wait_for(root, Duration::from_secs(10))
+                    .unwrap()
+                    .is_committed()
+            );
         })
     });
     group.finish();

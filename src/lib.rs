@@ -104,3 +104,8 @@ pub use postgres;
 pub use r2d2;
 /// The `r2d2_postgres` crate, re-exported for building a [`Pool`].
 pub use r2d2_postgres;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
