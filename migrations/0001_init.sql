@@ -64,6 +64,10 @@ CREATE TABLE runs (
     failed_children  integer     NOT NULL DEFAULT 0,
     -- When the run becomes (or became) claimable; compared with the database clock.
     wake_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- Terminal, but its parent's bookkeeping (pending_children - 1) is not done yet. Set by the
+    -- run's final step transaction and cleared, together with the parent's update, by a short
+    -- follow-up transaction (or by a sweep, if that one never happened).
+    release_pending  boolean     NOT NULL DEFAULT false,
     context          jsonb,
     failure          jsonb,
     created_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -80,6 +84,9 @@ CREATE INDEX runs_runnable ON runs (handler, wake_at, id)
 
 -- Children of a run (and of one of its step instances): rollback and cancellation walk these.
 CREATE INDEX runs_children ON runs (parent_id, parent_instance) WHERE parent_id IS NOT NULL;
+
+-- Finished runs whose parent has not been told yet (normally empty, or nearly).
+CREATE INDEX runs_unreleased ON runs (id) WHERE release_pending;
 
 -- The append-only story of every run, in Scoop's vocabulary. For people and tests: the
 -- scheduler never reads it.

@@ -363,8 +363,12 @@ impl Client {
             return Err(refuse("the run has already finished"));
         }
         let t = decide::complete_external(&run.view, !run.seen, result.err());
-        store::apply(&mut tx, self.sql(), None, run.id, &t, CLIENT_WORKER, &[])?;
+        let applied = store::apply(&mut tx, self.sql(), None, run.id, &t, CLIENT_WORKER)?;
         tx.commit()?;
+        if applied.release_pending {
+            // If this fails, the run stays marked and a runtime's sweep releases it.
+            store::release(&mut *conn, self.sql(), None, run.id, &[])?;
+        }
         Ok(())
     }
 }

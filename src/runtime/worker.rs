@@ -16,6 +16,7 @@ use crate::core::decide::{self, Action, StepOutcome, Transition};
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
+use crate::ids::RunId;
 use crate::saga::{SAVEPOINT, SavepointState, StepContext, StepInfo, UserStatements};
 use crate::store::{self, Applied, Claimed, Emitted, Emitter, StmtCache};
 
@@ -143,13 +144,15 @@ fn connection<'a>(shared: &Shared, slot: &'a mut Option<WorkerConn>) -> Result<&
 
 fn sweep(shared: &Shared, slot: &mut Option<WorkerConn>) -> Result<Vec<SweepEntry>> {
     let conn = connection(shared, slot)?;
+    let sql = shared.client.sql();
+    // Finish releases that a crash or a lost connection interrupted (normally none).
+    for run in store::unreleased(&mut *conn.client, sql)? {
+        let woken = store::release(&mut *conn.client, sql, Some(&mut conn.cache), run, &[])?;
+        log::info!("sweep: released the parent of run {run}");
+        shared.hint_names(woken.as_deref());
+    }
     let names: Vec<&str> = shared.handlers.iter().map(|h| &*h.name).collect();
-    let found = store::sweep(
-        &mut *conn.client,
-        shared.client.sql(),
-        Some(&mut conn.cache),
-        &names,
-    )?;
+    let found = store::sweep(&mut *conn.client, sql, Some(&mut conn.cache), &names)?;
     Ok(found
         .into_iter()
         .map(|(h, wait)| match wait {
@@ -214,26 +217,24 @@ fn process(
                     }
                     _ => decide::finish_rollback(&run.view, steps, None),
                 };
-                let applied = store::apply(
-                    &mut tx,
-                    sql,
-                    Some(cache),
-                    run.id,
-                    &t,
-                    &shared.instance,
-                    &quiet,
-                )?;
+                let applied =
+                    store::apply(&mut tx, sql, Some(cache), run.id, &t, &shared.instance)?;
                 ((t, Emitted::default(), applied), tx)
             }
         };
     tx.commit()?;
     bump(&shared.stats.steps);
+    let woken_parent = if applied.release_pending {
+        release(shared, client, cache, run.id, &quiet)
+    } else {
+        None
+    };
 
     let woken = emitted
         .handlers
         .iter()
         .map(String::as_str)
-        .chain(applied.woken_parent.as_deref());
+        .chain(woken_parent.as_deref());
     shared.record_notified(woken.clone(), &quiet);
     // Wake local handlers now rather than after the notification's round trip. This worker
     // goes on claiming for its own handler, so it needs no hint.
@@ -242,6 +243,27 @@ fn process(
         shared.signals.root_finished();
     }
     Ok(Processed::Ran)
+}
+
+/// Tells a finished run's parent, right after the run's transaction committed. If that fails
+/// the run stays marked `release_pending`, and a sweep (asked for here) finishes the job.
+fn release(
+    shared: &Shared,
+    client: &mut PooledConnection<PostgresConnectionManager<NoTls>>,
+    cache: &mut StmtCache,
+    run: RunId,
+    quiet: &[&str],
+) -> Option<String> {
+    match store::release(&mut **client, shared.client.sql(), Some(cache), run, quiet) {
+        Ok(woken) => woken,
+        Err(e) => {
+            bump(&shared.stats.infra_errors);
+            cache.clear();
+            log::warn!("releasing the parent of run {run}: {e}; a sweep will retry");
+            let _ = shared.events.send(Event::SweepRequested);
+            None
+        }
+    }
 }
 
 type Done<'c> = ((Transition, Emitted, Applied), Transaction<'c>);
@@ -322,15 +344,8 @@ impl Step<'_> {
                         emitted.children,
                         &entry.source,
                     );
-                    let applied = store::apply(
-                        &mut tx,
-                        sql,
-                        Some(cache),
-                        run.id,
-                        &t,
-                        &shared.instance,
-                        self.quiet,
-                    )?;
+                    let applied =
+                        store::apply(&mut tx, sql, Some(cache), run.id, &t, &shared.instance)?;
                     Ok::<_, Error>((t, emitted, applied))
                 })();
                 match completed {
@@ -367,15 +382,7 @@ impl Step<'_> {
             0,
             &entry.source,
         );
-        let applied = store::apply(
-            &mut tx,
-            sql,
-            Some(cache),
-            run.id,
-            &t,
-            &shared.instance,
-            self.quiet,
-        )?;
+        let applied = store::apply(&mut tx, sql, Some(cache), run.id, &t, &shared.instance)?;
         Ok(((t, Emitted::default(), applied), tx))
     }
 }

@@ -26,10 +26,11 @@ pub(crate) enum Stmt {
     Claim = 0,
     Emit,
     Finish,
+    Release,
     Sweep,
 }
 
-const CACHED: usize = 4;
+const CACHED: usize = 5;
 
 /// Prepared statements of one connection.
 #[derive(Debug, Default)]
@@ -46,6 +47,7 @@ impl StmtCache {
             Stmt::Claim => &sql.claim,
             Stmt::Emit => &sql.emit,
             Stmt::Finish => &sql.finish,
+            Stmt::Release => &sql.release,
             Stmt::Sweep => &sql.sweep,
         };
         let stmt = client.prepare(text)?;
@@ -197,12 +199,11 @@ pub(crate) fn emit(
 pub(crate) struct Applied {
     /// The run is a top-level run of its root.
     pub(crate) is_root: bool,
-    /// The parent's handler, if this transition made the parent runnable.
-    pub(crate) woken_parent: Option<String>,
+    /// The run finished and its parent must be told, with [`release`], once this commits.
+    pub(crate) release_pending: bool,
 }
 
-/// Persists `t` for run `run`. If it wakes the parent, the parent's handler is notified
-/// unless it is in `quiet`.
+/// Persists `t` for run `run`.
 pub(crate) fn apply(
     client: &mut impl GenericClient,
     sql: &Sql,
@@ -210,7 +211,6 @@ pub(crate) fn apply(
     run: RunId,
     t: &Transition,
     worker: &str,
-    quiet: &[&str],
 ) -> Result<Applied> {
     let failure = t.failure.as_ref().map(serde_json::to_string).transpose()?;
     let kinds: Vec<&str> = t.events.iter().map(|e: &Event| e.kind.as_str()).collect();
@@ -221,7 +221,7 @@ pub(crate) fn apply(
         .iter()
         .map(|e| e.failure.as_ref().map(serde_json::to_string).transpose())
         .collect::<std::result::Result<_, _>>()?;
-    let params: [&(dyn postgres::types::ToSql + Sync); 14] = [
+    let params: [&(dyn postgres::types::ToSql + Sync); 12] = [
         &run.as_uuid(),
         &t.status.as_str(),
         &(t.step_index as i32),
@@ -229,13 +229,11 @@ pub(crate) fn apply(
         &(t.instances as i32),
         &(t.pending_children as i32),
         &failure,
+        &worker,
         &kinds,
         &steps,
         &next_steps,
         &failures,
-        &worker,
-        &sql.channel,
-        &quiet,
     ];
     let row = match cache {
         Some(cache) => {
@@ -247,8 +245,38 @@ pub(crate) fn apply(
     let parent: Option<Uuid> = row.try_get("parent_id")?;
     Ok(Applied {
         is_root: parent.is_none(),
-        woken_parent: row.try_get("woken_parent")?,
+        release_pending: row.try_get("release_pending")?,
     })
+}
+
+/// Tells the parent of the finished run `run` (whose transaction must have committed) that it
+/// finished. Must run outside a transaction block. Returns the parent's handler if the parent
+/// became runnable; it is notified unless it is in `quiet`.
+pub(crate) fn release(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    cache: Option<&mut StmtCache>,
+    run: RunId,
+    quiet: &[&str],
+) -> Result<Option<String>> {
+    let params: [&(dyn postgres::types::ToSql + Sync); 3] = [&run.as_uuid(), &sql.channel, &quiet];
+    let row = match cache {
+        Some(cache) => {
+            let stmt = cache.get(client, sql, Stmt::Release)?;
+            client.query_one(&stmt, &params)?
+        }
+        None => client.query_one(sql.release.as_str(), &params)?,
+    };
+    Ok(row.try_get("woken_parent")?)
+}
+
+/// Finished runs whose parent was never told (to be released by a sweep).
+pub(crate) fn unreleased(client: &mut impl GenericClient, sql: &Sql) -> Result<Vec<RunId>> {
+    client
+        .query(sql.unreleased.as_str(), &[])?
+        .iter()
+        .map(|row| Ok(RunId::from_uuid(row.try_get("id")?)))
+        .collect()
 }
 
 /// For each of `handlers`, whether it has a due run or when its earliest runnable run wakes.

@@ -78,13 +78,9 @@ SELECT (SELECT count(*) FROM child WHERE parent_id IS NOT NULL)::int4 AS childre
        coalesce((SELECT array_agg(handler) FROM woken), '{}') AS woken,
        (SELECT count(*) FROM notified)::int4 AS notified";
 
-/// Persists a transition of run `$1`: its new state, its history entries in order and, when it
-/// reaches a terminal state, its parent's bookkeeping (one fewer unfinished child; runnable
-/// again at zero, with a notification to the parent's handler unless it is in `$14`).
-///
-/// Lock order: the run's row is already locked by the claim; the parent's row is locked last,
-/// by this statement. Every transaction that waits for row locks takes them child before
-/// parent, so a parent and its children can never wait for each other in a cycle.
+/// Persists a transition of run `$1`: its new state and its history entries in order. A run
+/// that reaches a terminal state and has a parent is marked `release_pending`; its parent's
+/// bookkeeping follows in [`RELEASE`], after this transaction committed.
 const FINISH: &str = "
 WITH run AS (
     UPDATE __S__.runs SET
@@ -92,40 +88,67 @@ WITH run AS (
         pending_children = $6, failed_children = 0,
         failure = coalesce($7::text::jsonb, failure),
         wake_at = clock_timestamp(),
+        release_pending = parent_id IS NOT NULL
+                          AND $2 IN ('committed', 'rolled_back', 'rollback_failed'),
         started_at = coalesce(started_at, clock_timestamp()),
         finished_at = CASE WHEN $2 IN ('committed', 'rolled_back', 'rollback_failed')
                            THEN clock_timestamp() END,
         updated_at = clock_timestamp()
     WHERE id = $1
-    RETURNING root_id, parent_id, message_id, handler, status
+    RETURNING root_id, parent_id, message_id, handler, release_pending
 ),
 hist AS (
     INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, step, next_step,
                                failure, worker)
     SELECT run.root_id, $1, run.message_id, e.event, run.handler, e.step, e.next_step,
-           e.failure::jsonb, $12
-    FROM run, unnest($8::text[], $9::text[], $10::int4[], $11::text[])
+           e.failure::jsonb, $8
+    FROM run, unnest($9::text[], $10::text[], $11::int4[], $12::text[])
         WITH ORDINALITY AS e(event, step, next_step, failure, ord)
     ORDER BY e.ord
+)
+SELECT parent_id, release_pending FROM run";
+
+/// Tells the parent of finished run `$1` that one more child finished: one fewer unfinished
+/// child (and one more failed one if it did not commit); at zero the parent is runnable again
+/// and its handler is notified unless it is in `$3`. The child's `release_pending` flag,
+/// cleared in the same statement, makes this happen exactly once.
+///
+/// It runs as a single statement in its own transaction (autocommit) right after the child's
+/// commit, and asks for an asynchronous commit of that transaction (`set_config(...,
+/// true)` lasts until its end): siblings finishing together queue on their parent's row only for this statement,
+/// not through each other's commit flushes. Losing it in a crash loses nothing: the flag is
+/// still set and a sweep performs the release. (Any later synchronous commit, such as the
+/// parent's next step, flushes the WAL that contains it.)
+///
+/// Lock order: the child's row, then its parent's. Every transaction that waits for a row lock
+/// holds only rows of descendants of the row it waits for, so none can deadlock.
+const RELEASE: &str = "
+WITH async AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting),
+child AS (
+    UPDATE __S__.runs SET release_pending = false
+    WHERE id = $1 AND release_pending
+    RETURNING parent_id, status
 ),
 parent AS (
     UPDATE __S__.runs p SET
         pending_children = p.pending_children - 1,
-        failed_children = p.failed_children + (run.status <> 'committed')::int4,
+        failed_children = p.failed_children + (child.status <> 'committed')::int4,
         wake_at = CASE WHEN p.pending_children = 1 THEN clock_timestamp() ELSE p.wake_at END,
         updated_at = clock_timestamp()
-    FROM run
-    WHERE p.id = run.parent_id
-      AND run.status IN ('committed', 'rolled_back', 'rollback_failed')
+    FROM child
+    WHERE p.id = child.parent_id
     RETURNING p.handler, p.pending_children
 ),
 woke AS (SELECT handler FROM parent WHERE pending_children = 0),
 notified AS MATERIALIZED (
-    SELECT pg_notify($13, handler) FROM woke WHERE handler <> ALL($14::text[])
+    SELECT pg_notify($2, handler) FROM woke WHERE handler <> ALL($3::text[])
 )
-SELECT (SELECT parent_id FROM run) AS parent_id,
-       (SELECT handler FROM woke) AS woken_parent,
-       (SELECT count(*) FROM notified)::int4 AS notified";
+SELECT (SELECT handler FROM woke) AS woken_parent, (SELECT count(*) FROM notified)::int4 AS notified,
+       (SELECT setting FROM async) AS commit_mode";
+
+/// Finished runs whose release never happened (a crash or a lost connection in between).
+const UNRELEASED: &str = "
+SELECT id FROM __S__.runs WHERE release_pending LIMIT 1000";
 
 /// For each handler in `$1` (1-based position returned), whether it has a due run, or how long
 /// until its earliest runnable run wakes. Handlers with nothing runnable are omitted.
@@ -194,6 +217,8 @@ pub(crate) struct Sql {
     pub(crate) claim: String,
     pub(crate) emit: String,
     pub(crate) finish: String,
+    pub(crate) release: String,
+    pub(crate) unreleased: String,
     pub(crate) sweep: String,
     pub(crate) register: String,
     pub(crate) root_runs: String,
@@ -213,6 +238,8 @@ impl Sql {
             claim: s(CLAIM),
             emit: s(EMIT),
             finish: s(FINISH),
+            release: s(RELEASE),
+            unreleased: s(UNRELEASED),
             sweep: s(SWEEP),
             register: s(REGISTER),
             root_runs: s(ROOT_RUNS),

@@ -248,3 +248,41 @@ fn many_children_finishing_at_once_never_deadlock() {
         "both runtimes took part: {sa:?} {sb:?}"
     );
 }
+
+/// A child's final transaction commits and the process dies before the short follow-up that
+/// tells the parent. The child stays marked `release_pending`, and a sweep finishes the job.
+#[test]
+fn a_release_lost_in_a_crash_is_finished_by_the_sweep() {
+    let mut db = TestDb::new("lost_release");
+    let client = db.client();
+    client
+        .register_external_handler("approvals", "manager")
+        .unwrap();
+    let root = Saga::builder("order")
+        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+            ctx.emit("approvals", &json!({}))?;
+            Ok(())
+        })
+        .step(|_ctx, _: &Value| -> StepResult { Ok(()) })
+        .build()
+        .unwrap();
+    let runtime = db
+        .runtime()
+        .safety_net_interval(Duration::from_millis(200))
+        .subscribe("orders", root)
+        .start()
+        .unwrap();
+    let root_id = runtime.launch("orders", &json!({})).unwrap();
+    runtime.wait_idle(WAIT).unwrap();
+    // What the child's final step transaction leaves behind, without the release.
+    db.exec(&format!(
+        "UPDATE {}.runs SET status = 'committed', release_pending = true, \
+         finished_at = clock_timestamp() WHERE handler = 'manager'",
+        db.schema
+    ));
+    assert!(runtime.wait_for(root_id, WAIT).unwrap().is_committed());
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM __S__.runs WHERE release_pending"),
+        0
+    );
+}
