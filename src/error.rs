@@ -72,6 +72,13 @@ pub enum Error {
         detail: String,
     },
 
+    /// Waiting for a runtime to run out of due work ran out of time.
+    #[error("the runtime still had due work after {waited:?}")]
+    NotIdle {
+        /// How long the caller waited.
+        waited: Duration,
+    },
+
     /// An out-of-band completion named a run that does not exist or is not waiting for one.
     #[error("no run of handler {handler:?} for message {message} can be completed: {reason}")]
     NotCompletable {

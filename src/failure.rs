@@ -78,6 +78,11 @@ impl Failure {
 
     /// Builds the failure recorded for a step error.
     pub(crate) fn from_step_error(err: StepError, source: &str, step: &str) -> Failure {
+        if err.inner.downcast_ref::<postgres::Error>().is_some() {
+            // postgres::Error displays only "db error"; the server's message is its source.
+            let message = crate::error::with_sources(&*err.inner);
+            return Failure::new(err.kind, message, source).with_step(step);
+        }
         let mut failure = Failure::new(err.kind, err.inner.to_string(), source).with_step(step);
         failure.causes = source_chain(err.inner.source(), source);
         failure

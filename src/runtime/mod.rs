@@ -441,7 +441,7 @@ impl Runtime {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(Error::Config(format!("runtime not idle after {timeout:?}")));
+                return Err(Error::NotIdle { waited: timeout });
             }
             // Cleared before hinting, so the next wait sees the dispatcher's answer to them.
             self.shared.signals.set_quiescent(false);
@@ -509,6 +509,8 @@ impl Runtime {
     }
 }
 
+/// Dropping a runtime shuts it down like [`Runtime::shutdown`]: it waits for running steps to
+/// finish. Errors are logged.
 impl Drop for Runtime {
     fn drop(&mut self) {
         if let Err(e) = self.stop(None) {

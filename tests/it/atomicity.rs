@@ -96,3 +96,52 @@ fn launch_in_commits_with_the_callers_transaction() {
     };
     assert!(client.message(committed.message_id()).unwrap().is_some());
 }
+
+#[test]
+fn prepared_statements_are_reused_and_a_bad_one_fails_only_its_step() {
+    let mut db = TestDb::new("prepare_cached");
+    let table = probe_table(&mut db);
+    let saga = {
+        let table = table.clone();
+        Saga::builder("writer")
+            .step(move |ctx: &mut StepContext<'_>, p: &Value| -> StepResult {
+                let insert =
+                    ctx.prepare_cached(&format!("INSERT INTO {table} (id) VALUES ($1)"))?;
+                let again = ctx.prepare_cached(&format!("INSERT INTO {table} (id) VALUES ($1)"))?;
+                assert_eq!(insert.columns().len(), again.columns().len());
+                let id = p["id"].as_str().unwrap_or_default().to_owned();
+                ctx.tx().execute(&insert, &[&id])?;
+                if p["bad"].as_bool() == Some(true) {
+                    ctx.prepare_cached("SELEC nonsense")?;
+                }
+                Ok(())
+            })
+            .build()
+            .unwrap()
+    };
+    let runtime = db
+        .runtime()
+        .workers(1)
+        .subscribe("w", saga)
+        .start()
+        .unwrap();
+    let bad = runtime
+        .launch("w", &json!({"id": "b", "bad": true}))
+        .unwrap();
+    let good = runtime.launch("w", &json!({"id": "g"})).unwrap();
+    let outcome = runtime.wait_for(bad, WAIT).unwrap();
+    let failure = outcome.runs()[0].failure.clone().unwrap();
+    assert!(failure.message().contains("syntax error"), "{failure}");
+    assert!(runtime.wait_for(good, WAIT).unwrap().is_committed());
+    // The failed step's insert vanished with it; the other committed.
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {table} WHERE id = 'b'")),
+        0
+    );
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {table} WHERE id = 'g'")),
+        1
+    );
+    assert_eq!(runtime.stats().infra_errors, 0);
+    db.exec(&format!("DROP TABLE {table}"));
+}
