@@ -85,6 +85,17 @@ fn u32_col(row: &Row, column: &str) -> Result<u32> {
     Ok(u32::try_from(v).unwrap_or(0))
 }
 
+/// The columns the core needs, shared by every query that hands a run to the core.
+fn run_view(row: &Row) -> Result<RunView> {
+    Ok(RunView {
+        status: status(row, "status")?,
+        step_index: u32_col(row, "step_index")?,
+        step_iteration: u32_col(row, "step_iteration")?,
+        instances: u32_col(row, "instances")?,
+        failed_children: u32_col(row, "failed_children")?,
+    })
+}
+
 fn failure_col(row: &Row, column: &str) -> Result<Option<Failure>> {
     let text: Option<String> = row.try_get(column)?;
     text.map(|t| serde_json::from_str(&t).map_err(Error::from))
@@ -109,13 +120,7 @@ pub(crate) fn claim(
         root_id: RootId::from_uuid(row.try_get("root_id")?),
         message_id: MessageId::from_uuid(row.try_get("message_id")?),
         topic: row.try_get("topic")?,
-        view: RunView {
-            status: status(&row, "status")?,
-            step_index: u32_col(&row, "step_index")?,
-            step_iteration: u32_col(&row, "step_iteration")?,
-            instances: u32_col(&row, "instances")?,
-            failed_children: u32_col(&row, "failed_children")?,
-        },
+        view: run_view(&row)?,
         due: row.try_get("due")?,
         wait: Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)),
         payload: row.try_get("payload")?,
@@ -453,13 +458,7 @@ pub(crate) fn lock_external(
     };
     Ok(Some(ExternalRun {
         id: RunId::from_uuid(row.try_get("id")?),
-        view: RunView {
-            status: status(&row, "status")?,
-            step_index: u32_col(&row, "step_index")?,
-            step_iteration: u32_col(&row, "step_iteration")?,
-            instances: u32_col(&row, "instances")?,
-            failed_children: u32_col(&row, "failed_children")?,
-        },
+        view: run_view(&row)?,
         pending_children: u32_col(&row, "pending_children")?,
         seen: row.try_get("seen")?,
         kind: row.try_get("kind")?,

@@ -135,31 +135,35 @@ fn expected_projection(child: &str, emissions: usize) -> Vec<String> {
     v
 }
 
-#[test]
-fn hp_03_all_handlers_at_the_same_level_finish_before_the_parent() {
-    let db = TestDb::new("hp_03");
+/// Two two-step children of one root: `c1` on `topics.0` held in step `gated.0`, `c2` on
+/// `topics.1` held in step `gated.1`. The first child to be released finishes while the parent
+/// still waits for the other; the parent's second step comes only after both.
+fn two_children(name: &str, topics: (&'static str, &'static str), gated: (usize, usize)) {
+    let db = TestDb::new(name);
     let log = ExecLog::default();
     let (gate1, gate2) = (Gate::default(), Gate::default());
+    let root_topics: &'static [&'static str] = if topics.0 == topics.1 {
+        &["child-topic"]
+    } else {
+        &["child-topic", "child-topic-2"]
+    };
     let runtime = db
         .runtime()
+        .subscribe("root-topic", emitting_root(&log, root_topics))
         .subscribe(
-            "root-topic",
-            emitting_root(&log, &["child-topic", "child-topic-2"]),
+            topics.0,
+            gated_child("child-handler-1", "c1", &log, &gate1, gated.0),
         )
         .subscribe(
-            "child-topic",
-            gated_child("child-handler-1", "c1", &log, &gate1, 0),
-        )
-        .subscribe(
-            "child-topic-2",
-            gated_child("child-handler-2", "c2", &log, &gate2, 1),
+            topics.1,
+            gated_child("child-handler-2", "c2", &log, &gate2, gated.1),
         )
         .start()
         .unwrap();
     let root = runtime.launch("root-topic", &root_launch()).unwrap();
     gate1.wait_for_waiting(1);
     gate2.wait_for_waiting(1);
-    // Release the children in the opposite order of their gates; the parent waits for both.
+    // Release the second child first; the parent must go on waiting for the first.
     gate2.open();
     wait_for_event(&runtime, root, "COMMITTED(1)@child-handler-2");
     assert!(!log.entries().contains(&"root:s2".to_owned()));
@@ -175,60 +179,23 @@ fn hp_03_all_handlers_at_the_same_level_finish_before_the_parent() {
         ["root:s1", "c2:s1", "c2:s2", "root:s2"]
     );
     let history = runtime.history(root).unwrap();
-    assert_eq!(
-        project(&history, &["root-handler", "child-handler-1"]),
-        expected_projection("child-handler-1", 2)
-    );
-    assert_eq!(
-        project(&history, &["root-handler", "child-handler-2"]),
-        expected_projection("child-handler-2", 2)
-    );
+    for child in ["child-handler-1", "child-handler-2"] {
+        assert_eq!(
+            project(&history, &["root-handler", child]),
+            expected_projection(child, root_topics.len())
+        );
+    }
+}
+
+#[test]
+fn hp_03_all_handlers_at_the_same_level_finish_before_the_parent() {
+    two_children("hp_03", ("child-topic", "child-topic-2"), (0, 1));
 }
 
 #[test]
 fn hp_04_parent_waits_for_every_handler_of_one_topic() {
-    let db = TestDb::new("hp_04");
-    let log = ExecLog::default();
-    let (gate1, gate2) = (Gate::default(), Gate::default());
-    let runtime = db
-        .runtime()
-        .subscribe("root-topic", emitting_root(&log, &["child-topic"]))
-        .subscribe(
-            "child-topic",
-            gated_child("child-handler-1", "c1", &log, &gate1, 0),
-        )
-        .subscribe(
-            "child-topic",
-            gated_child("child-handler-2", "c2", &log, &gate2, 0),
-        )
-        .start()
-        .unwrap();
-    let root = runtime.launch("root-topic", &root_launch()).unwrap();
-    gate1.wait_for_waiting(1);
-    gate2.wait_for_waiting(1);
-    gate1.open();
-    wait_for_event(&runtime, root, "COMMITTED(1)@child-handler-1");
-    assert!(!log.entries().contains(&"root:s2".to_owned()));
-    gate2.open();
-    assert!(runtime.wait_for(root, WAIT).unwrap().is_committed());
-    assert_eq!(
-        log.only(&["root", "c1"]),
-        ["root:s1", "c1:s1", "c1:s2", "root:s2"]
-    );
-    assert_eq!(
-        log.only(&["root", "c2"]),
-        ["root:s1", "c2:s1", "c2:s2", "root:s2"]
-    );
-    let history = runtime.history(root).unwrap();
     // One message, two runs: a single EMITTED and one SEEN per handler.
-    assert_eq!(
-        project(&history, &["root-handler", "child-handler-1"]),
-        expected_projection("child-handler-1", 1)
-    );
-    assert_eq!(
-        project(&history, &["root-handler", "child-handler-2"]),
-        expected_projection("child-handler-2", 1)
-    );
+    two_children("hp_04", ("child-topic", "child-topic"), (0, 0));
 }
 
 fn noop_saga(name: &str) -> Saga {
