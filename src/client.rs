@@ -8,11 +8,12 @@ use postgres::{GenericClient, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 use serde::Serialize;
 
+use crate::core::RunStatus;
 use crate::core::decide;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
-use crate::ids::{MessageId, RootId, new_uuid};
-use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome};
+use crate::ids::{MessageId, RootId, RunId, new_uuid};
+use crate::inspect::{HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome};
 use crate::migrate;
 use crate::saga::Emission;
 use crate::store::{self, Sql};
@@ -314,6 +315,71 @@ impl Client {
             pause(backoff.min(timeout - waited));
             backoff = (backoff * 2).min(Duration::from_millis(100));
         }
+    }
+
+    /// Asks finished work to compensate: every top-level run of a root (`Scope::Root`), or one
+    /// run and its subtree (`Scope::Run`), rolls back as if it had failed after its last step:
+    /// its committed steps are undone newest first, each after its children rolled back.
+    /// `source` and `reason` become the failure the runs roll back for
+    /// (`structured_cooperation::RollbackRequested`).
+    ///
+    /// Refused, with the reason, while any run of the tree (below the target, or above it) is
+    /// still in progress, when there is no such root or run, or when nothing committed is left
+    /// to undo. Nothing changes when it is refused.
+    pub fn rollback(
+        &self,
+        scope: impl Into<Scope>,
+        source: &str,
+        reason: &str,
+    ) -> Result<Requested> {
+        let refuse = |reason: String| Ok(Requested::Refused { reason });
+        let (root, run): (Option<RootId>, Option<RunId>) = match scope.into() {
+            Scope::Root(root) => (Some(root), None),
+            Scope::Run(run) => (None, Some(run)),
+        };
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let sql = self.sql();
+        let Some(targets) = store::lock_targets(&mut tx, sql, root, run)? else {
+            return refuse("one of its runs is being processed right now".to_owned());
+        };
+        if targets.is_empty() {
+            return refuse(match root {
+                Some(root) => format!("root {root} has no runs"),
+                None => "there is no such run".to_owned(),
+            });
+        }
+        let ids: Vec<RunId> = targets.iter().map(|t| t.id).collect();
+        let busy = store::busy_around(&mut tx, sql, &ids)?;
+        if !busy.is_empty() {
+            let busy: Vec<String> = busy
+                .iter()
+                .map(|(handler, status)| format!("{handler} is {status}"))
+                .collect();
+            return refuse(format!(
+                "the tree is still in progress: {}",
+                busy.join(", ")
+            ));
+        }
+        let committed: Vec<RunId> = targets
+            .iter()
+            .filter(|t| t.status == RunStatus::Committed)
+            .map(|t| t.id)
+            .collect();
+        if committed.is_empty() {
+            let ended: Vec<String> = targets
+                .iter()
+                .map(|t| format!("{} ended {}", t.handler, t.status))
+                .collect();
+            return refuse(format!(
+                "nothing committed to roll back: {}",
+                ended.join(", ")
+            ));
+        }
+        let cause = Failure::rollback_requested(reason, source);
+        let runs = store::request_operator_rollback(&mut tx, sql, &committed, &cause)?;
+        tx.commit()?;
+        Ok(Requested::Recorded { runs })
     }
 
     /// Registers `handler` as a listener of `topic` in the durable topology without starting

@@ -78,6 +78,9 @@ impl Failure {
 
     /// Builds the failure recorded for a step error.
     pub(crate) fn from_step_error(err: StepError, source: &str, step: &str) -> Failure {
+        if let Some(failure) = err.recorded {
+            return failure;
+        }
         if err.inner.downcast_ref::<postgres::Error>().is_some() {
             // postgres::Error displays only "db error"; the server's message is its source.
             let message = crate::error::with_sources(&*err.inner);
@@ -98,6 +101,72 @@ impl Failure {
             "<panic payload is not a string>".to_owned()
         };
         Failure::new("panic", message, source).with_step(step)
+    }
+}
+
+/// Type strings of the failures the engine itself builds.
+pub(crate) mod kinds {
+    pub(crate) const CHILD_ROLLED_BACK: &str = "structured_cooperation::ChildRolledBack";
+    pub(crate) const CHILD_ROLLBACK_FAILED: &str = "structured_cooperation::ChildRollbackFailed";
+    pub(crate) const PARENT_SAID_SO: &str = "structured_cooperation::ParentSaidSo";
+    pub(crate) const ROLLBACK_REQUESTED: &str = "structured_cooperation::RollbackRequested";
+    pub(crate) const CHILD_OF_COMPENSATION_FAILED: &str =
+        "structured_cooperation::CompensationChildFailed";
+}
+
+impl Failure {
+    /// Children of the step that was suspended in `step` failed and rolled back.
+    pub(crate) fn child_rolled_back(step: &str, causes: Vec<Failure>, source: &str) -> Failure {
+        Failure {
+            causes,
+            ..Failure::new(
+                kinds::CHILD_ROLLED_BACK,
+                format!("a child failed while the run was suspended in step {step:?}"),
+                source,
+            )
+            .with_step(step)
+        }
+    }
+
+    /// Children failed to roll back while the run was in `step`. `own` (the run's own
+    /// rollback cause, if any) is added as a last cause unless it already occurs inside the
+    /// children's failures.
+    pub(crate) fn child_rollback_failed(
+        step: &str,
+        mut causes: Vec<Failure>,
+        own: Option<&Failure>,
+        source: &str,
+    ) -> Failure {
+        if let Some(own) = own {
+            if !causes.iter().any(|c| c.contains(own)) {
+                causes.push(own.clone());
+            }
+        }
+        Failure {
+            causes,
+            ..Failure::new(
+                kinds::CHILD_ROLLBACK_FAILED,
+                format!("a child's rollback failed while the run was in step {step:?}"),
+                source,
+            )
+            .with_step(step)
+        }
+    }
+
+    /// What a parent tells the children it asks to roll back.
+    pub(crate) fn parent_said_so(cause: &Failure, source: &str) -> Failure {
+        Failure::new(kinds::PARENT_SAID_SO, "the parent is rolling back", source)
+            .with_cause(cause.clone())
+    }
+
+    /// An operator's request to roll back finished work.
+    pub(crate) fn rollback_requested(reason: &str, source: &str) -> Failure {
+        Failure::new(kinds::ROLLBACK_REQUESTED, reason, source)
+    }
+
+    /// Whether `other` equals this failure or one of its causes, at any depth.
+    pub(crate) fn contains(&self, other: &Failure) -> bool {
+        self == other || self.causes.iter().any(|c| c.contains(other))
     }
 }
 
@@ -162,6 +231,8 @@ impl Failure {
 pub struct StepError {
     kind: String,
     inner: Box<dyn std::error::Error + Send + Sync + 'static>,
+    /// A failure to record as it is (rethrowing a failure received from children).
+    recorded: Option<Failure>,
 }
 
 impl StepError {
@@ -170,6 +241,18 @@ impl StepError {
         StepError {
             kind: "structured_cooperation::StepFailed".to_owned(),
             inner: message.to_string().into(),
+            recorded: None,
+        }
+    }
+
+    /// Fails the step with an existing failure, recorded as it is. This is how a child-failure
+    /// handler passes its children's failure on unchanged (see
+    /// [`ChildFailures::rethrow`](crate::ChildFailures::rethrow)).
+    pub fn from_failure(failure: Failure) -> StepError {
+        StepError {
+            kind: failure.kind.clone(),
+            inner: failure.message.clone().into(),
+            recorded: Some(failure),
         }
     }
 
@@ -178,6 +261,7 @@ impl StepError {
         StepError {
             kind: "boxed error".to_owned(),
             inner,
+            recorded: None,
         }
     }
 
@@ -187,6 +271,7 @@ impl StepError {
         StepError {
             kind: kind.into(),
             inner: message.to_string().into(),
+            recorded: None,
         }
     }
 
@@ -201,6 +286,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for StepError {
         StepError {
             kind: std::any::type_name::<E>().to_owned(),
             inner: Box::new(err),
+            recorded: None,
         }
     }
 }

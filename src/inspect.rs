@@ -161,3 +161,47 @@ pub struct Message {
     /// When it was written (database clock).
     pub created_at: SystemTime,
 }
+
+/// What an operator's rollback request addresses: a whole tree, or one run and its subtree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Every top-level run of the root, and everything below them.
+    Root(RootId),
+    /// One run and everything below it. Its parent is not told: rolling back part of a
+    /// committed tree leaves the rest of it committed.
+    Run(RunId),
+}
+
+impl From<RootId> for Scope {
+    fn from(root: RootId) -> Self {
+        Scope::Root(root)
+    }
+}
+
+impl From<RunId> for Scope {
+    fn from(run: RunId) -> Self {
+        Scope::Run(run)
+    }
+}
+
+/// Whether an operator's request was recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requested {
+    /// Recorded: this many runs start rolling back (each takes its subtree with it).
+    Recorded {
+        /// Runs that will roll back.
+        runs: u32,
+    },
+    /// Not recorded; nothing changed.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Requested {
+    /// Whether the request was recorded.
+    pub fn is_recorded(&self) -> bool {
+        matches!(self, Requested::Recorded { .. })
+    }
+}

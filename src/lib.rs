@@ -94,9 +94,11 @@ pub use crate::core::{EventKind, Next, RunStatus};
 pub use crate::error::{Error, Result};
 pub use crate::failure::{Failure, StepError, StepResult};
 pub use crate::ids::{MessageId, RootId, RunId};
-pub use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, render_tree};
+pub use crate::inspect::{
+    HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome, render_tree,
+};
 pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};
-pub use crate::saga::{Saga, SagaBuilder, StepContext};
+pub use crate::saga::{ChildFailures, Phase, Saga, SagaBuilder, StepContext};
 
 /// The `postgres` crate, re-exported so that step code uses the same version.
 pub use postgres;

@@ -9,8 +9,14 @@ use postgres::GenericClient;
 use crate::error::{Error, Result};
 
 /// `(version, name, sql)`, in order.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "rollback",
+        include_str!("../migrations/0002_rollback.sql"),
+    ),
+];
 
 /// The highest migration version this library ships.
 pub(crate) const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

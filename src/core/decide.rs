@@ -1,23 +1,27 @@
-//! What a claimed run does next, and what a step's outcome turns into.
+//! What a claimed run does next on its happy path, and what a step's outcome (or a
+//! child-failure handler's) turns into. The rollback path is in [`super::rollback`].
 
-use super::state::{EventKind, Next, RunStatus, RunView};
+use super::state::{EventKind, Instance, InstanceKind, Next, RunStatus, RunView, StepShape};
 use crate::failure::Failure;
-
-/// Prefix of the synthetic step names written while rolling back (Scoop's vocabulary).
-pub(crate) const ROLLBACK_PREFIX: &str = "Rollback of ";
 
 /// What the runtime must do with a run it has just claimed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Action {
     /// Run the user's step at `index`; `iteration` counts its consecutive earlier executions.
     RunStep { index: usize, iteration: u32 },
+    /// Children of the latest step instance failed: read their failures and ask
+    /// [`child_failures`] what to do.
+    HandleChildFailures,
     /// Every step ran and every child of the last one finished: write `COMMITTED`.
     Commit,
-    /// Nothing is left to undo on the rollback path: write `ROLLED_BACK`.
-    FinishRollback,
+    /// The run is rolling back: read its instances and children and ask
+    /// [`super::rollback::resume`].
+    Rollback,
     /// The stored state does not fit the saga (it was changed while runs were in flight): end
     /// the run with this failure instead of guessing.
     Abandon(Failure),
+    /// The run is already finished (a stale claim); do nothing.
+    Nothing,
 }
 
 /// One history entry written by the run itself.
@@ -27,16 +31,24 @@ pub(crate) struct Event {
     pub(crate) step: Option<String>,
     pub(crate) next_step: Option<i32>,
     pub(crate) failure: Option<Failure>,
+    /// The message the event concerns when it is not the run's own (`ROLLBACK_EMITTED`).
+    pub(crate) message: Option<uuid::Uuid>,
 }
 
 impl Event {
-    fn new(kind: EventKind, step: &str) -> Event {
+    pub(crate) fn new(kind: EventKind, step: Option<&str>) -> Event {
         Event {
             kind,
-            step: Some(step.to_owned()),
+            step: step.map(str::to_owned),
             next_step: None,
             failure: None,
+            message: None,
         }
+    }
+
+    pub(crate) fn with_failure(mut self, failure: &Failure) -> Event {
+        self.failure = Some(failure.clone());
+        self
     }
 }
 
@@ -48,22 +60,47 @@ pub(crate) struct Transition {
     pub(crate) step_index: u32,
     pub(crate) step_iteration: u32,
     pub(crate) instances: u32,
-    /// Children emitted by the step instance that just ran; the run waits for them.
+    /// Children the run now waits for (emitted, or asked to roll back).
     pub(crate) pending_children: u32,
+    pub(crate) cfh_iteration: Option<u32>,
+    /// When set, becomes the run's rollback cause.
     pub(crate) failure: Option<Failure>,
+    /// When set, becomes the reason the run's rollback failed.
+    pub(crate) rollback_failure: Option<Failure>,
+    pub(crate) rollback_cursor: Option<u32>,
+    pub(crate) waited_instance: Option<u32>,
+    /// A step instance that just executed, to be recorded.
+    pub(crate) new_instance: Option<Instance>,
+    /// Ask the committed children of this step instance to roll back, with this cause.
+    pub(crate) rollback_request: Option<(u32, Failure)>,
     pub(crate) events: Vec<Event>,
 }
 
-/// The outcome of user code for one step.
-#[derive(Debug)]
-pub(crate) enum StepOutcome {
-    Completed(Next),
-    Failed(Failure),
+impl Transition {
+    /// The run's state unchanged, with no events: the base every decision starts from.
+    pub(crate) fn unchanged(run: &RunView) -> Transition {
+        Transition {
+            status: run.status,
+            step_index: run.step_index,
+            step_iteration: run.step_iteration,
+            instances: run.instances,
+            pending_children: 0,
+            cfh_iteration: run.cfh_iteration,
+            failure: None,
+            rollback_failure: None,
+            rollback_cursor: run.rollback_cursor,
+            waited_instance: None,
+            new_instance: None,
+            rollback_request: None,
+            events: Vec::new(),
+        }
+    }
 }
 
-/// Decides what a claimed run does. `steps` are the saga's step names in order.
-pub(crate) fn next_action(run: &RunView, steps: &[String], source: &str) -> Action {
+/// Decides what a claimed run does.
+pub(crate) fn next_action(run: &RunView, steps: &[StepShape], source: &str) -> Action {
     match run.status {
+        RunStatus::Active if run.failed_children > 0 => Action::HandleChildFailures,
         RunStatus::Active => {
             let index = run.step_index as usize;
             if index < steps.len() {
@@ -85,57 +122,50 @@ pub(crate) fn next_action(run: &RunView, steps: &[String], source: &str) -> Acti
                 ))
             }
         }
-        RunStatus::RollingBack => Action::FinishRollback,
-        // Terminal runs are never claimable; treat a stale read as "nothing to do".
-        RunStatus::Committed | RunStatus::RolledBack | RunStatus::RollbackFailed => {
-            Action::FinishRollback
-        }
+        RunStatus::RollingBack => Action::Rollback,
+        RunStatus::Committed | RunStatus::RolledBack | RunStatus::RollbackFailed => Action::Nothing,
     }
 }
 
-/// Turns the outcome of step `index` into the run's next state. `children` is the number of
-/// child runs its emissions created (one per registered handler per emitted message).
-pub(crate) fn after_step(
-    run: &RunView,
-    steps: &[String],
-    index: usize,
-    outcome: StepOutcome,
-    children: u32,
+/// Where `next`, chosen by (or for) step `from`, leads; or why it is invalid.
+pub(crate) fn target(
+    next: Next,
+    from: usize,
+    steps: &[StepShape],
     source: &str,
+) -> Result<usize, Failure> {
+    match next {
+        Next::Continue => Ok(from + 1),
+        Next::Repeat => Ok(from),
+        Next::GoTo(target) if target < steps.len() => Ok(target),
+        Next::GoTo(target) => Err(Failure::new(
+            "structured_cooperation::InvalidGoTo",
+            format!(
+                "goto step index {target} is out of bounds (saga has {} steps)",
+                steps.len()
+            ),
+            source,
+        )
+        .with_step(steps[from].name.as_str())),
+    }
+}
+
+/// The state after user code of step `from` chose `next_index` and emitted `children`.
+fn suspend(
+    run: &RunView,
+    steps: &[StepShape],
+    from: usize,
+    next_index: usize,
+    children: u32,
+    instance: Instance,
 ) -> Transition {
-    let step = &steps[index];
-    let next = match outcome {
-        StepOutcome::Failed(failure) => return failed(run, step, failure),
-        StepOutcome::Completed(next) => next,
-    };
-    let next_index = match next {
-        Next::Continue => index + 1,
-        Next::Repeat => index,
-        Next::GoTo(target) if target < steps.len() => target,
-        Next::GoTo(target) => {
-            let failure = Failure::new(
-                "structured_cooperation::InvalidGoTo",
-                format!(
-                    "goto step index {target} is out of bounds (saga has {} steps)",
-                    steps.len()
-                ),
-                source,
-            )
-            .with_step(step.as_str());
-            return failed(run, step, failure);
-        }
-    };
-    let step_iteration = if next_index == index {
-        run.step_iteration + 1
-    } else {
-        0
-    };
-    let mut suspended = Event::new(EventKind::Suspended, step);
+    let name = steps[from].name.as_str();
+    let mut suspended = Event::new(EventKind::Suspended, Some(name));
     suspended.next_step = (next_index < steps.len()).then_some(next_index as i32);
     let mut events = vec![suspended];
     let finished = children == 0 && next_index == steps.len();
     if finished {
-        events.push(Event::new(EventKind::Committed, step));
+        events.push(Event::new(EventKind::Committed, Some(name)));
     }
     Transition {
         status: if finished {
@@ -144,55 +174,156 @@ pub(crate) fn after_step(
             RunStatus::Active
         },
         step_index: next_index as u32,
-        step_iteration,
+        step_iteration: if next_index == from {
+            instance.iteration + 1
+        } else {
+            0
+        },
         instances: run.instances + 1,
         pending_children: children,
-        failure: None,
+        waited_instance: (children > 0).then_some(instance.seq),
+        new_instance: Some(instance),
         events,
+        ..Transition::unchanged(run)
     }
+}
+
+/// Step `index` succeeded choosing `next`: the run's next state. `children` is the number of
+/// child runs its emissions created (one per registered handler per emitted message). An
+/// invalid `next` is the step's failure (callers check it with [`target`] before writing
+/// anything the step emitted).
+pub(crate) fn after_step(
+    run: &RunView,
+    steps: &[StepShape],
+    index: usize,
+    next: Next,
+    children: u32,
+    source: &str,
+) -> Result<Transition, Failure> {
+    let next_index = target(next, index, steps, source)?;
+    let instance = Instance {
+        seq: run.instances,
+        step: index,
+        iteration: run.step_iteration,
+        cfh: None,
+        kind: InstanceKind::Step,
+    };
+    let mut t = suspend(run, steps, index, next_index, children, instance);
+    // A new step starts afresh: its child-failure handler has not run yet (Scoop's Q2).
+    t.cfh_iteration = None;
+    Ok(t)
 }
 
 /// The last step ran and its children finished: the run commits.
-pub(crate) fn commit(run: &RunView, steps: &[String]) -> Transition {
-    let last = steps.last().map(String::as_str).unwrap_or_default();
+pub(crate) fn commit(run: &RunView, steps: &[StepShape]) -> Transition {
+    let last = steps.last().map(|s| s.name.as_str());
     Transition {
         status: RunStatus::Committed,
-        step_index: run.step_index,
         step_iteration: 0,
-        instances: run.instances,
-        pending_children: 0,
-        failure: None,
         events: vec![Event::new(EventKind::Committed, last)],
+        ..Transition::unchanged(run)
     }
 }
 
-/// The run ends without running user code (rollback path with nothing left, or abandoned).
-pub(crate) fn finish_rollback(
+/// What the children of one step instance ended as (and which messages it emitted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ChildrenOf {
+    pub(crate) messages: Vec<uuid::Uuid>,
+    pub(crate) committed: u32,
+    pub(crate) rolled_back: Vec<Failure>,
+    pub(crate) rollback_failed: Vec<Failure>,
+}
+
+/// What to do about failed children of the latest step instance.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ChildFailurePlan {
+    /// Run the step's child-failure handler.
+    Run {
+        index: usize,
+        iteration: u32,
+        cfh: u32,
+        next: Next,
+        failure: Failure,
+    },
+    /// No handler: fail the run with the children's failure (the default "rethrow").
+    Rethrow { step: String, failure: Failure },
+}
+
+/// Children of `latest` (the run's latest step instance) failed: build the failure they add up
+/// to and decide whether the step's handler runs. Only these children count; failures handled
+/// earlier never come back (Scoop's D1 and D2).
+pub(crate) fn child_failures(
     run: &RunView,
-    steps: &[String],
-    failure: Option<Failure>,
-) -> Transition {
-    let step = steps
-        .get(run.step_index as usize)
-        .or(steps.last())
-        .map(String::as_str)
-        .unwrap_or_default();
-    match failure {
-        Some(failure) => failed(run, step, failure),
-        None => Transition {
-            status: RunStatus::RolledBack,
-            step_index: run.step_index,
-            step_iteration: 0,
-            instances: run.instances,
-            pending_children: 0,
-            failure: None,
-            events: vec![Event::new(EventKind::RolledBack, &rollback_name(step, 0))],
-        },
+    steps: &[StepShape],
+    latest: &Instance,
+    children: &ChildrenOf,
+    source: &str,
+) -> ChildFailurePlan {
+    let shape = &steps[latest.step];
+    let failure = if children.rollback_failed.is_empty() {
+        Failure::child_rolled_back(&shape.name, children.rolled_back.clone(), source)
+    } else {
+        let mut causes = children.rollback_failed.clone();
+        causes.extend(children.rolled_back.iter().cloned());
+        Failure::child_rollback_failed(&shape.name, causes, None, source)
+    };
+    if !shape.handles_child_failures {
+        return ChildFailurePlan::Rethrow {
+            step: shape.name.clone(),
+            failure,
+        };
+    }
+    // What the step had chosen, reconstructed from where the run would go next.
+    let next = match run.step_index as usize {
+        n if n == latest.step => Next::Repeat,
+        n if n == latest.step + 1 || n >= steps.len() => Next::Continue,
+        n => Next::GoTo(n),
+    };
+    ChildFailurePlan::Run {
+        index: latest.step,
+        iteration: latest.iteration,
+        cfh: run.cfh_iteration.map_or(0, |k| k + 1),
+        next,
+        failure,
     }
 }
+
+/// The child-failure handler of the step of `latest` (invocation `cfh`) returned `next`: it is
+/// relative to that step, and the children the handler emitted are awaited like a step's.
+pub(crate) fn after_child_failures(
+    run: &RunView,
+    steps: &[StepShape],
+    latest: &Instance,
+    cfh: u32,
+    next: Next,
+    children: u32,
+    source: &str,
+) -> Result<Transition, Failure> {
+    let next_index = target(next, latest.step, steps, source)?;
+    let instance = Instance {
+        seq: run.instances,
+        step: latest.step,
+        iteration: latest.iteration,
+        cfh: Some(cfh),
+        kind: InstanceKind::ChildFailures,
+    };
+    let mut t = suspend(run, steps, latest.step, next_index, children, instance);
+    // Repeating after handled failures continues the step's own iteration count.
+    t.step_iteration = if next_index == latest.step {
+        latest.iteration + 1
+    } else {
+        0
+    };
+    t.cfh_iteration = Some(cfh);
+    Ok(t)
+}
+
+/// The step name recorded for out-of-band completions.
+pub(crate) const EXTERNAL_STEP: &str = "external";
 
 /// An external (out-of-band) handler's run is completed through the API: it has no steps of
-/// its own, so it writes `SEEN` (if it was never seen) and commits, or records the failure.
+/// its own, so it writes `SEEN` (if it was never seen) and commits, or records the failure and
+/// ends rolled back (there is nothing of its own to undo).
 pub(crate) fn complete_external(
     run: &RunView,
     unseen: bool,
@@ -200,76 +331,63 @@ pub(crate) fn complete_external(
 ) -> Transition {
     let mut events = Vec::new();
     if unseen {
-        events.push(Event {
-            kind: EventKind::Seen,
-            step: None,
-            next_step: None,
-            failure: None,
-        });
+        events.push(Event::new(EventKind::Seen, None));
     }
-    let mut t = match failure {
-        Some(failure) => failed(run, EXTERNAL_STEP, failure),
-        None => Transition {
-            status: RunStatus::Committed,
-            step_index: run.step_index,
-            step_iteration: 0,
-            instances: run.instances,
-            pending_children: 0,
-            failure: None,
-            events: vec![Event::new(EventKind::Committed, EXTERNAL_STEP)],
-        },
-    };
-    events.append(&mut t.events);
-    t.events = events;
-    t
-}
-
-/// The step name recorded for out-of-band completions.
-pub(crate) const EXTERNAL_STEP: &str = "external";
-
-/// A failed step: its effects are discarded by the caller, the run records the failure and,
-/// with no compensations to run yet, finishes its rollback in the same transaction.
-fn failed(run: &RunView, step: &str, failure: Failure) -> Transition {
-    let mut rolling_back = Event::new(EventKind::RollingBack, step);
-    rolling_back.failure = Some(failure.clone());
-    Transition {
-        status: RunStatus::RolledBack,
-        step_index: run.step_index,
-        step_iteration: run.step_iteration,
-        instances: run.instances,
-        pending_children: 0,
-        failure: Some(failure),
-        events: vec![
-            rolling_back,
-            Event::new(
+    let status = match &failure {
+        None => {
+            events.push(Event::new(EventKind::Committed, Some(EXTERNAL_STEP)));
+            RunStatus::Committed
+        }
+        Some(f) => {
+            events.push(Event::new(EventKind::RollingBack, Some(EXTERNAL_STEP)).with_failure(f));
+            events.push(Event::new(
                 EventKind::RolledBack,
-                &rollback_name(step, run.step_iteration),
-            ),
-        ],
+                Some(&format!("Rollback of {EXTERNAL_STEP}[0,]")),
+            ));
+            RunStatus::RolledBack
+        }
+    };
+    Transition {
+        status,
+        failure,
+        events,
+        ..Transition::unchanged(run)
     }
 }
 
-/// Scoop's synthetic name for undoing one step instance: `Rollback of <step>[<iteration>,]`.
-pub(crate) fn rollback_name(step: &str, iteration: u32) -> String {
-    format!("{ROLLBACK_PREFIX}{step}[{iteration},]")
+/// The stored state does not fit the saga: nothing can be run or undone safely, so the run
+/// ends `ROLLBACK_FAILED` for an operator to look at.
+pub(crate) fn abandon(run: &RunView, failure: Failure) -> Transition {
+    Transition {
+        status: RunStatus::RollbackFailed,
+        failure: Some(failure.clone()),
+        rollback_failure: Some(failure.clone()),
+        events: vec![
+            Event::new(EventKind::RollingBack, None).with_failure(&failure),
+            Event::new(EventKind::RollbackFailed, None).with_failure(&failure),
+        ],
+        ..Transition::unchanged(run)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn steps(n: usize) -> Vec<String> {
-        (0..n).map(|i| i.to_string()).collect()
+    fn steps(n: usize) -> Vec<StepShape> {
+        (0..n).map(|i| StepShape::plain(&i.to_string())).collect()
     }
 
     fn run(step_index: u32) -> RunView {
         RunView {
-            status: RunStatus::Active,
             step_index,
-            step_iteration: 0,
             instances: step_index,
-            failed_children: 0,
+            ..RunView::default()
         }
+    }
+
+    fn done(o: Result<Transition, Failure>) -> Transition {
+        o.unwrap_or_else(|failure| panic!("failed: {failure}"))
     }
 
     fn kinds(t: &Transition) -> Vec<(EventKind, Option<&str>)> {
@@ -277,6 +395,10 @@ mod tests {
             .iter()
             .map(|e| (e.kind, e.step.as_deref()))
             .collect()
+    }
+
+    fn completed(r: &RunView, n: usize, index: usize, next: Next, children: u32) -> Transition {
+        done(after_step(r, &steps(n), index, next, children, "h[1]"))
     }
 
     #[test]
@@ -292,32 +414,22 @@ mod tests {
 
     #[test]
     fn a_step_with_children_waits_for_them() {
-        let t = after_step(
-            &run(0),
-            &steps(2),
-            0,
-            StepOutcome::Completed(Next::Continue),
-            3,
-            "h[1]",
-        );
+        let t = completed(&run(0), 2, 0, Next::Continue, 3);
         assert_eq!(t.status, RunStatus::Active);
-        assert_eq!(t.step_index, 1);
-        assert_eq!(t.pending_children, 3);
-        assert_eq!(t.instances, 1);
+        assert_eq!((t.step_index, t.pending_children, t.instances), (1, 3, 1));
+        assert_eq!(t.waited_instance, Some(0));
         assert_eq!(kinds(&t), vec![(EventKind::Suspended, Some("0"))]);
         assert_eq!(t.events[0].next_step, Some(1));
+        let recorded = t.new_instance.unwrap();
+        assert_eq!(
+            (recorded.seq, recorded.step, recorded.kind),
+            (0, 0, InstanceKind::Step)
+        );
     }
 
     #[test]
     fn a_step_without_children_can_continue_at_once() {
-        let t = after_step(
-            &run(0),
-            &steps(2),
-            0,
-            StepOutcome::Completed(Next::Continue),
-            0,
-            "h[1]",
-        );
+        let t = completed(&run(0), 2, 0, Next::Continue, 0);
         assert_eq!(
             (t.status, t.pending_children, t.step_index),
             (RunStatus::Active, 0, 1)
@@ -326,14 +438,7 @@ mod tests {
 
     #[test]
     fn the_last_step_without_children_commits_in_the_same_transaction() {
-        let t = after_step(
-            &run(1),
-            &steps(2),
-            1,
-            StepOutcome::Completed(Next::Continue),
-            0,
-            "h[1]",
-        );
+        let t = completed(&run(1), 2, 1, Next::Continue, 0);
         assert_eq!(t.status, RunStatus::Committed);
         assert_eq!(
             kinds(&t),
@@ -347,20 +452,9 @@ mod tests {
 
     #[test]
     fn the_last_step_with_children_commits_after_them() {
-        let t = after_step(
-            &run(1),
-            &steps(2),
-            1,
-            StepOutcome::Completed(Next::Continue),
-            2,
-            "h[1]",
-        );
-        assert_eq!(t.status, RunStatus::Active);
-        assert_eq!(t.step_index, 2);
-        let later = RunView {
-            step_index: 2,
-            ..run(2)
-        };
+        let t = completed(&run(1), 2, 1, Next::Continue, 2);
+        assert_eq!((t.status, t.step_index), (RunStatus::Active, 2));
+        let later = run(2);
         assert_eq!(next_action(&later, &steps(2), "h[1]"), Action::Commit);
         let c = commit(&later, &steps(2));
         assert_eq!(c.status, RunStatus::Committed);
@@ -369,14 +463,7 @@ mod tests {
 
     #[test]
     fn repeat_counts_iterations_and_other_steps_reset_them() {
-        let t = after_step(
-            &run(0),
-            &steps(2),
-            0,
-            StepOutcome::Completed(Next::Repeat),
-            0,
-            "h[1]",
-        );
+        let t = completed(&run(0), 2, 0, Next::Repeat, 0);
         assert_eq!((t.step_index, t.step_iteration), (0, 1));
         let again = RunView {
             step_iteration: 1,
@@ -389,67 +476,24 @@ mod tests {
                 iteration: 1
             }
         );
-        let t = after_step(
-            &again,
-            &steps(2),
-            0,
-            StepOutcome::Completed(Next::GoTo(0)),
-            0,
-            "h[1]",
-        );
+        let t = completed(&again, 2, 0, Next::GoTo(0), 0);
         assert_eq!(
             t.step_iteration, 2,
             "goto to the same step counts as a repeat"
         );
-        let t = after_step(
-            &again,
-            &steps(2),
-            0,
-            StepOutcome::Completed(Next::GoTo(1)),
-            0,
-            "h[1]",
-        );
+        assert_eq!(t.new_instance.unwrap().iteration, 1);
+        let t = completed(&again, 2, 0, Next::GoTo(1), 0);
         assert_eq!((t.step_index, t.step_iteration), (1, 0));
     }
 
     #[test]
     fn goto_out_of_bounds_fails_the_run() {
-        let t = after_step(
-            &run(0),
-            &steps(2),
-            0,
-            StepOutcome::Completed(Next::GoTo(5)),
-            0,
-            "h[1]",
-        );
-        assert_eq!(t.status, RunStatus::RolledBack);
-        let f = t.failure.as_ref().unwrap();
+        let failure = after_step(&run(0), &steps(2), 0, Next::GoTo(5), 0, "h[1]").unwrap_err();
         assert_eq!(
-            f.message(),
+            failure.message(),
             "goto step index 5 is out of bounds (saga has 2 steps)"
         );
-    }
-
-    #[test]
-    fn a_failed_first_step_rolls_back_with_the_sentinel_name() {
-        let failure = Failure::new("x::Boom", "boom", "h[1]").with_step("0");
-        let t = after_step(
-            &run(0),
-            &steps(2),
-            0,
-            StepOutcome::Failed(failure.clone()),
-            0,
-            "h[1]",
-        );
-        assert_eq!(t.status, RunStatus::RolledBack);
-        assert_eq!(
-            kinds(&t),
-            vec![
-                (EventKind::RollingBack, Some("0")),
-                (EventKind::RolledBack, Some("Rollback of 0[0,]"))
-            ]
-        );
-        assert_eq!(t.events[0].failure.as_ref(), Some(&failure));
+        assert_eq!(failure.step(), Some("0"));
     }
 
     #[test]
@@ -458,5 +502,126 @@ mod tests {
             Action::Abandon(f) => assert!(f.message().contains("saga has 2 steps"), "{f}"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    fn failed_children() -> ChildrenOf {
+        ChildrenOf {
+            messages: vec![],
+            committed: 1,
+            rolled_back: vec![Failure::new("x::E", "child broke", "c[1]")],
+            rollback_failed: vec![],
+        }
+    }
+
+    #[test]
+    fn failed_children_without_a_handler_fail_the_run() {
+        let r = RunView {
+            failed_children: 1,
+            ..run(1)
+        };
+        assert_eq!(
+            next_action(&r, &steps(2), "h[1]"),
+            Action::HandleChildFailures
+        );
+        let latest = Instance {
+            seq: 0,
+            step: 0,
+            iteration: 0,
+            cfh: None,
+            kind: InstanceKind::Step,
+        };
+        match child_failures(&r, &steps(2), &latest, &failed_children(), "h[1]") {
+            ChildFailurePlan::Rethrow { step, failure } => {
+                assert_eq!(step, "0");
+                assert_eq!(failure.kind(), "structured_cooperation::ChildRolledBack");
+                assert_eq!(failure.causes()[0].message(), "child broke");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_handler_gets_the_next_step_and_its_iteration_and_can_retry() {
+        let mut shapes = steps(3);
+        shapes[0].handles_child_failures = true;
+        let latest = Instance {
+            seq: 0,
+            step: 0,
+            iteration: 0,
+            cfh: None,
+            kind: InstanceKind::Step,
+        };
+        let r = RunView {
+            failed_children: 1,
+            step_index: 2,
+            instances: 1,
+            ..RunView::default()
+        };
+        let ChildFailurePlan::Run { next, cfh, .. } =
+            child_failures(&r, &shapes, &latest, &failed_children(), "h[1]")
+        else {
+            panic!()
+        };
+        assert_eq!((next, cfh), (Next::GoTo(2), 0));
+        // The handler emits a retry child and keeps the step's choice.
+        let t = done(after_child_failures(
+            &r, &shapes, &latest, 0, next, 1, "h[1]",
+        ));
+        assert_eq!(
+            (t.step_index, t.pending_children, t.cfh_iteration),
+            (2, 1, Some(0))
+        );
+        assert_eq!(kinds(&t), vec![(EventKind::Suspended, Some("0"))]);
+        let recorded = t.new_instance.unwrap();
+        assert_eq!(
+            (recorded.cfh, recorded.kind),
+            (Some(0), InstanceKind::ChildFailures)
+        );
+        // Its retry fails too: the handler runs again, with the next iteration.
+        let again = RunView {
+            failed_children: 1,
+            cfh_iteration: Some(0),
+            instances: 2,
+            ..r
+        };
+        let ChildFailurePlan::Run { cfh, .. } =
+            child_failures(&again, &shapes, &recorded, &failed_children(), "h[1]")
+        else {
+            panic!()
+        };
+        assert_eq!(cfh, 1);
+    }
+
+    #[test]
+    fn a_new_ordinary_step_resets_the_handler_iteration() {
+        let r = RunView {
+            cfh_iteration: Some(3),
+            ..run(0)
+        };
+        let t = completed(&r, 2, 0, Next::Continue, 0);
+        assert_eq!(t.cfh_iteration, None);
+    }
+
+    #[test]
+    fn rollback_failures_of_children_are_reported_as_such() {
+        let mut children = failed_children();
+        children.rollback_failed = vec![Failure::new("x::Comp", "refund failed", "c[1]")];
+        let latest = Instance {
+            seq: 0,
+            step: 0,
+            iteration: 0,
+            cfh: None,
+            kind: InstanceKind::Step,
+        };
+        let ChildFailurePlan::Rethrow { failure, .. } =
+            child_failures(&run(1), &steps(2), &latest, &children, "h[1]")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            failure.kind(),
+            "structured_cooperation::ChildRollbackFailed"
+        );
+        assert_eq!(failure.causes().len(), 2);
     }
 }

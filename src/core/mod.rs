@@ -2,7 +2,7 @@
 //!
 //! Two state machines live here, and both are plain data in, plain data out:
 //!
-//! * [`decide`] answers "given this run's state (its status, next step, iteration, how its
+//! * [`decide`] and [`rollback`] answer "given this run's state (its status, next step, iteration, how its
 //!   children ended) what happens next, and what does the outcome of a step turn into?". The
 //!   blocking runtime (and later the tokio runtime) claims a run, asks
 //!   [`decide::next_action`], runs user code if told to, and persists the [`decide::Transition`]
@@ -14,8 +14,9 @@
 //!   infrastructure error. Time is passed in as `Instant`s by the caller.
 
 pub(crate) mod decide;
+pub(crate) mod rollback;
 pub(crate) mod schedule;
 mod state;
 
-pub(crate) use state::RunView;
 pub use state::{EventKind, Next, RunStatus};
+pub(crate) use state::{Instance, InstanceKind, RunView, StepShape};

@@ -138,7 +138,7 @@ impl RunStatus {
 }
 
 /// What the core needs to know about a claimed run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub(crate) struct RunView {
     pub(crate) status: RunStatus,
     /// Index of the step to run next; equal to the number of steps once the last step ran.
@@ -149,6 +149,81 @@ pub(crate) struct RunView {
     pub(crate) instances: u32,
     /// Children of the latest step instance that ended without committing.
     pub(crate) failed_children: u32,
+    /// Invocations of the latest step's child-failure handler so far.
+    pub(crate) cfh_iteration: Option<u32>,
+    /// On the rollback path: the next sub-step of the rollback plan.
+    pub(crate) rollback_cursor: Option<u32>,
+    /// The step instance whose children the run last waited for.
+    pub(crate) waited_instance: Option<u32>,
+    /// False until a requested rollback has written its `ROLLING_BACK`.
+    pub(crate) rollback_seen: bool,
+}
+
+impl Default for RunStatus {
+    fn default() -> Self {
+        RunStatus::Active
+    }
+}
+
+/// What a saga tells the core about one of its steps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StepShape {
+    pub(crate) name: String,
+    /// The step has a compensating action.
+    pub(crate) compensates: bool,
+    /// The step has its own child-failure handler (the default rethrows).
+    pub(crate) handles_child_failures: bool,
+}
+
+impl StepShape {
+    #[cfg(test)]
+    pub(crate) fn plain(name: &str) -> StepShape {
+        StepShape {
+            name: name.to_owned(),
+            compensates: false,
+            handles_child_failures: false,
+        }
+    }
+}
+
+/// What kind of code an executed instance ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InstanceKind {
+    /// A step's body.
+    Step,
+    /// A step's child-failure handler.
+    ChildFailures,
+    /// A step's compensating action (recorded only when it emitted children).
+    Compensation,
+}
+
+impl InstanceKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            InstanceKind::Step => "step",
+            InstanceKind::ChildFailures => "child_failures",
+            InstanceKind::Compensation => "compensation",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<InstanceKind> {
+        Some(match s {
+            "step" => InstanceKind::Step,
+            "child_failures" => InstanceKind::ChildFailures,
+            "compensation" => InstanceKind::Compensation,
+            _ => return None,
+        })
+    }
+}
+
+/// One executed step instance of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Instance {
+    pub(crate) seq: u32,
+    pub(crate) step: usize,
+    pub(crate) iteration: u32,
+    pub(crate) cfh: Option<u32>,
+    pub(crate) kind: InstanceKind,
 }
 
 #[cfg(test)]

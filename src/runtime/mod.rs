@@ -13,6 +13,7 @@
 //! sends nothing to the database except one sweep query per safety-net interval.
 
 mod dispatcher;
+mod exec;
 mod listener;
 mod worker;
 

@@ -6,19 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use postgres::{NoTls, Transaction};
+use postgres::NoTls;
 use r2d2::PooledConnection;
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::dispatcher::Event;
-use super::{HandlerEntry, Shared, bump};
-use crate::core::decide::{self, Action, StepOutcome, Transition};
+use super::exec::Exec;
+use super::{Shared, bump};
+use crate::core::decide::{self, Action};
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
-use crate::failure::Failure;
 use crate::ids::RunId;
-use crate::saga::{SAVEPOINT, SavepointState, StepContext, StepInfo, UserStatements};
-use crate::store::{self, Applied, Claimed, Emitted, Emitter, StmtCache};
+use crate::saga::UserStatements;
+use crate::store::{self, StmtCache};
 
 /// A worker keeps claiming runs of the handler it was given until none is due, or until it
 /// has run this many (or for `BATCH_TIME`), then goes back to the dispatcher so other
@@ -194,44 +194,41 @@ fn process(
     }
 
     let quiet = shared.quiet_handlers();
-    let steps = entry.saga.step_names();
-    let ((transition, emitted, applied), tx) =
-        match decide::next_action(&run.view, steps, &entry.source) {
-            Action::RunStep { index, iteration } => {
-                let step = Step {
-                    shared,
-                    entry,
-                    run: &run,
-                    index,
-                    iteration,
-                    quiet: &quiet,
-                };
-                step.run(cache, user, tx)?
-            }
-            action => {
-                let t = match action {
-                    Action::Commit => decide::commit(&run.view, steps),
-                    Action::Abandon(failure) => {
-                        log::error!("{}: run {}: {failure}", entry.name, run.id);
-                        decide::finish_rollback(&run.view, steps, Some(failure))
-                    }
-                    _ => decide::finish_rollback(&run.view, steps, None),
-                };
-                let applied =
-                    store::apply(&mut tx, sql, Some(cache), run.id, &t, &shared.instance)?;
-                ((t, Emitted::default(), applied), tx)
-            }
-        };
+    let exec = Exec {
+        shared,
+        entry,
+        run: &run,
+        quiet: &quiet,
+    };
+    let shapes = entry.saga.shapes();
+    let (done, tx) = match decide::next_action(&run.view, shapes, &entry.source) {
+        Action::RunStep { index, iteration } => exec.step(cache, user, tx, index, iteration)?,
+        Action::HandleChildFailures => exec.child_failures(cache, user, tx)?,
+        Action::Rollback => exec.rollback(cache, user, tx)?,
+        Action::Commit => {
+            let done = exec.bookkeeping(cache, &mut tx, decide::commit(&run.view, shapes))?;
+            (done, tx)
+        }
+        Action::Abandon(failure) => {
+            log::error!("{}: run {}: {failure}", entry.name, run.id);
+            let done = exec.bookkeeping(cache, &mut tx, decide::abandon(&run.view, failure))?;
+            (done, tx)
+        }
+        Action::Nothing => {
+            tx.rollback()?;
+            return Ok(Processed::Ran);
+        }
+    };
     tx.commit()?;
     bump(&shared.stats.steps);
-    let woken_parent = if applied.release_pending {
+    let woken_parent = if done.applied.release_pending {
         release(shared, client, cache, run.id, &quiet)
     } else {
         None
     };
 
-    let woken = emitted
-        .handlers
+    let woken = done
+        .woken
         .iter()
         .map(String::as_str)
         .chain(woken_parent.as_deref());
@@ -239,7 +236,7 @@ fn process(
     // Wake local handlers now rather than after the notification's round trip. This worker
     // goes on claiming for its own handler, so it needs no hint.
     shared.hint_names(woken.filter(|&name| name != &*entry.name));
-    if applied.is_root && transition.status.is_terminal() {
+    if done.applied.is_root && done.transition.status.is_terminal() {
         shared.signals.root_finished();
     }
     Ok(Processed::Ran)
@@ -264,132 +261,4 @@ fn release(
             None
         }
     }
-}
-
-type Done<'c> = ((Transition, Emitted, Applied), Transaction<'c>);
-
-/// A user step about to run.
-struct Step<'a> {
-    shared: &'a Shared,
-    entry: &'a HandlerEntry,
-    run: &'a Claimed,
-    index: usize,
-    iteration: u32,
-    quiet: &'a [&'a str],
-}
-
-impl Step<'_> {
-    /// Runs the user's step and persists its outcome in the same transaction.
-    fn run<'c>(
-        &self,
-        cache: &mut StmtCache,
-        user: &'c mut UserStatements,
-        tx: Transaction<'c>,
-    ) -> Result<Done<'c>> {
-        let (entry, run, shared) = (self.entry, self.run, self.shared);
-        let steps = entry.saga.step_names();
-        let step = &steps[self.index];
-        let info = StepInfo {
-            handler: entry.name.clone(),
-            run_id: run.id,
-            root_id: run.root_id,
-            message_id: run.message_id,
-            topic: run.topic.clone(),
-            step_name: step.clone(),
-            step_index: self.index,
-            iteration: self.iteration,
-        };
-        let mut ctx = StepContext::new(tx, info, user);
-        let result = panic::catch_unwind(AssertUnwindSafe(|| {
-            entry.saga.run_step(self.index, &mut ctx, &run.payload)
-        }));
-        let (mut tx, emissions, savepoint) = ctx.into_parts();
-        let savepoint_taken = match savepoint {
-            SavepointState::Failed(e) => return Err(e.into()),
-            SavepointState::Taken => true,
-            SavepointState::NotTaken => false,
-        };
-        let outcome = match result {
-            Ok(Ok(next)) => StepOutcome::Completed(next),
-            Ok(Err(err)) => StepOutcome::Failed(Failure::from_step_error(err, &entry.source, step)),
-            Err(payload) => {
-                StepOutcome::Failed(Failure::from_panic(&*payload, &entry.source, step))
-            }
-        };
-        let sql = shared.client.sql();
-        let failure = match outcome {
-            StepOutcome::Completed(next) => {
-                let emitter = Emitter {
-                    root_id: run.root_id,
-                    run_id: run.id,
-                    instance: run.view.instances,
-                    handler: &entry.name,
-                    step,
-                };
-                let completed = (|| {
-                    let emitted = store::emit(
-                        &mut tx,
-                        sql,
-                        Some(cache),
-                        Some(&emitter),
-                        &emissions,
-                        &shared.instance,
-                        self.quiet,
-                    )?;
-                    let t = decide::after_step(
-                        &run.view,
-                        steps,
-                        self.index,
-                        StepOutcome::Completed(next),
-                        emitted.children,
-                        &entry.source,
-                    );
-                    let applied =
-                        store::apply(&mut tx, sql, Some(cache), run.id, &t, &shared.instance)?;
-                    Ok::<_, Error>((t, emitted, applied))
-                })();
-                match completed {
-                    Ok(done) => return Ok((done, tx)),
-                    Err(e) if savepoint_taken && left_aborted(&e) => Failure::new(
-                        "structured_cooperation::TransactionAborted",
-                        format!(
-                            "the step returned successfully but a statement it ran had failed, \
-                             leaving its transaction aborted ({e}); return the statement's \
-                             error, or run it inside a nested savepoint"
-                        ),
-                        entry.source.as_str(),
-                    )
-                    .with_step(step.as_str()),
-                    Err(e) => return Err(e),
-                }
-            }
-            StepOutcome::Failed(failure) => failure,
-        };
-        if savepoint_taken {
-            tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))?;
-        }
-        bump(&shared.stats.step_failures);
-        log::warn!(
-            "{}: step {step:?} of run {} failed: {failure}",
-            entry.name,
-            run.id
-        );
-        let t = decide::after_step(
-            &run.view,
-            steps,
-            self.index,
-            StepOutcome::Failed(failure),
-            0,
-            &entry.source,
-        );
-        let applied = store::apply(&mut tx, sql, Some(cache), run.id, &t, &shared.instance)?;
-        Ok(((t, Emitted::default(), applied), tx))
-    }
-}
-
-/// The first statement after user code failed because user code left the transaction
-/// aborted.
-fn left_aborted(e: &Error) -> bool {
-    matches!(e, Error::Postgres(pg)
-        if pg.code() == Some(&postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION))
 }

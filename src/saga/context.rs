@@ -7,9 +7,68 @@ use postgres::{Statement, Transaction};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::core::Next;
 use crate::error::{Error, Result};
+use crate::failure::{Failure, StepError};
 use crate::ids::{MessageId, RootId, RunId, new_uuid};
 use crate::validate;
+
+/// What kind of user code a [`StepContext`] is given to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// A step's body, on the happy path.
+    Step,
+    /// A step's compensating action, while the run rolls back.
+    Compensation,
+    /// A step's child-failure handler.
+    ChildFailures,
+}
+
+/// The failures of the children of one step instance, given to a child-failure handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildFailures {
+    failure: Failure,
+    next: Next,
+    iteration: u32,
+}
+
+impl ChildFailures {
+    pub(crate) fn new(failure: Failure, next: Next, iteration: u32) -> ChildFailures {
+        ChildFailures {
+            failure,
+            next,
+            iteration,
+        }
+    }
+
+    /// The failure the children add up to (`structured_cooperation::ChildRolledBack`, or
+    /// `structured_cooperation::ChildRollbackFailed` if one of them also failed to roll back),
+    /// with each child's failure among its causes.
+    pub fn failure(&self) -> &Failure {
+        &self.failure
+    }
+
+    /// The children's own failures.
+    pub fn children(&self) -> &[Failure] {
+        self.failure.causes()
+    }
+
+    /// What the step had chosen to do next. Returning it carries on as planned.
+    pub fn next(&self) -> Next {
+        self.next
+    }
+
+    /// How many times the handler already ran for this step (0 the first time).
+    pub fn iteration(&self) -> u32 {
+        self.iteration
+    }
+
+    /// An error that fails the run with the children's failure, unchanged: what happens when a
+    /// step has no handler.
+    pub fn rethrow(&self) -> StepError {
+        StepError::from_failure(self.failure.clone())
+    }
+}
 
 /// Facts about the step being run.
 #[derive(Clone, Debug)]
@@ -22,6 +81,7 @@ pub(crate) struct StepInfo {
     pub(crate) step_name: String,
     pub(crate) step_index: usize,
     pub(crate) iteration: u32,
+    pub(crate) phase: Phase,
 }
 
 /// A message to be written when the step returns.
@@ -194,9 +254,15 @@ impl<'c> StepContext<'c> {
     }
 
     /// How many times this step has run consecutively before this execution (0 the first
-    /// time; reset when another step runs in between).
+    /// time; reset when another step runs in between). In a compensating action: the iteration
+    /// of the execution being undone.
     pub fn iteration(&self) -> u32 {
         self.info.iteration
+    }
+
+    /// Whether this is a step's body, its compensating action, or its child-failure handler.
+    pub fn phase(&self) -> Phase {
+        self.info.phase
     }
 
     /// Returns the transaction, the buffered emissions, and whether (and how) a savepoint was

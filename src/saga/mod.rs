@@ -1,4 +1,5 @@
-//! Saga definitions: a named handler with ordered steps.
+//! Saga definitions: a named handler with ordered steps, their compensating actions and their
+//! child-failure handlers.
 
 mod context;
 
@@ -8,16 +9,28 @@ use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
 
-use crate::core::Next;
+use crate::core::{Next, StepShape};
 use crate::error::{Error, Result};
-use crate::failure::{StepError, StepResult};
+use crate::failure::{Failure, StepError, StepResult};
 use crate::validate;
 
-pub use context::StepContext;
+pub use context::{ChildFailures, Phase, StepContext};
 pub(crate) use context::{Emission, SAVEPOINT, SavepointState, StepInfo, UserStatements};
 
+type Decoded<P> = std::result::Result<P, StepError>;
 /// A type-erased step body: decodes the payload and runs the user's closure.
-type StepFn = Box<dyn Fn(&mut StepContext<'_>, &str) -> StepResult<Next> + Send + Sync>;
+type BodyFn = Box<dyn Fn(&mut StepContext<'_>, &str) -> StepResult<Next> + Send + Sync>;
+type CompensateFn =
+    Box<dyn Fn(&mut StepContext<'_>, &str, &Failure) -> StepResult<()> + Send + Sync>;
+type ChildFailuresFn =
+    Box<dyn Fn(&mut StepContext<'_>, &str, &ChildFailures) -> StepResult<Next> + Send + Sync>;
+
+struct StepDef {
+    name: Option<String>,
+    body: BodyFn,
+    compensate: Option<CompensateFn>,
+    child_failures: Option<ChildFailuresFn>,
+}
 
 /// A handler: a name and an ordered list of steps, each run in its own transaction.
 ///
@@ -26,8 +39,9 @@ type StepFn = Box<dyn Fn(&mut StepContext<'_>, &str) -> StepResult<Next> + Send 
 pub struct Saga {
     name: String,
     payload_type: &'static str,
+    shapes: Vec<StepShape>,
     step_names: Vec<String>,
-    steps: Vec<StepFn>,
+    steps: Vec<StepDef>,
 }
 
 impl Saga {
@@ -52,6 +66,10 @@ impl Saga {
     ///         println!("shipping order {}", order.id);
     ///         Ok(())
     ///     })
+    ///     .rollback(|_ctx, order: &Order, cause| -> StepResult {
+    ///         println!("recalling the shipment of order {} because {}", order.id, cause.message());
+    ///         Ok(())
+    ///     })
     ///     .build()
     ///     .unwrap();
     /// assert_eq!(saga.step_names(), ["0", "ship"]);
@@ -60,6 +78,7 @@ impl Saga {
         SagaBuilder {
             name: name.into(),
             steps: Vec::new(),
+            misplaced: None,
             _payload: PhantomData,
         }
     }
@@ -79,13 +98,49 @@ impl Saga {
         self.payload_type
     }
 
+    pub(crate) fn shapes(&self) -> &[StepShape] {
+        &self.shapes
+    }
+
     pub(crate) fn run_step(
         &self,
         index: usize,
         ctx: &mut StepContext<'_>,
         payload: &str,
     ) -> StepResult<Next> {
-        (self.steps[index])(ctx, payload)
+        (self.steps[index].body)(ctx, payload)
+    }
+
+    /// Runs step `index`'s compensating action; a step without one compensates nothing.
+    pub(crate) fn compensate(
+        &self,
+        index: usize,
+        ctx: &mut StepContext<'_>,
+        payload: &str,
+        cause: &Failure,
+    ) -> StepResult<()> {
+        match self.steps.get(index).and_then(|s| s.compensate.as_ref()) {
+            Some(compensate) => compensate(ctx, payload, cause),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs step `index`'s child-failure handler; without one, the failure is rethrown.
+    pub(crate) fn handle_child_failures(
+        &self,
+        index: usize,
+        ctx: &mut StepContext<'_>,
+        payload: &str,
+        failures: &ChildFailures,
+    ) -> StepResult<Next> {
+        match self
+            .steps
+            .get(index)
+            .and_then(|s| s.child_failures.as_ref())
+        {
+            Some(handle) => handle(ctx, payload, failures),
+            None => Err(failures.rethrow()),
+        }
     }
 }
 
@@ -102,8 +157,24 @@ impl fmt::Debug for Saga {
 /// Builds a [`Saga`]; see [`Saga::builder`].
 pub struct SagaBuilder<P> {
     name: String,
-    steps: Vec<(Option<String>, StepFn)>,
+    steps: Vec<StepDef>,
+    /// A modifier called before any step exists (reported by `build`).
+    misplaced: Option<&'static str>,
     _payload: PhantomData<fn(&P)>,
+}
+
+fn decode<P: DeserializeOwned>(ctx: &StepContext<'_>, raw: &str) -> Decoded<P> {
+    serde_json::from_str(raw).map_err(|e| {
+        StepError::with_kind(
+            "structured_cooperation::PayloadMismatch",
+            format!(
+                "the payload of message {} on topic {:?} does not deserialize into {}: {e}",
+                ctx.message_id(),
+                ctx.topic(),
+                std::any::type_name::<P>()
+            ),
+        )
+    })
 }
 
 impl<P: DeserializeOwned + 'static> SagaBuilder<P> {
@@ -111,8 +182,8 @@ impl<P: DeserializeOwned + 'static> SagaBuilder<P> {
     ///
     /// The closure gets the [`StepContext`] (the open transaction, `emit`, ...) and the decoded
     /// payload. Returning `Ok(())` continues with the next step; returning a [`Next`] chooses.
-    /// Returning an error, or panicking, fails the run: the step's transaction is discarded
-    /// and the failure is recorded.
+    /// Returning an error, or panicking, fails the run: the step's transaction is discarded,
+    /// the failure is recorded, and the run rolls back the steps that did commit.
     pub fn step<F, O>(self, body: F) -> Self
     where
         F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
@@ -136,21 +207,60 @@ impl<P: DeserializeOwned + 'static> SagaBuilder<P> {
         F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
         O: Into<Next>,
     {
-        let erased: StepFn = Box::new(move |ctx, raw| {
-            let payload: P = serde_json::from_str(raw).map_err(|e| {
-                StepError::with_kind(
-                    "structured_cooperation::PayloadMismatch",
-                    format!(
-                        "the payload of message {} on topic {:?} does not deserialize into {}: {e}",
-                        ctx.message_id(),
-                        ctx.topic(),
-                        std::any::type_name::<P>()
-                    ),
-                )
-            })?;
-            body(ctx, &payload).map(Into::into)
+        self.steps.push(StepDef {
+            name,
+            body: Box::new(move |ctx, raw| {
+                let payload: P = decode(ctx, raw)?;
+                body(ctx, &payload).map(Into::into)
+            }),
+            compensate: None,
+            child_failures: None,
         });
-        self.steps.push((name, erased));
+        self
+    }
+
+    /// Gives the step added last a compensating action: if the run rolls back after this step
+    /// committed, it runs (once per committed execution of the step, newest first, in its own
+    /// transaction, after the step's children rolled back) with the failure that caused the
+    /// rollback. [`StepContext::iteration`] tells which execution it undoes. A compensation
+    /// may emit messages; the run waits for them, and if one of them does not commit, the
+    /// compensation counts as failed. A compensation that fails or panics ends the run
+    /// `ROLLBACK_FAILED`.
+    pub fn rollback<F>(mut self, compensate: F) -> Self
+    where
+        F: Fn(&mut StepContext<'_>, &P, &Failure) -> StepResult<()> + Send + Sync + 'static,
+    {
+        match self.steps.last_mut() {
+            Some(step) => {
+                step.compensate = Some(Box::new(move |ctx, raw, cause| {
+                    let payload: P = decode(ctx, raw)?;
+                    compensate(ctx, &payload, cause)
+                }));
+            }
+            None => self.misplaced = Some("rollback"),
+        }
+        self
+    }
+
+    /// Gives the step added last a child-failure handler: it runs when children emitted by the
+    /// step failed (they have rolled back by then), with their failures. Returning a [`Next`]
+    /// carries on — the handler may emit new children (a retry), which the run awaits, and is
+    /// called again, with [`ChildFailures::iteration`] one higher, if those fail too.
+    /// Returning an error (for example [`ChildFailures::rethrow`]) fails the run, which then
+    /// rolls back. Without a handler, the failure is rethrown.
+    pub fn on_child_failures<F>(mut self, handle: F) -> Self
+    where
+        F: Fn(&mut StepContext<'_>, &P, &ChildFailures) -> StepResult<Next> + Send + Sync + 'static,
+    {
+        match self.steps.last_mut() {
+            Some(step) => {
+                step.child_failures = Some(Box::new(move |ctx, raw, failures| {
+                    let payload: P = decode(ctx, raw)?;
+                    handle(ctx, &payload, failures)
+                }));
+            }
+            None => self.misplaced = Some("on_child_failures"),
+        }
         self
     }
 
@@ -162,26 +272,36 @@ impl<P: DeserializeOwned + 'static> SagaBuilder<P> {
             saga: self.name.clone(),
             reason,
         };
+        if let Some(modifier) = self.misplaced {
+            return Err(invalid(format!(
+                "{modifier}() applies to the step added before it, but there is none"
+            )));
+        }
         if self.steps.is_empty() {
             return Err(invalid("a saga needs at least one step".to_owned()));
         }
         let mut seen = HashSet::new();
-        let mut step_names = Vec::with_capacity(self.steps.len());
-        for (index, (name, _)) in self.steps.iter().enumerate() {
-            let name = name.clone().unwrap_or_else(|| index.to_string());
+        let mut shapes = Vec::with_capacity(self.steps.len());
+        for (index, step) in self.steps.iter().enumerate() {
+            let name = step.name.clone().unwrap_or_else(|| index.to_string());
             validate::name("step", &name)?;
             if !seen.insert(name.clone()) {
                 return Err(invalid(format!(
                     "step name {name:?} is used twice (unnamed steps are named after their index)"
                 )));
             }
-            step_names.push(name);
+            shapes.push(StepShape {
+                name,
+                compensates: step.compensate.is_some(),
+                handles_child_failures: step.child_failures.is_some(),
+            });
         }
         Ok(Saga {
             name: self.name,
             payload_type: std::any::type_name::<P>(),
-            step_names,
-            steps: self.steps.into_iter().map(|(_, f)| f).collect(),
+            step_names: shapes.iter().map(|s| s.name.clone()).collect(),
+            shapes,
+            steps: self.steps,
         })
     }
 }
@@ -214,6 +334,30 @@ mod tests {
             .unwrap();
         assert_eq!(saga.step_names(), ["0", "b", "2"]);
         assert_eq!(saga.name(), "h");
+    }
+
+    #[test]
+    fn compensations_and_handlers_belong_to_the_step_before_them() {
+        let saga = Saga::builder("h")
+            .step(noop)
+            .rollback(|_, _: &Value, _| Ok(()))
+            .step(noop)
+            .on_child_failures(|_, _: &Value, f| Err(f.rethrow()))
+            .build()
+            .unwrap();
+        let shapes = saga.shapes();
+        assert!(shapes[0].compensates && !shapes[0].handles_child_failures);
+        assert!(!shapes[1].compensates && shapes[1].handles_child_failures);
+        let err = Saga::builder::<Value>("h")
+            .rollback(|_, _, _| Ok(()))
+            .step(noop)
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("rollback() applies to the step added before it"),
+            "{err}"
+        );
     }
 
     #[test]

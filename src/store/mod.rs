@@ -11,8 +11,10 @@ use std::time::{Duration, SystemTime};
 use postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
-use crate::core::decide::{Event, Transition};
-use crate::core::{EventKind, RunStatus, RunView};
+use std::collections::HashMap;
+
+use crate::core::decide::{ChildrenOf, Event, Transition};
+use crate::core::{EventKind, Instance, InstanceKind, RunStatus, RunView};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::ids::{MessageId, RootId, RunId};
@@ -72,6 +74,18 @@ pub(crate) struct Claimed {
     pub(crate) due: bool,
     pub(crate) wait: Duration,
     pub(crate) payload: String,
+    /// The run's rollback cause, as stored (decoded only on the rollback path).
+    pub(crate) failure: Option<String>,
+}
+
+impl Claimed {
+    /// The rollback cause.
+    pub(crate) fn cause(&self) -> Result<Option<Failure>> {
+        self.failure
+            .as_deref()
+            .map(|f| serde_json::from_str(f).map_err(Error::from))
+            .transpose()
+    }
 }
 
 fn status(row: &Row, column: &str) -> Result<RunStatus> {
@@ -85,6 +99,11 @@ fn u32_col(row: &Row, column: &str) -> Result<u32> {
     Ok(u32::try_from(v).unwrap_or(0))
 }
 
+fn opt_u32_col(row: &Row, column: &str) -> Result<Option<u32>> {
+    let v: Option<i32> = row.try_get(column)?;
+    Ok(v.map(|v| u32::try_from(v).unwrap_or(0)))
+}
+
 /// The columns the core needs, shared by every query that hands a run to the core.
 fn run_view(row: &Row) -> Result<RunView> {
     Ok(RunView {
@@ -93,6 +112,10 @@ fn run_view(row: &Row) -> Result<RunView> {
         step_iteration: u32_col(row, "step_iteration")?,
         instances: u32_col(row, "instances")?,
         failed_children: u32_col(row, "failed_children")?,
+        cfh_iteration: opt_u32_col(row, "cfh_iteration")?,
+        rollback_cursor: opt_u32_col(row, "rollback_cursor")?,
+        waited_instance: opt_u32_col(row, "waited_instance")?,
+        rollback_seen: row.try_get("rollback_seen")?,
     })
 }
 
@@ -124,6 +147,7 @@ pub(crate) fn claim(
         due: row.try_get("due")?,
         wait: Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)),
         payload: row.try_get("payload")?,
+        failure: row.try_get("failure")?,
     }))
 }
 
@@ -217,28 +241,43 @@ pub(crate) fn apply(
     t: &Transition,
     worker: &str,
 ) -> Result<Applied> {
-    let failure = t.failure.as_ref().map(serde_json::to_string).transpose()?;
+    let json = |f: &Option<Failure>| f.as_ref().map(serde_json::to_string).transpose();
+    let failure = json(&t.failure)?;
+    let rollback_failure = json(&t.rollback_failure)?;
     let kinds: Vec<&str> = t.events.iter().map(|e: &Event| e.kind.as_str()).collect();
     let steps: Vec<Option<&str>> = t.events.iter().map(|e| e.step.as_deref()).collect();
     let next_steps: Vec<Option<i32>> = t.events.iter().map(|e| e.next_step).collect();
     let failures: Vec<Option<String>> = t
         .events
         .iter()
-        .map(|e| e.failure.as_ref().map(serde_json::to_string).transpose())
+        .map(|e| json(&e.failure))
         .collect::<std::result::Result<_, _>>()?;
-    let params: [&(dyn postgres::types::ToSql + Sync); 12] = [
+    let messages: Vec<Option<Uuid>> = t.events.iter().map(|e| e.message).collect();
+    let int = |v: u32| v as i32;
+    let instance = t.new_instance.as_ref();
+    let params: [&(dyn postgres::types::ToSql + Sync); 22] = [
         &run.as_uuid(),
         &t.status.as_str(),
-        &(t.step_index as i32),
-        &(t.step_iteration as i32),
-        &(t.instances as i32),
-        &(t.pending_children as i32),
+        &int(t.step_index),
+        &int(t.step_iteration),
+        &int(t.instances),
+        &int(t.pending_children),
         &failure,
+        &rollback_failure,
+        &t.cfh_iteration.map(int),
+        &t.rollback_cursor.map(int),
+        &t.waited_instance.map(int),
         &worker,
+        &instance.map(|i| int(i.seq)),
+        &instance.map(|i| i.step as i32),
+        &instance.map(|i| int(i.iteration)),
+        &instance.and_then(|i| i.cfh.map(int)),
+        &instance.map(|i| i.kind.as_str()),
         &kinds,
         &steps,
         &next_steps,
         &failures,
+        &messages,
     ];
     let row = match cache {
         Some(cache) => {
@@ -252,6 +291,164 @@ pub(crate) fn apply(
         is_root: parent.is_none(),
         release_pending: row.try_get("release_pending")?,
     })
+}
+
+/// The executed step instances of `run`, in order.
+pub(crate) fn instances(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    run: RunId,
+) -> Result<Vec<Instance>> {
+    client
+        .query(sql.instances.as_str(), &[&run.as_uuid()])?
+        .iter()
+        .map(|row| {
+            let kind: &str = row.try_get("kind")?;
+            Ok(Instance {
+                seq: u32_col(row, "seq")?,
+                step: u32_col(row, "step")? as usize,
+                iteration: u32_col(row, "iteration")?,
+                cfh: opt_u32_col(row, "cfh")?,
+                kind: InstanceKind::parse(kind).ok_or_else(|| {
+                    Error::Config(format!(
+                        "unknown step instance kind {kind:?} in the database"
+                    ))
+                })?,
+            })
+        })
+        .collect()
+}
+
+/// What the children of each step instance of `run` ended as, by instance.
+pub(crate) fn children(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    run: RunId,
+) -> Result<HashMap<u32, ChildrenOf>> {
+    let failures = |row: &Row, column: &str| -> Result<Vec<Failure>> {
+        let text: String = row.try_get(column)?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    client
+        .query(sql.children.as_str(), &[&run.as_uuid()])?
+        .iter()
+        .map(|row| {
+            Ok((
+                u32_col(row, "seq")?,
+                ChildrenOf {
+                    messages: row.try_get("messages")?,
+                    committed: u32_col(row, "committed")?,
+                    rolled_back: failures(row, "rolled_back")?,
+                    rollback_failed: failures(row, "rollback_failed")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// What asking children to roll back did.
+#[derive(Debug)]
+pub(crate) struct Requested {
+    /// Children that will roll back (the parent waits for them).
+    pub(crate) children: u32,
+    /// Their handlers.
+    pub(crate) handlers: Vec<String>,
+}
+
+/// Asks the committed children of step instance `instance` of `run` to roll back.
+pub(crate) fn request_rollback(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    run: RunId,
+    instance: u32,
+    cause: &Failure,
+    quiet: &[&str],
+) -> Result<Requested> {
+    let cause = serde_json::to_string(cause)?;
+    let row = client.query_one(
+        sql.request_rollback.as_str(),
+        &[
+            &run.as_uuid(),
+            &(instance as i32),
+            &cause,
+            &sql.channel,
+            &quiet,
+        ],
+    )?;
+    Ok(Requested {
+        children: u32_col(&row, "requested")?,
+        handlers: row.try_get("woken")?,
+    })
+}
+
+/// A run an operator asked to roll back.
+#[derive(Debug)]
+pub(crate) struct TargetRun {
+    pub(crate) id: RunId,
+    pub(crate) handler: String,
+    pub(crate) status: RunStatus,
+}
+
+/// Locks the runs an operator's rollback addresses (the top-level runs of a root, or one run).
+/// `Ok(None)` means one of them is locked right now, i.e. being processed.
+pub(crate) fn lock_targets(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    root: Option<RootId>,
+    run: Option<RunId>,
+) -> Result<Option<Vec<TargetRun>>> {
+    let rows = match (root, run) {
+        (Some(root), _) => client.query(sql.lock_root_runs.as_str(), &[&root.as_uuid()]),
+        (None, Some(run)) => client.query(sql.lock_run.as_str(), &[&run.as_uuid()]),
+        (None, None) => return Ok(Some(Vec::new())),
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    rows.iter()
+        .map(|row| {
+            Ok(TargetRun {
+                id: RunId::from_uuid(row.try_get("id")?),
+                handler: row.try_get("handler")?,
+                status: status(row, "status")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Unfinished runs around `runs` (their subtrees and ancestors): `(handler, status)`.
+pub(crate) fn busy_around(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    runs: &[RunId],
+) -> Result<Vec<(String, RunStatus)>> {
+    let ids: Vec<Uuid> = runs.iter().map(RunId::as_uuid).collect();
+    client
+        .query(sql.busy_around.as_str(), &[&ids])?
+        .iter()
+        .map(|row| Ok((row.try_get("handler")?, status(row, "status")?)))
+        .collect()
+}
+
+/// Starts an operator's rollback of the committed runs among `runs`; returns how many.
+pub(crate) fn request_operator_rollback(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    runs: &[RunId],
+    cause: &Failure,
+) -> Result<u32> {
+    let ids: Vec<Uuid> = runs.iter().map(RunId::as_uuid).collect();
+    let cause = serde_json::to_string(cause)?;
+    let row = client.query_one(
+        sql.request_operator_rollback.as_str(),
+        &[&ids, &cause, &sql.channel],
+    )?;
+    u32_col(&row, "marked")
 }
 
 /// Tells the parent of the finished run `run` (whose transaction must have committed) that it

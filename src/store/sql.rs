@@ -16,7 +16,8 @@ WITH clock AS (SELECT clock_timestamp() AS t),
 c AS (
     SELECT r.id, r.root_id, r.message_id, r.topic, r.status, r.step_index,
            r.step_iteration, r.instances, r.failed_children, r.started_at IS NOT NULL AS seen,
-           r.wake_at
+           r.wake_at, r.cfh_iteration, r.rollback_cursor, r.waited_instance, r.rollback_seen,
+           r.failure
     FROM __S__.runs r
     WHERE r.handler = $1 AND r.status IN ('active', 'rolling_back') AND r.pending_children = 0
     ORDER BY r.wake_at, r.id
@@ -30,7 +31,9 @@ seen AS (
     WHERE NOT c.seen AND c.wake_at <= clock.t
 )
 SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
-       c.step_iteration, c.instances, c.failed_children, c.wake_at <= clock.t AS due,
+       c.step_iteration, c.instances, c.failed_children, c.cfh_iteration, c.rollback_cursor,
+       c.waited_instance, c.rollback_seen, c.failure::text AS failure,
+       c.wake_at <= clock.t AS due,
        greatest(0, ceil(extract(epoch FROM c.wake_at - clock.t) * 1000))::int8 AS wait_ms,
        m.payload::text AS payload
 FROM c CROSS JOIN clock JOIN __S__.messages m ON m.id = c.message_id";
@@ -78,8 +81,9 @@ SELECT (SELECT count(*) FROM child WHERE parent_id IS NOT NULL)::int4 AS childre
        coalesce((SELECT array_agg(handler) FROM woken), '{}') AS woken,
        (SELECT count(*) FROM notified)::int4 AS notified";
 
-/// Persists a transition of run `$1`: its new state and its history entries in order. A run
-/// that reaches a terminal state and has a parent is marked `release_pending`; its parent's
+/// Persists a transition of run `$1`: its new state, the step instance it executed (if any),
+/// and its history entries in order. A run that reaches a terminal state while its parent
+/// counts it among its unfinished children is marked `release_pending`; the parent's
 /// bookkeeping follows in [`RELEASE`], after this transaction committed.
 const FINISH: &str = "
 WITH run AS (
@@ -87,8 +91,11 @@ WITH run AS (
         status = $2, step_index = $3, step_iteration = $4, instances = $5,
         pending_children = $6, failed_children = 0,
         failure = coalesce($7::text::jsonb, failure),
+        rollback_failure = coalesce($8::text::jsonb, rollback_failure),
+        cfh_iteration = $9, rollback_cursor = $10, waited_instance = $11,
+        rollback_seen = true,
         wake_at = clock_timestamp(),
-        release_pending = parent_id IS NOT NULL
+        release_pending = parent_id IS NOT NULL AND awaited
                           AND $2 IN ('committed', 'rolled_back', 'rollback_failed'),
         started_at = coalesce(started_at, clock_timestamp()),
         finished_at = CASE WHEN $2 IN ('committed', 'rolled_back', 'rollback_failed')
@@ -97,13 +104,18 @@ WITH run AS (
     WHERE id = $1
     RETURNING root_id, parent_id, message_id, handler, release_pending
 ),
+instance AS (
+    INSERT INTO __S__.step_instances (run_id, seq, step, iteration, cfh, kind)
+    SELECT $1, $13::int4, $14::int4, $15::int4, $16::int4, $17::text
+    WHERE $13::int4 IS NOT NULL
+),
 hist AS (
     INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, step, next_step,
                                failure, worker)
-    SELECT run.root_id, $1, run.message_id, e.event, run.handler, e.step, e.next_step,
-           e.failure::jsonb, $8
-    FROM run, unnest($9::text[], $10::text[], $11::int4[], $12::text[])
-        WITH ORDINALITY AS e(event, step, next_step, failure, ord)
+    SELECT run.root_id, $1, coalesce(e.message, run.message_id), e.event, run.handler, e.step,
+           e.next_step, e.failure::jsonb, $12
+    FROM run, unnest($18::text[], $19::text[], $20::int4[], $21::text[], $22::uuid[])
+        WITH ORDINALITY AS e(event, step, next_step, failure, message, ord)
     ORDER BY e.ord
 )
 SELECT parent_id, release_pending FROM run";
@@ -125,7 +137,7 @@ SELECT parent_id, release_pending FROM run";
 const RELEASE: &str = "
 WITH async AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting),
 child AS (
-    UPDATE __S__.runs SET release_pending = false
+    UPDATE __S__.runs SET release_pending = false, awaited = false
     WHERE id = $1 AND release_pending
     RETURNING parent_id, status
 ),
@@ -149,6 +161,112 @@ SELECT (SELECT handler FROM woke) AS woken_parent, (SELECT count(*) FROM notifie
 /// Finished runs whose release never happened (a crash or a lost connection in between).
 const UNRELEASED: &str = "
 SELECT id FROM __S__.runs WHERE release_pending LIMIT 1000";
+
+/// The executed step instances of run `$1`, in order.
+const INSTANCES: &str = "
+SELECT seq, step, iteration, cfh, kind FROM __S__.step_instances WHERE run_id = $1 ORDER BY seq";
+
+/// For each step instance of run `$1` that emitted anything: its messages, and how its child
+/// runs ended (committed count, failures of those that rolled back or failed to).
+const CHILDREN: &str = "
+WITH c AS (
+    SELECT parent_instance AS seq,
+           count(*) FILTER (WHERE status = 'committed')::int4 AS committed,
+           jsonb_agg(failure) FILTER (WHERE status = 'rolled_back' AND failure IS NOT NULL)
+               AS rolled_back,
+           jsonb_agg(coalesce(rollback_failure, failure))
+               FILTER (WHERE status = 'rollback_failed'
+                       AND coalesce(rollback_failure, failure) IS NOT NULL) AS rollback_failed
+    FROM __S__.runs WHERE parent_id = $1
+    GROUP BY parent_instance
+),
+m AS (
+    SELECT parent_instance AS seq, array_agg(id ORDER BY created_at, id) AS messages
+    FROM __S__.messages WHERE parent_run_id = $1
+    GROUP BY parent_instance
+)
+SELECT coalesce(c.seq, m.seq) AS seq, coalesce(m.messages, '{}') AS messages,
+       coalesce(c.committed, 0) AS committed,
+       coalesce(c.rolled_back, '[]')::text AS rolled_back,
+       coalesce(c.rollback_failed, '[]')::text AS rollback_failed
+FROM c FULL JOIN m ON c.seq = m.seq";
+
+/// Asks the committed children of step instance `$2` of run `$1` to roll back with cause
+/// `$3`; they become runnable, and their handlers are notified unless in `$5`.
+///
+/// The parent holds its own row and takes its children's with `NOWAIT`: a parent never waits
+/// for a descendant's lock (they are finished runs, which nobody else holds; if an operator's
+/// request does for an instant, this attempt is retried).
+const REQUEST_ROLLBACK: &str = "
+WITH target AS (
+    SELECT id FROM __S__.runs
+    WHERE parent_id = $1 AND parent_instance = $2 AND status = 'committed'
+    FOR UPDATE NOWAIT
+),
+marked AS (
+    UPDATE __S__.runs r SET
+        status = 'rolling_back', failure = $3::text::jsonb, rollback_cursor = 0,
+        rollback_seen = false, awaited = true, waited_instance = NULL, pending_children = 0,
+        failed_children = 0, wake_at = clock_timestamp(), finished_at = NULL,
+        updated_at = clock_timestamp()
+    FROM target WHERE r.id = target.id
+    RETURNING r.handler
+),
+woken AS (SELECT DISTINCT handler FROM marked),
+notified AS MATERIALIZED (
+    SELECT pg_notify($4, handler) FROM woken WHERE handler <> ALL($5::text[])
+)
+SELECT (SELECT count(*) FROM marked)::int4 AS requested,
+       coalesce((SELECT array_agg(handler) FROM woken), '{}') AS woken,
+       (SELECT count(*) FROM notified)::int4 AS notified";
+
+/// Locks the top-level runs of root `$1` for an operator's rollback.
+const LOCK_ROOT_RUNS: &str = "
+SELECT id, handler, status, message_id FROM __S__.runs
+WHERE message_id = $1 AND parent_id IS NULL
+ORDER BY id
+FOR UPDATE NOWAIT";
+
+/// Locks run `$1` for an operator's rollback.
+const LOCK_RUN: &str = "
+SELECT id, handler, status, message_id FROM __S__.runs WHERE id = $1 FOR UPDATE NOWAIT";
+
+/// Unfinished runs in the subtrees of runs `$1` or among their ancestors (at most 5).
+const BUSY_AROUND: &str = "
+WITH RECURSIVE sub AS (
+    SELECT id FROM __S__.runs WHERE id = ANY($1)
+    UNION ALL
+    SELECT c.id FROM __S__.runs c JOIN sub ON c.parent_id = sub.id
+),
+anc AS (
+    SELECT parent_id AS id FROM __S__.runs WHERE id = ANY($1) AND parent_id IS NOT NULL
+    UNION
+    SELECT r.parent_id FROM __S__.runs r JOIN anc ON r.id = anc.id WHERE r.parent_id IS NOT NULL
+)
+SELECT handler, status FROM __S__.runs
+WHERE (id IN (SELECT id FROM sub) OR id IN (SELECT id FROM anc))
+  AND (status IN ('active', 'rolling_back') OR release_pending)
+LIMIT 5";
+
+/// Starts an operator's rollback of the committed runs `$1` with cause `$2`, recording one
+/// `ROLLBACK_EMITTED` per message; notifies their handlers.
+const REQUEST_OPERATOR_ROLLBACK: &str = "
+WITH marked AS (
+    UPDATE __S__.runs SET
+        status = 'rolling_back', failure = $2::text::jsonb, rollback_cursor = 0,
+        rollback_seen = false, awaited = false, waited_instance = NULL, pending_children = 0,
+        failed_children = 0, wake_at = clock_timestamp(), finished_at = NULL,
+        updated_at = clock_timestamp()
+    WHERE id = ANY($1) AND status = 'committed'
+    RETURNING root_id, message_id, handler
+),
+hist AS (
+    INSERT INTO __S__.history (root_id, message_id, event, failure, worker)
+    SELECT DISTINCT root_id, message_id, 'ROLLBACK_EMITTED', $2::text::jsonb, 'operator'
+    FROM marked
+),
+notified AS MATERIALIZED (SELECT pg_notify($3, handler) FROM (SELECT DISTINCT handler FROM marked) h)
+SELECT (SELECT count(*) FROM marked)::int4 AS marked, (SELECT count(*) FROM notified)::int4";
 
 /// For each handler in `$1` (1-based position returned), whether it has a due run, or how long
 /// until its earliest runnable run wakes. Handlers with nothing runnable are omitted.
@@ -205,7 +323,7 @@ FROM __S__.messages WHERE id = $1";
 const LOCK_EXTERNAL: &str = "
 SELECT r.id, r.root_id, r.status, r.step_index, r.step_iteration, r.instances,
        r.failed_children, r.pending_children, r.started_at IS NOT NULL AS seen,
-       h.kind
+       r.cfh_iteration, r.rollback_cursor, r.waited_instance, r.rollback_seen, h.kind
 FROM __S__.runs r
 LEFT JOIN __S__.handlers h ON h.topic = r.topic AND h.handler = r.handler
 WHERE r.message_id = $1 AND r.handler = $2
@@ -217,6 +335,13 @@ pub(crate) struct Sql {
     pub(crate) claim: String,
     pub(crate) emit: String,
     pub(crate) finish: String,
+    pub(crate) instances: String,
+    pub(crate) children: String,
+    pub(crate) request_rollback: String,
+    pub(crate) lock_root_runs: String,
+    pub(crate) lock_run: String,
+    pub(crate) busy_around: String,
+    pub(crate) request_operator_rollback: String,
     pub(crate) release: String,
     pub(crate) unreleased: String,
     pub(crate) sweep: String,
@@ -238,6 +363,13 @@ impl Sql {
             claim: s(CLAIM),
             emit: s(EMIT),
             finish: s(FINISH),
+            instances: s(INSTANCES),
+            children: s(CHILDREN),
+            request_rollback: s(REQUEST_ROLLBACK),
+            lock_root_runs: s(LOCK_ROOT_RUNS),
+            lock_run: s(LOCK_RUN),
+            busy_around: s(BUSY_AROUND),
+            request_operator_rollback: s(REQUEST_OPERATOR_ROLLBACK),
             release: s(RELEASE),
             unreleased: s(UNRELEASED),
             sweep: s(SWEEP),

@@ -1,5 +1,5 @@
-//! Failing steps (until the failures issue adds compensation): recorded with their error, the
-//! run ends rolled back, its parent is released, and the worker thread survives.
+//! Failing steps: recorded with their error (or panic), the run rolls back, and the worker
+//! thread survives. (The rollback path itself is exercised in `rollback.rs`.)
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -130,7 +130,7 @@ fn a_payload_that_does_not_fit_the_handler_type_is_a_clear_failure() {
 }
 
 #[test]
-fn a_failed_child_releases_its_parent() {
+fn a_failed_child_fails_its_parent_by_default() {
     let db = TestDb::new("failed_child");
     let log = ExecLog::default();
     let root = {
@@ -156,20 +156,30 @@ fn a_failed_child_releases_its_parent() {
         .start()
         .unwrap();
     let root_id = runtime.launch("root-topic", &json!({})).unwrap();
-    assert!(runtime.wait_for(root_id, WAIT).unwrap().is_committed());
-    assert_eq!(log.entries(), ["root:s1", "root:s2"]);
+    let outcome = runtime.wait_for(root_id, WAIT).unwrap();
+    assert_eq!(outcome.runs()[0].status, RunStatus::RolledBack);
+    assert_eq!(log.entries(), ["root:s1"], "the second step never runs");
+    let failure = outcome.runs()[0].failure.clone().unwrap();
+    assert_eq!(failure.kind(), "structured_cooperation::ChildRolledBack");
+    assert_eq!(failure.step(), Some("0"));
+    assert_eq!(
+        failure.causes().len(),
+        1,
+        "only the failed child is a cause"
+    );
+    assert!(failure.causes()[0].kind().ends_with("CardDeclined"));
     let history = runtime.history(root_id).unwrap();
-    let rolled_back = history
+    let child_done = history
         .iter()
         .position(|e| e.kind == EventKind::RolledBack)
         .unwrap();
-    let resumed = history
+    let parent_fails = history
         .iter()
-        .position(|e| e.to_string() == "SUSPENDED(1)@root-handler")
+        .position(|e| e.to_string() == "ROLLING_BACK(0)@root-handler")
         .unwrap();
     assert!(
-        rolled_back < resumed,
-        "the parent resumed after its child finished"
+        child_done < parent_fails,
+        "the parent failed after its child finished"
     );
 }
 
@@ -218,7 +228,9 @@ fn a_failure_in_a_later_step_names_that_step() {
             "SEEN@two-steps",
             "SUSPENDED(0)@two-steps",
             "ROLLING_BACK(charge)@two-steps",
-            "ROLLED_BACK(Rollback of charge[0,])@two-steps"
+            "SUSPENDED(Rollback of 0[0,] (rolling back child scopes))@two-steps",
+            "SUSPENDED(Rollback of 0[0,])@two-steps",
+            "ROLLED_BACK(Rollback of 0[0,])@two-steps"
         ]
     );
     let failure = runtime.history(root).unwrap()[3].failure.clone().unwrap();

@@ -1,0 +1,752 @@
+//! The rollback path: a plan of sub-steps built from a run's executed step instances, newest
+//! first, and how far a run gets through it in one transaction.
+//!
+//! For every instance, newest first: a *children* sub-step asks the committed children of that
+//! instance to roll back and waits for them, then (for step bodies, not child-failure handlers)
+//! a *compensate* sub-step runs the step's compensating action in its own transaction. Sub-steps
+//! with nothing to do (no messages, no compensating action) are written and passed in the same
+//! transaction as their neighbours. Names follow Scoop: `Rollback of X[k,c] (rolling back child
+//! scopes)` and `Rollback of X[k,]`, where `k` counts X's executions and `c` is the
+//! child-failure handler's invocation.
+
+use std::collections::HashMap;
+
+use super::decide::{ChildrenOf, Event, Transition};
+use super::state::{EventKind, Instance, InstanceKind, RunStatus, RunView, StepShape};
+use crate::failure::{Failure, kinds};
+
+const PREFIX: &str = "Rollback of ";
+const SUFFIX: &str = " (rolling back child scopes)";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SubKind {
+    /// Ask the instance's committed children to roll back, and wait for them.
+    Children,
+    /// Run the step's compensating action.
+    Compensate,
+}
+
+/// One sub-step of a rollback plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Sub {
+    pub(crate) kind: SubKind,
+    pub(crate) instance: Instance,
+    pub(crate) name: String,
+}
+
+/// The sub-steps that undo a run, in the order they run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) subs: Vec<Sub>,
+    /// The name written on `ROLLED_BACK` when there is nothing to undo.
+    pub(crate) sentinel: String,
+}
+
+/// Scoop's rule: if a step's own name could be mistaken for a synthetic one, the synthetic
+/// prefix (suffix) gets `$`s until it cannot.
+fn affixes(steps: &[StepShape]) -> (String, String) {
+    let mut prefix = PREFIX.to_owned();
+    while steps.iter().any(|s| s.name.starts_with(&prefix)) {
+        prefix.push('$');
+    }
+    let mut suffix = SUFFIX.to_owned();
+    while steps.iter().any(|s| s.name.ends_with(&suffix)) {
+        suffix.push('$');
+    }
+    (prefix, suffix)
+}
+
+/// Builds the plan from the run's instances (in execution order).
+pub(crate) fn plan(instances: &[Instance], steps: &[StepShape]) -> Plan {
+    let (prefix, suffix) = affixes(steps);
+    let name_of = |i: usize| {
+        steps
+            .get(i)
+            .map_or_else(|| format!("#{i}"), |s| s.name.clone())
+    };
+    // `k`: an ordinary execution of X gets X's count so far; a child-failure handler shares the
+    // number of the execution of X it handled.
+    let mut counts: HashMap<usize, u32> = HashMap::new();
+    let mut numbered = Vec::new();
+    for inst in instances {
+        let k = match inst.kind {
+            InstanceKind::Step => {
+                let count = counts.entry(inst.step).or_insert(0);
+                *count += 1;
+                *count - 1
+            }
+            InstanceKind::ChildFailures => {
+                counts.get(&inst.step).map_or(0, |c| c.saturating_sub(1))
+            }
+            InstanceKind::Compensation => continue,
+        };
+        numbered.push((*inst, k));
+    }
+    let mut subs = Vec::with_capacity(numbered.len() * 2);
+    for (inst, k) in numbered.into_iter().rev() {
+        let step = name_of(inst.step);
+        let c = inst.cfh.map(|c| c.to_string()).unwrap_or_default();
+        subs.push(Sub {
+            kind: SubKind::Children,
+            instance: inst,
+            name: format!("{prefix}{step}[{k},{c}]{suffix}"),
+        });
+        if inst.kind == InstanceKind::Step {
+            subs.push(Sub {
+                kind: SubKind::Compensate,
+                instance: inst,
+                name: format!("{prefix}{step}[{k},]"),
+            });
+        }
+    }
+    Plan {
+        subs,
+        sentinel: format!("{prefix}{}[0,]", name_of(0)),
+    }
+}
+
+/// Everything a rollback decision reads.
+#[derive(Debug)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) run: &'a RunView,
+    pub(crate) steps: &'a [StepShape],
+    pub(crate) plan: &'a Plan,
+    /// Why the run is rolling back.
+    pub(crate) cause: &'a Failure,
+    /// What the children of each instance ended as, by instance.
+    pub(crate) children: &'a HashMap<u32, ChildrenOf>,
+    pub(crate) source: &'a str,
+}
+
+impl Ctx<'_> {
+    fn children_of(&self, seq: u32) -> ChildrenOf {
+        self.children.get(&seq).cloned().unwrap_or_default()
+    }
+
+    fn base(&self, cursor: u32, events: Vec<Event>) -> Transition {
+        Transition {
+            status: RunStatus::RollingBack,
+            rollback_cursor: Some(cursor),
+            events,
+            ..Transition::unchanged(self.run)
+        }
+    }
+
+    fn failed(&self, step: &str, failure: Failure, mut events: Vec<Event>) -> Transition {
+        events.push(Event::new(EventKind::RollbackFailed, Some(step)).with_failure(&failure));
+        Transition {
+            status: RunStatus::RollbackFailed,
+            rollback_failure: Some(failure),
+            ..self.base(self.run.rollback_cursor.unwrap_or(0), events)
+        }
+    }
+}
+
+/// How far one transaction gets.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Advance {
+    /// Run the compensating action of `instance` now, then call [`after_compensation`].
+    Compensate {
+        cursor: u32,
+        instance: Instance,
+        name: String,
+        events: Vec<Event>,
+    },
+    /// Persist this.
+    Done(Transition),
+}
+
+/// Goes through the plan from `cursor` until something must wait: children rolling back, a
+/// compensating action (run now if `allow_user`, else left for the next transaction), or the
+/// end (`ROLLED_BACK`).
+fn advance(ctx: &Ctx<'_>, mut cursor: u32, mut events: Vec<Event>, allow_user: bool) -> Advance {
+    loop {
+        let Some(sub) = ctx.plan.subs.get(cursor as usize) else {
+            let name = ctx
+                .plan
+                .subs
+                .last()
+                .map_or(ctx.plan.sentinel.as_str(), |s| s.name.as_str());
+            events.push(Event::new(EventKind::RolledBack, Some(name)));
+            return Advance::Done(Transition {
+                status: RunStatus::RolledBack,
+                ..ctx.base(cursor, events)
+            });
+        };
+        match sub.kind {
+            SubKind::Children => {
+                let children = ctx.children_of(sub.instance.seq);
+                if !children.rollback_failed.is_empty() {
+                    let failure = Failure::child_rollback_failed(
+                        &sub.name,
+                        children.rollback_failed,
+                        Some(ctx.cause),
+                        ctx.source,
+                    );
+                    return Advance::Done(ctx.failed(&sub.name, failure, events));
+                }
+                let request = Failure::parent_said_so(ctx.cause, ctx.source);
+                for message in &children.messages {
+                    let mut emitted = Event::new(EventKind::RollbackEmitted, Some(&sub.name))
+                        .with_failure(&request);
+                    emitted.message = Some(*message);
+                    events.push(emitted);
+                }
+                events.push(Event::new(EventKind::Suspended, Some(&sub.name)));
+                cursor += 1;
+                if children.committed > 0 {
+                    return Advance::Done(Transition {
+                        pending_children: children.committed,
+                        waited_instance: Some(sub.instance.seq),
+                        rollback_request: Some((sub.instance.seq, request)),
+                        ..ctx.base(cursor, events)
+                    });
+                }
+            }
+            SubKind::Compensate => {
+                let compensates = ctx
+                    .steps
+                    .get(sub.instance.step)
+                    .is_some_and(|s| s.compensates);
+                if !compensates {
+                    events.push(Event::new(EventKind::Suspended, Some(&sub.name)));
+                    cursor += 1;
+                } else if allow_user {
+                    return Advance::Compensate {
+                        cursor,
+                        instance: sub.instance,
+                        name: sub.name.clone(),
+                        events,
+                    };
+                } else {
+                    return Advance::Done(ctx.base(cursor, events));
+                }
+            }
+        }
+    }
+}
+
+/// The run failed in `step` (its step body, a child-failure handler, or a bad `Next`): record
+/// `ROLLING_BACK` with the cause and get as far as possible without running user code.
+pub(crate) fn begin(ctx: &Ctx<'_>, step: &str) -> Transition {
+    let events = vec![Event::new(EventKind::RollingBack, Some(step)).with_failure(ctx.cause)];
+    let mut t = match advance(ctx, 0, events, false) {
+        Advance::Done(t) => t,
+        Advance::Compensate { cursor, events, .. } => ctx.base(cursor, events),
+    };
+    t.failure = Some(ctx.cause.clone());
+    t
+}
+
+/// A rolling-back run was claimed: write its `ROLLING_BACK` if its rollback was requested and
+/// this is its first claim, check the children it waited for, and go on.
+pub(crate) fn resume(ctx: &Ctx<'_>) -> Advance {
+    let mut events = Vec::new();
+    if !ctx.run.rollback_seen {
+        events.push(Event::new(EventKind::RollingBack, None).with_failure(ctx.cause));
+    }
+    let cursor = ctx.run.rollback_cursor.unwrap_or(0);
+    let previous = cursor
+        .checked_sub(1)
+        .and_then(|c| ctx.plan.subs.get(c as usize));
+    if let (Some(waited), Some(previous)) = (ctx.run.waited_instance, previous) {
+        let children = ctx.children_of(waited);
+        match previous.kind {
+            // Children asked to roll back must have managed to.
+            SubKind::Children if !children.rollback_failed.is_empty() => {
+                let failure = Failure::child_rollback_failed(
+                    &previous.name,
+                    children.rollback_failed,
+                    Some(ctx.cause),
+                    ctx.source,
+                );
+                return Advance::Done(ctx.failed(&previous.name, failure, events));
+            }
+            // Children emitted by a compensating action are part of it: if one did not
+            // commit, the compensation did not happen.
+            SubKind::Compensate
+                if !children.rolled_back.is_empty() || !children.rollback_failed.is_empty() =>
+            {
+                let mut causes = children.rollback_failed;
+                causes.extend(children.rolled_back);
+                let failure = Failure::new(
+                    kinds::CHILD_OF_COMPENSATION_FAILED,
+                    format!(
+                        "a message emitted by the compensating action {:?} was not handled \
+                         successfully",
+                        previous.name
+                    ),
+                    ctx.source,
+                )
+                .with_step(previous.name.as_str());
+                let failure = causes.into_iter().fold(failure, Failure::with_cause);
+                return Advance::Done(ctx.failed(&previous.name, failure, events));
+            }
+            _ => {}
+        }
+    }
+    advance(ctx, cursor, events, true)
+}
+
+/// The compensating action at `cursor` ended. If it emitted messages (`emitted`), they form a
+/// new instance whose `children` runs the rollback waits for.
+pub(crate) fn after_compensation(
+    ctx: &Ctx<'_>,
+    cursor: u32,
+    instance: &Instance,
+    name: &str,
+    mut events: Vec<Event>,
+    outcome: Result<(), Failure>,
+    emitted: bool,
+    children: u32,
+) -> Transition {
+    if let Err(failure) = outcome {
+        return ctx.failed(name, failure, events);
+    }
+    events.push(Event::new(EventKind::Suspended, Some(name)));
+    if emitted {
+        let record = Instance {
+            seq: ctx.run.instances,
+            step: instance.step,
+            iteration: instance.iteration,
+            cfh: None,
+            kind: InstanceKind::Compensation,
+        };
+        if children > 0 {
+            return Transition {
+                pending_children: children,
+                waited_instance: Some(record.seq),
+                instances: ctx.run.instances + 1,
+                new_instance: Some(record),
+                ..ctx.base(cursor + 1, events)
+            };
+        }
+        let mut t = after_compensation_continue(ctx, cursor + 1, events);
+        t.instances = ctx.run.instances + 1;
+        t.new_instance = Some(record);
+        return t;
+    }
+    after_compensation_continue(ctx, cursor + 1, events)
+}
+
+fn after_compensation_continue(ctx: &Ctx<'_>, cursor: u32, events: Vec<Event>) -> Transition {
+    match advance(ctx, cursor, events, false) {
+        Advance::Done(t) => t,
+        Advance::Compensate { cursor, events, .. } => ctx.base(cursor, events),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(seq: u32, step: usize, cfh: Option<u32>) -> Instance {
+        Instance {
+            seq,
+            step,
+            iteration: 0,
+            cfh,
+            kind: if cfh.is_some() {
+                InstanceKind::ChildFailures
+            } else {
+                InstanceKind::Step
+            },
+        }
+    }
+
+    fn shapes(names: &[&str], compensating: &[usize]) -> Vec<StepShape> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| StepShape {
+                compensates: compensating.contains(&i),
+                ..StepShape::plain(n)
+            })
+            .collect()
+    }
+
+    fn names(plan: &Plan) -> Vec<&str> {
+        plan.subs.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    fn trace(t: &Transition) -> Vec<String> {
+        t.events
+            .iter()
+            .map(|e| format!("{}({})", e.kind, e.step.as_deref().unwrap_or("-")))
+            .collect()
+    }
+
+    fn cause() -> Failure {
+        Failure::new("x::Boom", "boom", "h[1]")
+    }
+
+    #[test]
+    fn plans_undo_newest_first_with_scoops_names() {
+        let steps = shapes(&["A", "B"], &[]);
+        // A three times (a loop), then B, then a child-failure handler of B.
+        let instances = [
+            inst(0, 0, None),
+            inst(1, 0, None),
+            inst(2, 1, None),
+            inst(3, 1, Some(0)),
+        ];
+        let plan = plan(&instances, &steps);
+        assert_eq!(
+            names(&plan),
+            [
+                "Rollback of B[0,0] (rolling back child scopes)",
+                "Rollback of B[0,] (rolling back child scopes)",
+                "Rollback of B[0,]",
+                "Rollback of A[1,] (rolling back child scopes)",
+                "Rollback of A[1,]",
+                "Rollback of A[0,] (rolling back child scopes)",
+                "Rollback of A[0,]",
+            ]
+        );
+        assert_eq!(plan.sentinel, "Rollback of A[0,]");
+    }
+
+    #[test]
+    fn synthetic_names_never_collide_with_step_names() {
+        let steps = shapes(&["Rollback of x", "y (rolling back child scopes)"], &[]);
+        let plan = plan(&[inst(0, 1, None)], &steps);
+        assert_eq!(
+            names(&plan),
+            [
+                "Rollback of $y (rolling back child scopes)[0,] (rolling back child scopes)$",
+                "Rollback of $y (rolling back child scopes)[0,]",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failure_in_the_first_step_rolls_back_at_once_with_the_sentinel() {
+        let steps = shapes(&["0", "1"], &[0]);
+        let plan = plan(&[], &steps);
+        let run = RunView::default();
+        let children = HashMap::new();
+        let c = cause();
+        let ctx = Ctx {
+            run: &run,
+            steps: &steps,
+            plan: &plan,
+            cause: &c,
+            children: &children,
+            source: "h[1]",
+        };
+        let t = begin(&ctx, "0");
+        assert_eq!(t.status, RunStatus::RolledBack);
+        assert_eq!(
+            trace(&t),
+            ["ROLLING_BACK(0)", "ROLLED_BACK(Rollback of 0[0,])"]
+        );
+        assert_eq!(t.failure, Some(c));
+    }
+
+    #[test]
+    fn golden_trace_3_children_then_the_compensation_in_its_own_transaction() {
+        // Step 0 emitted one message (nobody listens) and compensates; step 1 failed.
+        let steps = shapes(&["0", "1"], &[0]);
+        let plan = plan(&[inst(0, 0, None)], &steps);
+        let run = RunView {
+            instances: 1,
+            step_index: 1,
+            ..RunView::default()
+        };
+        let message = uuid::Uuid::now_v7();
+        let children = HashMap::from([(
+            0,
+            ChildrenOf {
+                messages: vec![message],
+                ..ChildrenOf::default()
+            },
+        )]);
+        let c = cause();
+        let ctx = Ctx {
+            run: &run,
+            steps: &steps,
+            plan: &plan,
+            cause: &c,
+            children: &children,
+            source: "h[1]",
+        };
+        let t = begin(&ctx, "1");
+        assert_eq!(t.status, RunStatus::RollingBack);
+        assert_eq!(
+            trace(&t),
+            [
+                "ROLLING_BACK(1)",
+                "ROLLBACK_EMITTED(Rollback of 0[0,] (rolling back child scopes))",
+                "SUSPENDED(Rollback of 0[0,] (rolling back child scopes))",
+            ]
+        );
+        assert_eq!(t.events[1].message, Some(message));
+        assert_eq!(
+            t.events[1].failure.as_ref().unwrap().kind(),
+            kinds::PARENT_SAID_SO
+        );
+        assert_eq!((t.rollback_cursor, t.pending_children), (Some(1), 0));
+        // Next claim: the compensation runs, then the run is rolled back.
+        let run = RunView {
+            status: RunStatus::RollingBack,
+            rollback_cursor: Some(1),
+            instances: 1,
+            rollback_seen: true,
+            ..RunView::default()
+        };
+        let ctx = Ctx { run: &run, ..ctx };
+        let Advance::Compensate {
+            cursor,
+            instance,
+            name,
+            events,
+        } = resume(&ctx)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (cursor, instance.step, name.as_str()),
+            (1, 0, "Rollback of 0[0,]")
+        );
+        let t = after_compensation(&ctx, cursor, &instance, &name, events, Ok(()), false, 0);
+        assert_eq!(
+            trace(&t),
+            [
+                "SUSPENDED(Rollback of 0[0,])",
+                "ROLLED_BACK(Rollback of 0[0,])"
+            ]
+        );
+        assert_eq!(t.status, RunStatus::RolledBack);
+    }
+
+    #[test]
+    fn committed_children_are_asked_to_roll_back_and_awaited() {
+        let steps = shapes(&["0"], &[]);
+        let plan = plan(&[inst(0, 0, None)], &steps);
+        let run = RunView {
+            status: RunStatus::RollingBack,
+            rollback_cursor: Some(0),
+            instances: 1,
+            rollback_seen: false,
+            ..RunView::default()
+        };
+        let children = HashMap::from([(
+            0,
+            ChildrenOf {
+                messages: vec![uuid::Uuid::now_v7()],
+                committed: 2,
+                ..ChildrenOf::default()
+            },
+        )]);
+        let c = Failure::rollback_requested("feelz", "master-system");
+        let ctx = Ctx {
+            run: &run,
+            steps: &steps,
+            plan: &plan,
+            cause: &c,
+            children: &children,
+            source: "root[1]",
+        };
+        let Advance::Done(t) = resume(&ctx) else {
+            panic!()
+        };
+        assert_eq!(
+            trace(&t),
+            [
+                "ROLLING_BACK(-)",
+                "ROLLBACK_EMITTED(Rollback of 0[0,] (rolling back child scopes))",
+                "SUSPENDED(Rollback of 0[0,] (rolling back child scopes))",
+            ]
+        );
+        assert_eq!(
+            (t.pending_children, t.waited_instance, t.rollback_cursor),
+            (2, Some(0), Some(1))
+        );
+        let (instance, request) = t.rollback_request.clone().unwrap();
+        assert_eq!(instance, 0);
+        assert_eq!(request.causes()[0], c);
+        // They rolled back: the rest folds into one transaction.
+        let resumed = RunView {
+            rollback_cursor: Some(1),
+            waited_instance: Some(0),
+            rollback_seen: true,
+            ..run.clone()
+        };
+        let ctx = Ctx {
+            run: &resumed,
+            ..ctx
+        };
+        let Advance::Done(t) = resume(&ctx) else {
+            panic!()
+        };
+        assert_eq!(
+            trace(&t),
+            [
+                "SUSPENDED(Rollback of 0[0,])",
+                "ROLLED_BACK(Rollback of 0[0,])"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_childs_failed_rollback_stops_the_parents_rollback() {
+        let steps = shapes(&["0", "1"], &[0, 1]);
+        let plan = plan(&[inst(0, 0, None), inst(1, 1, None)], &steps);
+        let run = RunView {
+            status: RunStatus::RollingBack,
+            rollback_cursor: Some(1),
+            waited_instance: Some(1),
+            instances: 2,
+            rollback_seen: true,
+            ..RunView::default()
+        };
+        let child_failure = Failure::new("x::Refund", "refund failed", "child[2]");
+        let children = HashMap::from([(
+            1,
+            ChildrenOf {
+                rollback_failed: vec![child_failure.clone()],
+                ..ChildrenOf::default()
+            },
+        )]);
+        let c = cause();
+        let ctx = Ctx {
+            run: &run,
+            steps: &steps,
+            plan: &plan,
+            cause: &c,
+            children: &children,
+            source: "root[1]",
+        };
+        let Advance::Done(t) = resume(&ctx) else {
+            panic!()
+        };
+        assert_eq!(t.status, RunStatus::RollbackFailed);
+        assert_eq!(
+            trace(&t),
+            ["ROLLBACK_FAILED(Rollback of 1[0,] (rolling back child scopes))"]
+        );
+        let failure = t.rollback_failure.unwrap();
+        assert_eq!(failure.kind(), kinds::CHILD_ROLLBACK_FAILED);
+        assert_eq!(failure.causes(), [child_failure, c]);
+    }
+
+    #[test]
+    fn the_own_cause_is_not_repeated_when_a_child_already_carries_it() {
+        let c = cause();
+        let nested = Failure::new("x::Refund", "refund failed", "child[2]")
+            .with_cause(Failure::parent_said_so(&c, "root[1]"));
+        let f = Failure::child_rollback_failed("s", vec![nested.clone()], Some(&c), "root[1]");
+        assert_eq!(f.causes(), [nested]);
+    }
+
+    #[test]
+    fn a_failing_compensation_ends_in_rollback_failed() {
+        let steps = shapes(&["0"], &[0]);
+        let plan = plan(&[inst(0, 0, None)], &steps);
+        let run = RunView {
+            status: RunStatus::RollingBack,
+            rollback_cursor: Some(1),
+            instances: 1,
+            rollback_seen: true,
+            ..RunView::default()
+        };
+        let children = HashMap::new();
+        let c = cause();
+        let ctx = Ctx {
+            run: &run,
+            steps: &steps,
+            plan: &plan,
+            cause: &c,
+            children: &children,
+            source: "h[1]",
+        };
+        let Advance::Compensate {
+            cursor,
+            instance,
+            name,
+            events,
+        } = resume(&ctx)
+        else {
+            panic!()
+        };
+        let boom = Failure::new("panic", "compensation broke", "h[1]");
+        let t = after_compensation(
+            &ctx,
+            cursor,
+            &instance,
+            &name,
+            events,
+            Err(boom.clone()),
+            false,
+            0,
+        );
+        assert_eq!(t.status, RunStatus::RollbackFailed);
+        assert_eq!(t.rollback_failure, Some(boom));
+        assert_eq!(trace(&t), ["ROLLBACK_FAILED(Rollback of 0[0,])"]);
+    }
+
+    #[test]
+    fn a_compensation_that_emits_waits_for_its_children_and_fails_if_they_do() {
+        let steps = shapes(&["0"], &[0]);
+        let plan = plan(&[inst(0, 0, None)], &steps);
+        let run = RunView {
+            status: RunStatus::RollingBack,
+            rollback_cursor: Some(1),
+            instances: 1,
+            rollback_seen: true,
+            ..RunView::default()
+        };
+        let none = HashMap::new();
+        let c = cause();
+        let ctx = Ctx {
+            run: &run,
+            steps: &steps,
+            plan: &plan,
+            cause: &c,
+            children: &none,
+            source: "h[1]",
+        };
+        let Advance::Compensate {
+            cursor,
+            instance,
+            name,
+            events,
+        } = resume(&ctx)
+        else {
+            panic!()
+        };
+        let t = after_compensation(&ctx, cursor, &instance, &name, events, Ok(()), true, 1);
+        assert_eq!(
+            (t.pending_children, t.waited_instance, t.instances),
+            (1, Some(1), 2)
+        );
+        assert_eq!(t.new_instance.unwrap().kind, InstanceKind::Compensation);
+        // The refund it emitted failed: the compensation did not happen.
+        let resumed = RunView {
+            rollback_cursor: Some(2),
+            waited_instance: Some(1),
+            instances: 2,
+            ..run.clone()
+        };
+        let children = HashMap::from([(
+            1,
+            ChildrenOf {
+                rolled_back: vec![cause()],
+                ..ChildrenOf::default()
+            },
+        )]);
+        let ctx = Ctx {
+            run: &resumed,
+            children: &children,
+            ..ctx
+        };
+        let Advance::Done(t) = resume(&ctx) else {
+            panic!()
+        };
+        assert_eq!(t.status, RunStatus::RollbackFailed);
+        assert_eq!(
+            t.rollback_failure.unwrap().kind(),
+            kinds::CHILD_OF_COMPENSATION_FAILED
+        );
+    }
+}

@@ -1,0 +1,454 @@
+//! Running user code for a claimed run — a step body, a child-failure handler, or a
+//! compensating action — inside the run's transaction, and persisting what the core decides.
+
+use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe};
+
+use postgres::Transaction;
+
+use super::{HandlerEntry, Shared, bump};
+use crate::core::Next;
+use crate::core::decide::{self, ChildFailurePlan, ChildrenOf, Transition};
+use crate::core::rollback::{self, Advance};
+use crate::error::{Error, Result};
+use crate::failure::{Failure, StepResult};
+use crate::saga::{
+    ChildFailures, Phase, SAVEPOINT, SavepointState, StepContext, StepInfo, UserStatements,
+};
+use crate::store::{self, Applied, Claimed, Emitter, StmtCache};
+
+/// What a processed run leaves for after the commit.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub(crate) transition: Transition,
+    /// Handlers that got runs (emissions) or were asked to roll back.
+    pub(crate) woken: Vec<String>,
+    pub(crate) applied: Applied,
+}
+
+/// One claimed run being processed.
+pub(crate) struct Exec<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) entry: &'a HandlerEntry,
+    pub(crate) run: &'a Claimed,
+    pub(crate) quiet: &'a [&'a str],
+}
+
+/// How user code ended, with what it left behind.
+struct Called<'c, T> {
+    tx: Transaction<'c>,
+    emissions: Vec<crate::saga::Emission>,
+    savepoint: bool,
+    result: std::result::Result<T, Failure>,
+}
+
+impl<'a> Exec<'a> {
+    fn sql(&self) -> &'a store::Sql {
+        self.shared.client.sql()
+    }
+
+    fn step_name(&self, index: usize) -> String {
+        self.entry
+            .saga
+            .shapes()
+            .get(index)
+            .map_or_else(|| format!("#{index}"), |s| s.name.clone())
+    }
+
+    /// Runs `body` with a step context over `tx`, catching panics.
+    fn call<'c, T>(
+        &self,
+        tx: Transaction<'c>,
+        user: &'c mut UserStatements,
+        phase: Phase,
+        index: usize,
+        iteration: u32,
+        body: impl FnOnce(&mut StepContext<'_>) -> StepResult<T>,
+    ) -> Result<Called<'c, T>> {
+        let step = self.step_name(index);
+        let info = StepInfo {
+            handler: self.entry.name.clone(),
+            run_id: self.run.id,
+            root_id: self.run.root_id,
+            message_id: self.run.message_id,
+            topic: self.run.topic.clone(),
+            step_name: step.clone(),
+            step_index: index,
+            iteration,
+            phase,
+        };
+        let mut ctx = StepContext::new(tx, info, user);
+        let result = panic::catch_unwind(AssertUnwindSafe(|| body(&mut ctx)));
+        let (tx, emissions, savepoint) = ctx.into_parts();
+        let savepoint = match savepoint {
+            SavepointState::Failed(e) => return Err(e.into()),
+            SavepointState::Taken => true,
+            SavepointState::NotTaken => false,
+        };
+        let source = self.entry.source.as_str();
+        let result = match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(Failure::from_step_error(err, source, &step)),
+            Err(payload) => Err(Failure::from_panic(&*payload, source, &step)),
+        };
+        if let Err(failure) = &result {
+            bump(&self.shared.stats.step_failures);
+            log::warn!(
+                "{}: {phase:?} of step {step:?} of run {} failed: {failure}",
+                self.entry.name,
+                self.run.id
+            );
+        }
+        Ok(Called {
+            tx,
+            emissions,
+            savepoint,
+            result,
+        })
+    }
+
+    /// Discards what failed user code wrote (everything after the savepoint).
+    fn discard(tx: &mut Transaction<'_>, savepoint: bool) -> Result<()> {
+        if savepoint {
+            tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the emissions of user code that succeeded, as children of the run's next
+    /// instance, attributed to `step` in the history.
+    fn emit(
+        &self,
+        tx: &mut Transaction<'_>,
+        cache: &mut StmtCache,
+        step: &str,
+        emissions: &[crate::saga::Emission],
+    ) -> Result<store::Emitted> {
+        let emitter = Emitter {
+            root_id: self.run.root_id,
+            run_id: self.run.id,
+            instance: self.run.view.instances,
+            handler: &self.entry.name,
+            step,
+        };
+        store::emit(
+            tx,
+            self.sql(),
+            Some(cache),
+            Some(&emitter),
+            emissions,
+            &self.shared.instance,
+            self.quiet,
+        )
+    }
+
+    /// Persists `t` (first asking children to roll back, if it says so).
+    fn persist(
+        &self,
+        tx: &mut Transaction<'_>,
+        cache: &mut StmtCache,
+        mut t: Transition,
+        mut woken: Vec<String>,
+    ) -> Result<Done> {
+        if let Some((instance, cause)) = &t.rollback_request {
+            let requested =
+                store::request_rollback(tx, self.sql(), self.run.id, *instance, cause, self.quiet)?;
+            t.pending_children = requested.children;
+            woken.extend(requested.handlers);
+        }
+        let applied = store::apply(
+            tx,
+            self.sql(),
+            Some(cache),
+            self.run.id,
+            &t,
+            &self.shared.instance,
+        )?;
+        Ok(Done {
+            transition: t,
+            woken,
+            applied,
+        })
+    }
+
+    /// The run fails in `step` with `failure`: record it and start its rollback.
+    fn fail(
+        &self,
+        tx: &mut Transaction<'_>,
+        cache: &mut StmtCache,
+        step: &str,
+        failure: Failure,
+    ) -> Result<Done> {
+        let instances = store::instances(tx, self.sql(), self.run.id)?;
+        let children = store::children(tx, self.sql(), self.run.id)?;
+        let plan = rollback::plan(&instances, self.entry.saga.shapes());
+        let ctx = self.rollback_ctx(&plan, &failure, &children);
+        self.persist(tx, cache, rollback::begin(&ctx, step), Vec::new())
+    }
+
+    fn rollback_ctx<'p>(
+        &'p self,
+        plan: &'p rollback::Plan,
+        cause: &'p Failure,
+        children: &'p HashMap<u32, ChildrenOf>,
+    ) -> rollback::Ctx<'p> {
+        rollback::Ctx {
+            run: &self.run.view,
+            steps: self.entry.saga.shapes(),
+            plan,
+            cause,
+            children,
+            source: &self.entry.source,
+        }
+    }
+
+    /// After user code succeeded: if writing its results fails because user code left the
+    /// transaction aborted (a failed statement it ignored), that is the user's failure.
+    fn aborted_by_user(&self, e: &Error, savepoint: bool, step: &str) -> Option<Failure> {
+        let aborted = matches!(e, Error::Postgres(pg)
+            if pg.code() == Some(&postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION));
+        (savepoint && aborted).then(|| {
+            bump(&self.shared.stats.step_failures);
+            Failure::new(
+                "structured_cooperation::TransactionAborted",
+                format!(
+                    "the step returned successfully but a statement it ran had failed, leaving \
+                     its transaction aborted ({e}); return the statement's error, or run it \
+                     inside a nested savepoint"
+                ),
+                self.entry.source.as_str(),
+            )
+            .with_step(step)
+        })
+    }
+
+    /// Runs step `index` and persists its outcome.
+    pub(crate) fn step<'c>(
+        &self,
+        cache: &mut StmtCache,
+        user: &'c mut UserStatements,
+        tx: Transaction<'c>,
+        index: usize,
+        iteration: u32,
+    ) -> Result<(Done, Transaction<'c>)> {
+        let saga = &self.entry.saga;
+        let payload = self.run.payload.as_str();
+        let called = self.call(tx, user, Phase::Step, index, iteration, |ctx| {
+            saga.run_step(index, ctx, payload)
+        })?;
+        let Called {
+            mut tx,
+            emissions,
+            savepoint,
+            result,
+        } = called;
+        let step = self.step_name(index);
+        let shapes = saga.shapes();
+        // A bad `Next` fails the step before anything of it is written.
+        let result = result
+            .and_then(|next| decide::target(next, index, shapes, &self.entry.source).map(|_| next));
+        let failure = match result {
+            Ok(next) => {
+                let written = (|| {
+                    let emitted = self.emit(&mut tx, cache, &step, &emissions)?;
+                    match decide::after_step(
+                        &self.run.view,
+                        shapes,
+                        index,
+                        next,
+                        emitted.children,
+                        &self.entry.source,
+                    ) {
+                        Ok(t) => self.persist(&mut tx, cache, t, emitted.handlers).map(Ok),
+                        Err(failure) => Ok(Err(failure)),
+                    }
+                })();
+                match written {
+                    Ok(Ok(done)) => return Ok((done, tx)),
+                    Ok(Err(failure)) => failure,
+                    Err(e) => self.aborted_by_user(&e, savepoint, &step).ok_or(e)?,
+                }
+            }
+            Err(failure) => failure,
+        };
+        Self::discard(&mut tx, savepoint)?;
+        let done = self.fail(&mut tx, cache, &step, failure)?;
+        Ok((done, tx))
+    }
+
+    /// Children of the latest step instance failed: run the step's handler (or rethrow).
+    pub(crate) fn child_failures<'c>(
+        &self,
+        cache: &mut StmtCache,
+        user: &'c mut UserStatements,
+        mut tx: Transaction<'c>,
+    ) -> Result<(Done, Transaction<'c>)> {
+        let sql = self.sql();
+        let instances = store::instances(&mut tx, sql, self.run.id)?;
+        let Some(latest) = instances.last().copied() else {
+            // Nothing ran, so no child can have failed: a corrupt count. Don't loop on it.
+            let failure = Failure::new(
+                "structured_cooperation::InconsistentState",
+                "children failed but the run has no step instances",
+                self.entry.source.as_str(),
+            );
+            let done = self.fail(&mut tx, cache, &self.step_name(0), failure)?;
+            return Ok((done, tx));
+        };
+        let children = store::children(&mut tx, sql, self.run.id)?;
+        let of_latest = children.get(&latest.seq).cloned().unwrap_or_default();
+        let shapes = self.entry.saga.shapes();
+        let plan = decide::child_failures(
+            &self.run.view,
+            shapes,
+            &latest,
+            &of_latest,
+            &self.entry.source,
+        );
+        let (index, iteration, cfh, next, failure) = match plan {
+            ChildFailurePlan::Rethrow { step, failure } => {
+                let done = self.fail(&mut tx, cache, &step, failure)?;
+                return Ok((done, tx));
+            }
+            ChildFailurePlan::Run {
+                index,
+                iteration,
+                cfh,
+                next,
+                failure,
+            } => (index, iteration, cfh, next, failure),
+        };
+        let failures = ChildFailures::new(failure, next, cfh);
+        let saga = &self.entry.saga;
+        let payload = self.run.payload.as_str();
+        let Called {
+            mut tx,
+            emissions,
+            savepoint,
+            result,
+        } = self.call(tx, user, Phase::ChildFailures, index, iteration, |ctx| {
+            saga.handle_child_failures(index, ctx, payload, &failures)
+        })?;
+        let step = self.step_name(index);
+        let result = result.and_then(|next: Next| {
+            decide::target(next, index, shapes, &self.entry.source).map(|_| next)
+        });
+        let failure = match result {
+            Ok(next) => {
+                let written = (|| {
+                    let emitted = self.emit(&mut tx, cache, &step, &emissions)?;
+                    match decide::after_child_failures(
+                        &self.run.view,
+                        shapes,
+                        &latest,
+                        cfh,
+                        next,
+                        emitted.children,
+                        &self.entry.source,
+                    ) {
+                        Ok(t) => self.persist(&mut tx, cache, t, emitted.handlers).map(Ok),
+                        Err(failure) => Ok(Err(failure)),
+                    }
+                })();
+                match written {
+                    Ok(Ok(done)) => return Ok((done, tx)),
+                    Ok(Err(failure)) => failure,
+                    Err(e) => self.aborted_by_user(&e, savepoint, &step).ok_or(e)?,
+                }
+            }
+            Err(failure) => failure,
+        };
+        Self::discard(&mut tx, savepoint)?;
+        let done = self.fail(&mut tx, cache, &step, failure)?;
+        Ok((done, tx))
+    }
+
+    /// Takes a rolling-back run as far as it can go in this transaction, running at most one
+    /// compensating action.
+    pub(crate) fn rollback<'c>(
+        &self,
+        cache: &mut StmtCache,
+        user: &'c mut UserStatements,
+        mut tx: Transaction<'c>,
+    ) -> Result<(Done, Transaction<'c>)> {
+        let sql = self.sql();
+        let cause = self.run.cause()?.unwrap_or_else(|| {
+            Failure::new(
+                "structured_cooperation::UnknownCause",
+                "the run is rolling back but its cause was not recorded",
+                self.entry.source.as_str(),
+            )
+        });
+        let instances = store::instances(&mut tx, sql, self.run.id)?;
+        let children = store::children(&mut tx, sql, self.run.id)?;
+        let plan = rollback::plan(&instances, self.entry.saga.shapes());
+        let ctx = self.rollback_ctx(&plan, &cause, &children);
+        let (cursor, instance, name, events) = match rollback::resume(&ctx) {
+            Advance::Done(t) => {
+                let done = self.persist(&mut tx, cache, t, Vec::new())?;
+                return Ok((done, tx));
+            }
+            Advance::Compensate {
+                cursor,
+                instance,
+                name,
+                events,
+            } => (cursor, instance, name, events),
+        };
+        let saga = &self.entry.saga;
+        let payload = self.run.payload.as_str();
+        let Called {
+            mut tx,
+            emissions,
+            savepoint,
+            result,
+        } = self.call(
+            tx,
+            user,
+            Phase::Compensation,
+            instance.step,
+            instance.iteration,
+            |ctx| saga.compensate(instance.step, ctx, payload, &cause),
+        )?;
+        let after = |outcome, emitted: bool, children: u32| {
+            rollback::after_compensation(
+                &ctx,
+                cursor,
+                &instance,
+                &name,
+                events.clone(),
+                outcome,
+                emitted,
+                children,
+            )
+        };
+        let outcome = match result {
+            Ok(()) => {
+                let written = self
+                    .emit(&mut tx, cache, &name, &emissions)
+                    .and_then(|emitted| {
+                        let t = after(Ok(()), !emissions.is_empty(), emitted.children);
+                        self.persist(&mut tx, cache, t, emitted.handlers)
+                    });
+                match written {
+                    Ok(done) => return Ok((done, tx)),
+                    Err(e) => Err(self.aborted_by_user(&e, savepoint, &name).ok_or(e)?),
+                }
+            }
+            Err(failure) => Err(failure),
+        };
+        Self::discard(&mut tx, savepoint)?;
+        let done = self.persist(&mut tx, cache, after(outcome, false, 0), Vec::new())?;
+        Ok((done, tx))
+    }
+
+    /// Persists a transition that runs no user code.
+    pub(crate) fn bookkeeping(
+        &self,
+        cache: &mut StmtCache,
+        tx: &mut Transaction<'_>,
+        t: Transition,
+    ) -> Result<Done> {
+        self.persist(tx, cache, t, Vec::new())
+    }
+}
