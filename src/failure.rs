@@ -79,7 +79,7 @@ impl Failure {
     /// Builds the failure recorded for a step error.
     pub(crate) fn from_step_error(err: StepError, source: &str, step: &str) -> Failure {
         if let Some(failure) = err.recorded {
-            return failure;
+            return *failure;
         }
         if err.inner.downcast_ref::<postgres::Error>().is_some() {
             // postgres::Error displays only "db error"; the server's message is its source.
@@ -232,7 +232,7 @@ pub struct StepError {
     kind: String,
     inner: Box<dyn std::error::Error + Send + Sync + 'static>,
     /// A failure to record as it is (rethrowing a failure received from children).
-    recorded: Option<Failure>,
+    recorded: Option<Box<Failure>>,
 }
 
 impl StepError {
@@ -252,7 +252,7 @@ impl StepError {
         StepError {
             kind: failure.kind.clone(),
             inner: failure.message.clone().into(),
-            recorded: Some(failure),
+            recorded: Some(Box::new(failure)),
         }
     }
 

@@ -142,18 +142,23 @@ impl Ctx<'_> {
     }
 }
 
+/// A compensating action to run now: the sub-step at `cursor` undoes `instance`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Compensation {
+    pub(crate) cursor: u32,
+    pub(crate) instance: Instance,
+    pub(crate) name: String,
+    /// History written by this transaction so far.
+    pub(crate) events: Vec<Event>,
+}
+
 /// How far one transaction gets.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Advance {
-    /// Run the compensating action of `instance` now, then call [`after_compensation`].
-    Compensate {
-        cursor: u32,
-        instance: Instance,
-        name: String,
-        events: Vec<Event>,
-    },
+    /// Run this compensating action, then call [`after_compensation`].
+    Compensate(Compensation),
     /// Persist this.
-    Done(Transition),
+    Done(Box<Transition>),
 }
 
 /// Goes through the plan from `cursor` until something must wait: children rolling back, a
@@ -168,10 +173,10 @@ fn advance(ctx: &Ctx<'_>, mut cursor: u32, mut events: Vec<Event>, allow_user: b
                 .last()
                 .map_or(ctx.plan.sentinel.as_str(), |s| s.name.as_str());
             events.push(Event::new(EventKind::RolledBack, Some(name)));
-            return Advance::Done(Transition {
+            return Advance::Done(Box::new(Transition {
                 status: RunStatus::RolledBack,
                 ..ctx.base(cursor, events)
-            });
+            }));
         };
         match sub.kind {
             SubKind::Children => {
@@ -183,7 +188,7 @@ fn advance(ctx: &Ctx<'_>, mut cursor: u32, mut events: Vec<Event>, allow_user: b
                         Some(ctx.cause),
                         ctx.source,
                     );
-                    return Advance::Done(ctx.failed(&sub.name, failure, events));
+                    return Advance::Done(Box::new(ctx.failed(&sub.name, failure, events)));
                 }
                 let request = Failure::parent_said_so(ctx.cause, ctx.source);
                 for message in &children.messages {
@@ -195,12 +200,12 @@ fn advance(ctx: &Ctx<'_>, mut cursor: u32, mut events: Vec<Event>, allow_user: b
                 events.push(Event::new(EventKind::Suspended, Some(&sub.name)));
                 cursor += 1;
                 if children.committed > 0 {
-                    return Advance::Done(Transition {
+                    return Advance::Done(Box::new(Transition {
                         pending_children: children.committed,
                         waited_instance: Some(sub.instance.seq),
                         rollback_request: Some((sub.instance.seq, request)),
                         ..ctx.base(cursor, events)
-                    });
+                    }));
                 }
             }
             SubKind::Compensate => {
@@ -212,14 +217,14 @@ fn advance(ctx: &Ctx<'_>, mut cursor: u32, mut events: Vec<Event>, allow_user: b
                     events.push(Event::new(EventKind::Suspended, Some(&sub.name)));
                     cursor += 1;
                 } else if allow_user {
-                    return Advance::Compensate {
+                    return Advance::Compensate(Compensation {
                         cursor,
                         instance: sub.instance,
                         name: sub.name.clone(),
                         events,
-                    };
+                    });
                 } else {
-                    return Advance::Done(ctx.base(cursor, events));
+                    return Advance::Done(Box::new(ctx.base(cursor, events)));
                 }
             }
         }
@@ -231,8 +236,8 @@ fn advance(ctx: &Ctx<'_>, mut cursor: u32, mut events: Vec<Event>, allow_user: b
 pub(crate) fn begin(ctx: &Ctx<'_>, step: &str) -> Transition {
     let events = vec![Event::new(EventKind::RollingBack, Some(step)).with_failure(ctx.cause)];
     let mut t = match advance(ctx, 0, events, false) {
-        Advance::Done(t) => t,
-        Advance::Compensate { cursor, events, .. } => ctx.base(cursor, events),
+        Advance::Done(t) => *t,
+        Advance::Compensate(c) => ctx.base(c.cursor, c.events),
     };
     t.failure = Some(ctx.cause.clone());
     t
@@ -260,7 +265,7 @@ pub(crate) fn resume(ctx: &Ctx<'_>) -> Advance {
                     Some(ctx.cause),
                     ctx.source,
                 );
-                return Advance::Done(ctx.failed(&previous.name, failure, events));
+                return Advance::Done(Box::new(ctx.failed(&previous.name, failure, events)));
             }
             // Children emitted by a compensating action are part of it: if one did not
             // commit, the compensation did not happen.
@@ -280,7 +285,7 @@ pub(crate) fn resume(ctx: &Ctx<'_>) -> Advance {
                 )
                 .with_step(previous.name.as_str());
                 let failure = causes.into_iter().fold(failure, Failure::with_cause);
-                return Advance::Done(ctx.failed(&previous.name, failure, events));
+                return Advance::Done(Box::new(ctx.failed(&previous.name, failure, events)));
             }
             _ => {}
         }
@@ -288,51 +293,54 @@ pub(crate) fn resume(ctx: &Ctx<'_>) -> Advance {
     advance(ctx, cursor, events, true)
 }
 
-/// The compensating action at `cursor` ended. If it emitted messages (`emitted`), they form a
-/// new instance whose `children` runs the rollback waits for.
+/// The compensating action `c` ended. If it emitted messages (`emitted`), they form a new
+/// instance whose `children` runs the rollback waits for.
 pub(crate) fn after_compensation(
     ctx: &Ctx<'_>,
-    cursor: u32,
-    instance: &Instance,
-    name: &str,
-    mut events: Vec<Event>,
+    c: Compensation,
     outcome: Result<(), Failure>,
     emitted: bool,
     children: u32,
 ) -> Transition {
+    let Compensation {
+        cursor,
+        instance,
+        name,
+        mut events,
+    } = c;
     if let Err(failure) = outcome {
-        return ctx.failed(name, failure, events);
+        return ctx.failed(&name, failure, events);
     }
-    events.push(Event::new(EventKind::Suspended, Some(name)));
-    if emitted {
-        let record = Instance {
-            seq: ctx.run.instances,
-            step: instance.step,
-            iteration: instance.iteration,
-            cfh: None,
-            kind: InstanceKind::Compensation,
-        };
-        if children > 0 {
-            return Transition {
-                pending_children: children,
-                waited_instance: Some(record.seq),
-                instances: ctx.run.instances + 1,
-                new_instance: Some(record),
-                ..ctx.base(cursor + 1, events)
-            };
+    events.push(Event::new(EventKind::Suspended, Some(&name)));
+    if !emitted {
+        return continue_after(ctx, cursor + 1, events);
+    }
+    let record = Instance {
+        seq: ctx.run.instances,
+        step: instance.step,
+        iteration: instance.iteration,
+        cfh: None,
+        kind: InstanceKind::Compensation,
+    };
+    let mut t = if children > 0 {
+        Transition {
+            pending_children: children,
+            waited_instance: Some(record.seq),
+            ..ctx.base(cursor + 1, events)
         }
-        let mut t = after_compensation_continue(ctx, cursor + 1, events);
-        t.instances = ctx.run.instances + 1;
-        t.new_instance = Some(record);
-        return t;
-    }
-    after_compensation_continue(ctx, cursor + 1, events)
+    } else {
+        continue_after(ctx, cursor + 1, events)
+    };
+    t.instances = ctx.run.instances + 1;
+    t.new_instance = Some(record);
+    t
 }
 
-fn after_compensation_continue(ctx: &Ctx<'_>, cursor: u32, events: Vec<Event>) -> Transition {
+/// Goes on after a compensating action, up to (not into) the next one.
+fn continue_after(ctx: &Ctx<'_>, cursor: u32, events: Vec<Event>) -> Transition {
     match advance(ctx, cursor, events, false) {
-        Advance::Done(t) => t,
-        Advance::Compensate { cursor, events, .. } => ctx.base(cursor, events),
+        Advance::Done(t) => *t,
+        Advance::Compensate(c) => ctx.base(c.cursor, c.events),
     }
 }
 
@@ -495,20 +503,14 @@ mod tests {
             ..RunView::default()
         };
         let ctx = Ctx { run: &run, ..ctx };
-        let Advance::Compensate {
-            cursor,
-            instance,
-            name,
-            events,
-        } = resume(&ctx)
-        else {
+        let Advance::Compensate(c) = resume(&ctx) else {
             panic!()
         };
         assert_eq!(
-            (cursor, instance.step, name.as_str()),
+            (c.cursor, c.instance.step, c.name.as_str()),
             (1, 0, "Rollback of 0[0,]")
         );
-        let t = after_compensation(&ctx, cursor, &instance, &name, events, Ok(()), false, 0);
+        let t = after_compensation(&ctx, c, Ok(()), false, 0);
         assert_eq!(
             trace(&t),
             [
@@ -660,26 +662,11 @@ mod tests {
             children: &children,
             source: "h[1]",
         };
-        let Advance::Compensate {
-            cursor,
-            instance,
-            name,
-            events,
-        } = resume(&ctx)
-        else {
+        let Advance::Compensate(c) = resume(&ctx) else {
             panic!()
         };
         let boom = Failure::new("panic", "compensation broke", "h[1]");
-        let t = after_compensation(
-            &ctx,
-            cursor,
-            &instance,
-            &name,
-            events,
-            Err(boom.clone()),
-            false,
-            0,
-        );
+        let t = after_compensation(&ctx, c, Err(boom.clone()), false, 0);
         assert_eq!(t.status, RunStatus::RollbackFailed);
         assert_eq!(t.rollback_failure, Some(boom));
         assert_eq!(trace(&t), ["ROLLBACK_FAILED(Rollback of 0[0,])"]);
@@ -706,16 +693,10 @@ mod tests {
             children: &none,
             source: "h[1]",
         };
-        let Advance::Compensate {
-            cursor,
-            instance,
-            name,
-            events,
-        } = resume(&ctx)
-        else {
+        let Advance::Compensate(c) = resume(&ctx) else {
             panic!()
         };
-        let t = after_compensation(&ctx, cursor, &instance, &name, events, Ok(()), true, 1);
+        let t = after_compensation(&ctx, c, Ok(()), true, 1);
         assert_eq!(
             (t.pending_children, t.waited_instance, t.instances),
             (1, Some(1), 2)

@@ -91,9 +91,10 @@ impl fmt::Display for EventKind {
 }
 
 /// Where a run is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum RunStatus {
     /// On its happy path: running steps or waiting for children.
+    #[default]
     Active,
     /// On its rollback path.
     RollingBack,
@@ -157,12 +158,6 @@ pub(crate) struct RunView {
     pub(crate) waited_instance: Option<u32>,
     /// False until a requested rollback has written its `ROLLING_BACK`.
     pub(crate) rollback_seen: bool,
-}
-
-impl Default for RunStatus {
-    fn default() -> Self {
-        RunStatus::Active
-    }
 }
 
 /// What a saga tells the core about one of its steps.

@@ -383,18 +383,18 @@ impl<'a> Exec<'a> {
         let children = store::children(&mut tx, sql, self.run.id)?;
         let plan = rollback::plan(&instances, self.entry.saga.shapes());
         let ctx = self.rollback_ctx(&plan, &cause, &children);
-        let (cursor, instance, name, events) = match rollback::resume(&ctx) {
+        let pending = match rollback::resume(&ctx) {
             Advance::Done(t) => {
-                let done = self.persist(&mut tx, cache, t, Vec::new())?;
+                let done = self.persist(&mut tx, cache, *t, Vec::new())?;
                 return Ok((done, tx));
             }
-            Advance::Compensate {
-                cursor,
-                instance,
-                name,
-                events,
-            } => (cursor, instance, name, events),
+            Advance::Compensate(pending) => pending,
         };
+        let (step, iteration, name) = (
+            pending.instance.step,
+            pending.instance.iteration,
+            pending.name.clone(),
+        );
         let saga = &self.entry.saga;
         let payload = self.run.payload.as_str();
         let Called {
@@ -402,32 +402,21 @@ impl<'a> Exec<'a> {
             emissions,
             savepoint,
             result,
-        } = self.call(
-            tx,
-            user,
-            Phase::Compensation,
-            instance.step,
-            instance.iteration,
-            |ctx| saga.compensate(instance.step, ctx, payload, &cause),
-        )?;
-        let after = |outcome, emitted: bool, children: u32| {
-            rollback::after_compensation(
-                &ctx,
-                cursor,
-                &instance,
-                &name,
-                events.clone(),
-                outcome,
-                emitted,
-                children,
-            )
-        };
+        } = self.call(tx, user, Phase::Compensation, step, iteration, |ctx| {
+            saga.compensate(step, ctx, payload, &cause)
+        })?;
         let outcome = match result {
             Ok(()) => {
                 let written = self
                     .emit(&mut tx, cache, &name, &emissions)
                     .and_then(|emitted| {
-                        let t = after(Ok(()), !emissions.is_empty(), emitted.children);
+                        let t = rollback::after_compensation(
+                            &ctx,
+                            pending.clone(),
+                            Ok(()),
+                            !emissions.is_empty(),
+                            emitted.children,
+                        );
                         self.persist(&mut tx, cache, t, emitted.handlers)
                     });
                 match written {
@@ -438,7 +427,8 @@ impl<'a> Exec<'a> {
             Err(failure) => Err(failure),
         };
         Self::discard(&mut tx, savepoint)?;
-        let done = self.persist(&mut tx, cache, after(outcome, false, 0), Vec::new())?;
+        let t = rollback::after_compensation(&ctx, pending, outcome, false, 0);
+        let done = self.persist(&mut tx, cache, t, Vec::new())?;
         Ok((done, tx))
     }
 
