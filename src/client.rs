@@ -265,6 +265,7 @@ impl Client {
                 pending_children: r.pending_children,
                 depth: r.depth,
                 failure: r.failure,
+                rollback_failure: r.rollback_failure,
             })
             .collect())
     }
@@ -278,6 +279,7 @@ impl Client {
                 handler: r.handler,
                 status: r.status,
                 failure: r.failure,
+                rollback_failure: r.rollback_failure,
             })
             .collect();
         Ok(TreeOutcome::new(root, runs))

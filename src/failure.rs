@@ -20,6 +20,27 @@ pub struct Failure {
     step: Option<String>,
     #[serde(default)]
     causes: Vec<Failure>,
+    /// Frames recorded by other implementations (Scoop's JVM stack traces, a script's line);
+    /// kept so a failure crossing services loses nothing. Rust failures record none.
+    #[serde(rename = "stackTrace", default, skip_serializing_if = "Vec::is_empty")]
+    stack_trace: Vec<Frame>,
+}
+
+/// One frame of a stack trace recorded by another implementation, with Scoop's property names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The file, or `<unknown filename>`.
+    #[serde(rename = "fileName")]
+    pub file_name: String,
+    /// The line.
+    #[serde(rename = "lineNumber")]
+    pub line_number: i64,
+    /// The class, if the language has them and it is known.
+    #[serde(rename = "className", default)]
+    pub class_name: Option<String>,
+    /// The function, if known.
+    #[serde(rename = "functionName", default)]
+    pub function_name: Option<String>,
 }
 
 impl Failure {
@@ -35,6 +56,7 @@ impl Failure {
             source: source.into(),
             step: None,
             causes: Vec::new(),
+            stack_trace: Vec::new(),
         }
     }
 
@@ -74,6 +96,11 @@ impl Failure {
     /// The causes, outermost first.
     pub fn causes(&self) -> &[Failure] {
         &self.causes
+    }
+
+    /// Stack frames recorded by another implementation (empty for Rust failures).
+    pub fn stack_trace(&self) -> &[Frame] {
+        &self.stack_trace
     }
 
     /// Builds the failure recorded for a step error.
@@ -336,6 +363,30 @@ mod tests {
         assert_eq!(json["type"], f.kind());
         let back: Failure = serde_json::from_value(json).unwrap();
         assert_eq!(back, f);
+    }
+
+    #[test]
+    fn ex_01_a_failure_from_another_system_keeps_its_type_and_frames() {
+        let json = r#"{"message":"Non-zero exit status returned from process","type":"ExitStatus",
+            "source":"external-system","stackTrace":[{"fileName":"script.sh","lineNumber":42}]}"#;
+        let f: Failure = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            f.to_string(),
+            "[external-system] ExitStatus: Non-zero exit status returned from process"
+        );
+        assert_eq!(f.kind(), "ExitStatus");
+        assert_eq!(f.source(), "external-system");
+        assert_eq!(
+            f.stack_trace(),
+            [Frame {
+                file_name: "script.sh".to_owned(),
+                line_number: 42,
+                class_name: None,
+                function_name: None
+            }]
+        );
+        let again: Failure = serde_json::from_value(serde_json::to_value(&f).unwrap()).unwrap();
+        assert_eq!(again, f, "frames survive a round trip");
     }
 
     #[test]

@@ -24,8 +24,10 @@ pub struct RootRun {
     pub handler: String,
     /// Its status.
     pub status: RunStatus,
-    /// Its failure, if it failed.
+    /// Why it rolled back, if it did (its own failure, its children's, or a request).
     pub failure: Option<Failure>,
+    /// Why its rollback failed, if it ended `RollbackFailed`.
+    pub rollback_failure: Option<Failure>,
 }
 
 impl TreeOutcome {
@@ -85,8 +87,10 @@ pub struct RunInfo {
     pub pending_children: u32,
     /// 0 for top-level runs, 1 for their children, ...
     pub depth: u32,
-    /// Its failure, if it failed.
+    /// Why it rolled back, if it did.
     pub failure: Option<Failure>,
+    /// Why its rollback failed, if it ended `RollbackFailed`.
+    pub rollback_failure: Option<Failure>,
 }
 
 /// Renders runs (as returned by [`Client::tree`](crate::Client::tree)) as an indented tree.

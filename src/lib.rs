@@ -92,7 +92,7 @@ mod validate;
 pub use crate::client::{Client, ClientBuilder, DEFAULT_SCHEMA, Pool};
 pub use crate::core::{EventKind, Next, RunStatus};
 pub use crate::error::{Error, Result};
-pub use crate::failure::{Failure, StepError, StepResult};
+pub use crate::failure::{Failure, Frame, StepError, StepResult};
 pub use crate::ids::{MessageId, RootId, RunId};
 pub use crate::inspect::{
     HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome, render_tree,

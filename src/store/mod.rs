@@ -529,6 +529,7 @@ pub(crate) struct RootRunRow {
     pub(crate) handler: String,
     pub(crate) status: RunStatus,
     pub(crate) failure: Option<Failure>,
+    pub(crate) rollback_failure: Option<Failure>,
 }
 
 pub(crate) fn root_runs(
@@ -544,6 +545,7 @@ pub(crate) fn root_runs(
                 handler: row.try_get("handler")?,
                 status: status(row, "status")?,
                 failure: failure_col(row, "failure")?,
+                rollback_failure: failure_col(row, "rollback_failure")?,
             })
         })
         .collect()
@@ -561,6 +563,7 @@ pub(crate) struct TreeRow {
     pub(crate) pending_children: u32,
     pub(crate) depth: u32,
     pub(crate) failure: Option<Failure>,
+    pub(crate) rollback_failure: Option<Failure>,
 }
 
 pub(crate) fn tree(
@@ -584,6 +587,7 @@ pub(crate) fn tree(
                 pending_children: u32_col(row, "pending_children")?,
                 depth: u32_col(row, "depth")?,
                 failure: failure_col(row, "failure")?,
+                rollback_failure: failure_col(row, "rollback_failure")?,
             })
         })
         .collect()

@@ -13,5 +13,7 @@ mod happy_path;
 mod messaging;
 /// Lost notifications, deep trees, concurrent siblings.
 mod resilience;
+/// The rollback path, child failures, distributed failures (RB-*, CF-*, EX-*, IR-*).
+mod rollback;
 /// Shared fixtures.
 mod util;
