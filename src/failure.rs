@@ -12,18 +12,19 @@ use serde::{Deserialize, Serialize};
 /// A recorded failure: a type, a message, where it came from, the step, and its causes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
+    // Boxed strings and frames keep the type small: failures travel in `Result`s.
     #[serde(rename = "type")]
-    kind: String,
-    message: String,
-    source: String,
+    kind: Box<str>,
+    message: Box<str>,
+    source: Box<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    step: Option<String>,
+    step: Option<Box<str>>,
     #[serde(default)]
     causes: Vec<Failure>,
     /// Frames recorded by other implementations (Scoop's JVM stack traces, a script's line);
     /// kept so a failure crossing services loses nothing. Rust failures record none.
-    #[serde(rename = "stackTrace", default, skip_serializing_if = "Vec::is_empty")]
-    stack_trace: Vec<Frame>,
+    #[serde(rename = "stackTrace", default, skip_serializing_if = "<[Frame]>::is_empty")]
+    stack_trace: Box<[Frame]>,
 }
 
 /// One frame of a stack trace recorded by another implementation, with Scoop's property names.
@@ -51,18 +52,18 @@ impl Failure {
         source: impl Into<String>,
     ) -> Self {
         Failure {
-            kind: kind.into(),
-            message: non_empty(message.into()),
-            source: source.into(),
+            kind: kind.into().into_boxed_str(),
+            message: non_empty(message.into()).into_boxed_str(),
+            source: source.into().into_boxed_str(),
             step: None,
             causes: Vec::new(),
-            stack_trace: Vec::new(),
+            stack_trace: Box::default(),
         }
     }
 
     /// The same failure, attributed to a step.
     pub fn with_step(mut self, step: impl Into<String>) -> Self {
-        self.step = Some(step.into());
+        self.step = Some(step.into().into_boxed_str());
         self
     }
 
@@ -277,8 +278,8 @@ impl StepError {
     /// [`ChildFailures::rethrow`](crate::ChildFailures::rethrow)).
     pub fn from_failure(failure: Failure) -> StepError {
         StepError {
-            kind: failure.kind.clone(),
-            inner: failure.message.clone().into(),
+            kind: failure.kind.to_string(),
+            inner: failure.message.to_string().into(),
             recorded: Some(Box::new(failure)),
         }
     }
