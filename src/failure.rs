@@ -23,7 +23,11 @@ pub struct Failure {
     causes: Vec<Failure>,
     /// Frames recorded by other implementations (Scoop's JVM stack traces, a script's line);
     /// kept so a failure crossing services loses nothing. Rust failures record none.
-    #[serde(rename = "stackTrace", default, skip_serializing_if = "<[Frame]>::is_empty")]
+    #[serde(
+        rename = "stackTrace",
+        default,
+        skip_serializing_if = "<[Frame]>::is_empty"
+    )]
     stack_trace: Box<[Frame]>,
 }
 

@@ -10,10 +10,33 @@
 
 use std::time::{Duration, Instant};
 
-/// First delay after an infrastructure error; doubles per consecutive error.
-pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(50);
-/// Longest delay between retries after infrastructure errors.
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long to wait before retrying after infrastructure errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    /// First delay; doubles per consecutive error.
+    pub(crate) base: Duration,
+    /// Longest delay.
+    pub(crate) max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// The `failures`-th consecutive failure waits between half and all of
+    /// `base * 2^(failures-1)`, capped at `max`; `jitter` in `[0, 1)` picks where.
+    pub(crate) fn delay(&self, failures: u32, jitter: f64) -> Duration {
+        let exp = failures.saturating_sub(1).min(16);
+        let full = self.base.saturating_mul(1 << exp).min(self.max);
+        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
 
 /// Work handed to a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +94,7 @@ pub(crate) struct Scheduler {
     sweep_in_flight: bool,
     sweep_failures: u32,
     shutting_down: bool,
+    backoff: Backoff,
 }
 
 impl Scheduler {
@@ -79,6 +103,7 @@ impl Scheduler {
         limits: &[usize],
         workers: usize,
         safety_net: Duration,
+        backoff: Backoff,
         now: Instant,
     ) -> Scheduler {
         Scheduler {
@@ -103,6 +128,7 @@ impl Scheduler {
             sweep_in_flight: false,
             sweep_failures: 0,
             shutting_down: false,
+            backoff,
         }
     }
 
@@ -158,7 +184,7 @@ impl Scheduler {
             }
             ClaimResult::Failed => {
                 slot.failures += 1;
-                slot.backoff_until = Some(now + backoff(slot.failures, jitter));
+                slot.backoff_until = Some(now + self.backoff.delay(slot.failures, jitter));
                 // Keep the hint: the work is still there once the database answers again.
                 slot.hinted = true;
             }
@@ -192,7 +218,11 @@ impl Scheduler {
             }
             None => {
                 self.sweep_failures += 1;
-                self.next_sweep = now + backoff(self.sweep_failures, jitter).min(self.safety_net);
+                self.next_sweep = now
+                    + self
+                        .backoff
+                        .delay(self.sweep_failures, jitter)
+                        .min(self.safety_net);
             }
         }
     }
@@ -290,14 +320,6 @@ fn set_timer(timer: &mut Option<Instant>, at: Instant) {
     *timer = Some(timer.map_or(at, |t| t.min(at)));
 }
 
-/// Exponential backoff with jitter: the `failures`-th consecutive failure waits between half
-/// and all of `BACKOFF_BASE * 2^(failures-1)`, capped at `BACKOFF_MAX`.
-pub(crate) fn backoff(failures: u32, jitter: f64) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    let full = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX);
-    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,7 +328,7 @@ mod tests {
 
     fn started(limits: &[usize], workers: usize) -> (Scheduler, Instant) {
         let t0 = Instant::now();
-        let mut s = Scheduler::new(limits, workers, NET, t0);
+        let mut s = Scheduler::new(limits, workers, NET, Backoff::default(), t0);
         assert_eq!(
             s.next_task(t0),
             Some(Task::Sweep),
@@ -452,12 +474,13 @@ mod tests {
         assert!(s.next_task(t0).is_some());
         s.on_finished(0, false, ClaimResult::Failed, t0, 1.0);
         assert_eq!(s.next_task(t0), None, "backing off");
+        let b = Backoff::default();
         let retry = s.next_deadline().unwrap();
-        assert_eq!(retry, t0 + BACKOFF_BASE);
+        assert_eq!(retry, t0 + b.base);
         assert!(s.next_task(retry).is_some());
-        assert_eq!(backoff(2, 1.0), BACKOFF_BASE * 2);
-        assert_eq!(backoff(30, 1.0), BACKOFF_MAX);
-        assert_eq!(backoff(1, 0.0), BACKOFF_BASE / 2);
+        assert_eq!(b.delay(2, 1.0), b.base * 2);
+        assert_eq!(b.delay(30, 1.0), b.max);
+        assert_eq!(b.delay(1, 0.0), b.base / 2);
     }
 
     #[test]
@@ -494,9 +517,9 @@ mod tests {
     #[test]
     fn a_failed_sweep_is_retried_soon() {
         let t0 = Instant::now();
-        let mut s = Scheduler::new(&[1], 1, NET, t0);
+        let mut s = Scheduler::new(&[1], 1, NET, Backoff::default(), t0);
         assert_eq!(s.next_task(t0), Some(Task::Sweep));
         s.on_sweep_done(None, t0, 1.0);
-        assert_eq!(s.next_deadline(), Some(t0 + BACKOFF_BASE));
+        assert_eq!(s.next_deadline(), Some(t0 + Backoff::default().base));
     }
 }

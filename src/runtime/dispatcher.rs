@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::Shared;
-use crate::core::schedule::{ClaimResult, Scheduler, SweepEntry, Task};
+use crate::core::schedule::{Backoff, ClaimResult, Scheduler, SweepEntry, Task};
 
 /// What the dispatcher hears about.
 #[derive(Debug)]
@@ -35,9 +35,10 @@ pub(crate) fn run(
     tasks: Sender<Task>,
     workers: usize,
     safety_net: Duration,
+    backoff: Backoff,
 ) {
     let limits: Vec<usize> = shared.handlers.iter().map(|h| h.concurrency).collect();
-    let mut sched = Scheduler::new(&limits, workers, safety_net, Instant::now());
+    let mut sched = Scheduler::new(&limits, workers, safety_net, backoff, Instant::now());
     let mut jitter = Jitter::seeded();
     loop {
         let now = Instant::now();

@@ -12,7 +12,7 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use super::dispatcher::Event;
 use super::{Shared, bump};
-use crate::core::schedule::backoff;
+use crate::core::schedule::Backoff;
 use crate::error::{Error, Result};
 
 /// How often the blocked listener checks whether it should stop. The wait itself sends
@@ -42,7 +42,7 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, ready: Sender<Result<
                 failures += 1;
                 log::warn!("listener: could not reconnect: {e}");
                 // Wait for the backoff, or for a stop request, whichever comes first.
-                match stop.recv_timeout(backoff(failures, 0.5)) {
+                match stop.recv_timeout(Backoff::default().delay(failures, 0.5)) {
                     Err(RecvTimeoutError::Timeout) => continue,
                     _ => return,
                 }

@@ -28,6 +28,7 @@ use postgres::GenericClient;
 use serde::Serialize;
 
 use crate::client::{Client, DEFAULT_SCHEMA, Pool, Source, build_pool};
+use crate::core::schedule::Backoff;
 use crate::error::{Error, Result};
 use crate::ids::RootId;
 use crate::inspect::{HistoryEvent, TreeOutcome};
@@ -85,6 +86,7 @@ pub struct RuntimeBuilder {
     pool_size: Option<u32>,
     safety_net: Duration,
     connect_timeout: Duration,
+    backoff: Backoff,
     subscriptions: Vec<Subscription>,
 }
 
@@ -104,6 +106,7 @@ impl RuntimeBuilder {
             pool_size: None,
             safety_net: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
             subscriptions: Vec::new(),
         }
     }
@@ -144,6 +147,17 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long to wait before retrying after an infrastructure error (a lost connection, a
+    /// deadlock or serialization failure reported by PostgreSQL): `base` after the first
+    /// consecutive error, doubling up to `max`, each delay shortened by a random part of up to
+    /// half. Such errors never fail a run: it is retried from its last committed state (so step
+    /// code can run more than once; its database effects commit once). They are logged and
+    /// counted in [`RuntimeStats::infra_errors`]. Defaults to 50 ms and 5 s.
+    pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff = Backoff { base, max };
+        self
+    }
+
     /// Subscribes `saga` to `topic`; up to `workers` of its runs may execute at once.
     pub fn subscribe(mut self, topic: impl Into<String>, saga: Saga) -> Self {
         self.subscriptions.push(Subscription {
@@ -178,6 +192,11 @@ impl RuntimeBuilder {
         if self.safety_net.is_zero() {
             return Err(Error::Config(
                 "the safety-net interval must be positive".to_owned(),
+            ));
+        }
+        if self.backoff.base.is_zero() || self.backoff.max < self.backoff.base {
+            return Err(Error::Config(
+                "retry backoff needs 0 < base <= max".to_owned(),
             ));
         }
         let mut names = HashMap::new();
@@ -320,10 +339,12 @@ impl RuntimeBuilder {
         let dispatcher = {
             let shared = shared.clone();
             let workers = self.workers;
-            let safety_net = self.safety_net;
+            let (safety_net, backoff) = (self.safety_net, self.backoff);
             spawn(
                 "sc-dispatcher".to_owned(),
-                Box::new(move || dispatcher::run(shared, events_rx, tasks_tx, workers, safety_net)),
+                Box::new(move || {
+                    dispatcher::run(shared, events_rx, tasks_tx, workers, safety_net, backoff)
+                }),
             )
             .map_err(|e| Error::Config(format!("could not spawn a thread: {e}")))?
         };

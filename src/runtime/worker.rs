@@ -134,11 +134,19 @@ fn infra_error(shared: &Shared, conn: &mut Option<WorkerConn>, e: &Error, what: 
 fn connection<'a>(shared: &Shared, slot: &'a mut Option<WorkerConn>) -> Result<&'a mut WorkerConn> {
     match slot {
         Some(conn) => Ok(conn),
-        None => Ok(slot.insert(WorkerConn {
-            client: shared.client.conn()?,
-            cache: StmtCache::default(),
-            user: UserStatements::default(),
-        })),
+        None => {
+            let mut client = shared.client.conn()?;
+            // Lets operators (and tests) find the runtime's connections in pg_stat_activity.
+            client.batch_execute(&format!(
+                "SET application_name = 'sc-worker:{}'",
+                shared.client.schema()
+            ))?;
+            Ok(slot.insert(WorkerConn {
+                client,
+                cache: StmtCache::default(),
+                user: UserStatements::default(),
+            }))
+        }
     }
 }
 

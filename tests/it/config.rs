@@ -89,6 +89,14 @@ fn nonsensical_settings_are_rejected() {
         .start()
         .unwrap_err();
     assert!(err.to_string().starts_with("invalid topic name"), "{err}");
+    let err = Runtime::builder(database_url())
+        .retry_backoff(Duration::from_secs(2), Duration::from_secs(1))
+        .start()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: retry backoff needs 0 < base <= max"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use structured_cooperation::{EventKind, RunStatus, Saga, StepContext, StepError, StepResult};
 
-use crate::util::{ExecLog, TestDb, WAIT, history_of};
+use crate::util::{ExecLog, Gate, TestDb, WAIT, history_of};
 
 #[derive(Debug)]
 struct CardDeclined;
@@ -241,4 +241,59 @@ fn a_failure_in_a_later_step_names_that_step() {
             runtime.instance()
         )
     );
+}
+
+/// Our own failures are not the user's: a worker's connection dies in the middle of a step; the
+/// run is retried from its last committed state (the step runs again) and commits — it is not
+/// rolled back — and the runtime counts the error.
+#[test]
+fn a_lost_connection_mid_step_is_retried_not_rolled_back() {
+    let mut db = TestDb::new("lost_connection");
+    let gate = Gate::default();
+    let log = ExecLog::default();
+    let saga = {
+        let (gate, log) = (gate.clone(), log.clone());
+        Saga::builder("fragile")
+            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                log.push("attempt");
+                if log.entries().len() == 1 {
+                    gate.pass();
+                }
+                ctx.tx().execute("SELECT 1", &[])?;
+                Ok(())
+            })
+            .build()
+            .unwrap()
+    };
+    let runtime = db
+        .runtime()
+        .workers(1)
+        .retry_backoff(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_millis(100),
+        )
+        .subscribe("t", saga)
+        .start()
+        .unwrap();
+    let id = runtime.launch("t", &json!({})).unwrap();
+    gate.wait_for_waiting(1);
+    let killed = db.query_i64(&format!(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'sc-worker:{}'",
+        db.schema
+    ));
+    assert_eq!(killed, 1);
+    gate.open();
+    let outcome = runtime.wait_for(id, WAIT).unwrap();
+    assert!(outcome.is_committed(), "{outcome:?}");
+    assert_eq!(log.entries(), ["attempt", "attempt"]);
+    assert!(runtime.stats().infra_errors >= 1);
+    assert_eq!(runtime.stats().step_failures, 0);
+    let kinds: Vec<EventKind> = runtime
+        .history(id)
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(!kinds.contains(&EventKind::RollingBack), "{kinds:?}");
 }
