@@ -2,8 +2,12 @@
 //! processes (4 workers each). Every step writes its effect into a table with a unique key in
 //! its own transaction; every root must commit and every effect must exist exactly once.
 //!
-//! This binary is its own worker: with `SC_MP_ROLE=worker` it starts two runtimes, prints
-//! `ready <instance> <instance>` and serves until its stdin closes.
+//! And: an OS process running compensations is killed with SIGKILL in the middle of them;
+//! another process finishes the rollback, and every compensation's effect commits exactly
+//! once.
+//!
+//! This binary is its own worker: with `SC_MP_ROLE=worker` (or `compensator`) it starts its
+//! runtimes, prints `ready ...` and serves until its stdin closes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,6 +24,7 @@ const RUNTIMES_PER_PROCESS: usize = 2;
 const WORKERS: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(180);
 const NAME: &str = "exactly_once_across_processes";
+const KILL_NAME: &str = "sigkill_mid_compensation_is_finished_elsewhere";
 
 fn database_url() -> String {
     std::env::var("DATABASE_URL")
@@ -28,24 +33,30 @@ fn database_url() -> String {
 
 fn main() {
     let _ = env_logger::builder().is_test(true).try_init();
-    if std::env::var("SC_MP_ROLE").as_deref() == Ok("worker") {
-        worker();
-        return;
+    match std::env::var("SC_MP_ROLE").as_deref() {
+        Ok("worker") => return worker(),
+        Ok("compensator") => return compensator(),
+        _ => {}
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let tests: [(&str, fn()); 2] = [(NAME, orchestrate), (KILL_NAME, sigkill_mid_compensation)];
     if args.iter().any(|a| a == "--list") {
-        println!("{NAME}: test");
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
         return;
     }
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !filters.is_empty() && !filters.iter().any(|f| NAME.contains(f.as_str())) {
-        println!("running 0 tests (filtered out: {NAME})");
-        return;
+    let chosen: Vec<_> = tests
+        .into_iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    println!("running {} tests", chosen.len());
+    for (name, test) in chosen {
+        let start = Instant::now();
+        test();
+        println!("test {name} ... ok ({:.1}s)", start.elapsed().as_secs_f64());
     }
-    println!("running 1 test");
-    let start = Instant::now();
-    orchestrate();
-    println!("test {NAME} ... ok ({:.1}s)", start.elapsed().as_secs_f64());
 }
 
 fn effect(ctx: &mut StepContext<'_>, what: &str) -> StepResult {
@@ -233,6 +244,216 @@ fn orchestrate() {
     for mut child in std::mem::take(&mut workers.0) {
         let status = child.wait().unwrap();
         assert!(status.success(), "worker exited with {status}");
+    }
+    drop(client);
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+}
+
+const KILL_ROOTS: usize = 40;
+const KILL_LEAVES: usize = 3;
+
+/// Sagas of the SIGKILL test: a root whose second step fails after its leaves committed, and
+/// leaves whose compensation records its effect. In a process started with `SC_HANG_AFTER=n`,
+/// every compensation after the first n hangs (after writing its effect, before committing),
+/// printing `compensating` first.
+fn kill_sagas() -> (Saga, Saga) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    let root = Saga::builder("kill-root")
+        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+            for i in 0..KILL_LEAVES {
+                ctx.emit("kill-leaf", &json!({ "i": i }))?;
+            }
+            Ok(())
+        })
+        .step(|_, _: &Value| -> StepResult {
+            Err(structured_cooperation::StepError::msg(
+                "the order cannot be fulfilled",
+            ))
+        })
+        .build()
+        .unwrap();
+    let leaf = Saga::builder("kill-leaf")
+        .step(|_, _: &Value| -> StepResult { Ok(()) })
+        .rollback(|ctx, _: &Value, _| {
+            let table = std::env::var("SC_EFFECTS").expect("SC_EFFECTS");
+            let run = ctx.run_id().as_uuid();
+            let pid = std::process::id() as i32;
+            ctx.tx().execute(
+                &format!("INSERT INTO {table} (run_id, pid) VALUES ($1, $2)"),
+                &[&run, &pid],
+            )?;
+            let hang_after: Option<usize> = std::env::var("SC_HANG_AFTER")
+                .ok()
+                .and_then(|v| v.parse().ok());
+            if let Some(n) = hang_after {
+                if STARTED.fetch_add(1, Ordering::SeqCst) >= n {
+                    // Hang only once this process's first n compensations have committed, so
+                    // the kill finds exactly those done (this row of ours is visible too).
+                    let deadline = Instant::now() + TIMEOUT;
+                    loop {
+                        let done: i64 = ctx
+                            .tx()
+                            .query_one(
+                                &format!("SELECT count(*) FROM {table} WHERE pid = $1"),
+                                &[&pid],
+                            )?
+                            .get(0);
+                        if done > n as i64 {
+                            break;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "earlier compensations never committed"
+                        );
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    println!("compensating {run}");
+                    std::io::stdout().flush().unwrap();
+                    // Hold the transaction open until the process is killed.
+                    std::thread::sleep(Duration::from_secs(600));
+                }
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    (root, leaf)
+}
+
+fn compensator() {
+    let schema = std::env::var("SC_SCHEMA").expect("SC_SCHEMA");
+    let (root, leaf) = kill_sagas();
+    let runtime = Runtime::builder(database_url())
+        .schema(&schema)
+        .workers(WORKERS)
+        .subscribe("kill-root", root)
+        .subscribe("kill-leaf", leaf)
+        .start()
+        .expect("compensator runtime starts");
+    println!("ready {}", runtime.instance());
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    runtime.shutdown().expect("clean shutdown");
+}
+
+fn spawn_compensator(
+    schema: &str,
+    effects: &str,
+    hang_after: Option<usize>,
+) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .env("SC_MP_ROLE", "compensator")
+        .env("SC_SCHEMA", schema)
+        .env("SC_EFFECTS", effects)
+        .env("DATABASE_URL", database_url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    if let Some(n) = hang_after {
+        command.env("SC_HANG_AFTER", n.to_string());
+    }
+    let mut child = command.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("ready "),
+        "compensator did not start: {line:?}"
+    );
+    (child, out)
+}
+
+fn sigkill_mid_compensation() {
+    let url = database_url();
+    let schema = format!("t_sigkill_{}", std::process::id());
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|e| {
+        panic!(
+            "this test needs PostgreSQL at DATABASE_URL={url:?} and could not connect: {e}\n\
+             run scripts/test, which finds or starts one, or set DATABASE_URL"
+        )
+    });
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+    let client = Client::builder(&url).schema(&schema).connect().unwrap();
+    let effects = format!("{schema}.effects");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {effects} (run_id uuid PRIMARY KEY, pid integer NOT NULL)"
+        ))
+        .unwrap();
+    client.register_handler("kill-root", "kill-root").unwrap();
+    client.register_handler("kill-leaf", "kill-leaf").unwrap();
+
+    // Process A commits two compensations, then hangs inside every later one.
+    let (mut a, mut a_out) = spawn_compensator(&schema, &effects, Some(2));
+    let mut workers = Workers(Vec::new());
+    let mut conn = client.pool().get().unwrap();
+    let mut tx = conn.transaction().unwrap();
+    for i in 0..KILL_ROOTS {
+        client
+            .launch_in(&mut tx, "kill-root", &json!({ "n": i }))
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let mut line = String::new();
+    a_out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("compensating "), "{line:?}");
+    let a_pid = a.id() as i32;
+    a.kill().unwrap(); // SIGKILL
+    a.wait().unwrap();
+
+    // Process B finishes the rollback.
+    let (b, _b_out) = spawn_compensator(&schema, &effects, None);
+    workers.0.push(b);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let unfinished: i64 = admin
+            .query_one(
+                &format!("SELECT count(*) FROM {schema}.runs WHERE status <> 'rolled_back'"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if unfinished == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unfinished} runs did not roll back in time"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut count = |sql: &str| -> i64 {
+        admin
+            .query_one(sql.replace("__S__", &schema).as_str(), &[])
+            .unwrap()
+            .get(0)
+    };
+    let leaves = (KILL_ROOTS * KILL_LEAVES) as i64;
+    // Exactly once: one effect per leaf (the primary key forbids a second), no more, no less.
+    assert_eq!(count("SELECT count(*) FROM __S__.effects"), leaves);
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM __S__.runs WHERE handler = 'kill-leaf' AND status = 'rolled_back'"
+        ),
+        leaves
+    );
+    let by_a = count(&format!(
+        "SELECT count(*) FROM __S__.effects WHERE pid = {a_pid}"
+    ));
+    assert_eq!(
+        by_a, 2,
+        "A committed exactly the compensations it finished before hanging"
+    );
+    for child in &mut workers.0 {
+        drop(child.stdin.take());
+    }
+    for mut child in std::mem::take(&mut workers.0) {
+        assert!(child.wait().unwrap().success());
     }
     drop(client);
     admin

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use structured_cooperation::{Runtime, Saga, StepContext, StepResult};
+use structured_cooperation::{RunStatus, Runtime, Saga, StepContext, StepResult};
 
 use crate::util::{ExecLog, Gate, TestDb, WAIT, eventually, history_of};
 
@@ -284,5 +284,90 @@ fn a_release_lost_in_a_crash_is_finished_by_the_sweep() {
     assert_eq!(
         db.query_i64("SELECT count(*) FROM __S__.runs WHERE release_pending"),
         0
+    );
+}
+
+/// 200 trees on three runtimes: each root's second step fails after its five children
+/// committed, so the root asks them to roll back and their compensations and releases race
+/// each other and their parent on every runtime. No infrastructure error may reach a user
+/// (every run ends rolled back with the step's own failure), and every compensation commits
+/// exactly once. The internal retries are printed (run with `--nocapture`).
+#[test]
+fn two_hundred_trees_rolling_back_on_three_runtimes() {
+    let mut db = TestDb::new("rollback_storm");
+    let effects = format!("{}.effects", db.schema);
+    let leaf = |effects: String| {
+        Saga::builder("leaf")
+            .step(|_, _: &Value| -> StepResult { Ok(()) })
+            .rollback(move |ctx, _: &Value, _| {
+                let run = ctx.run_id().as_uuid();
+                ctx.tx().execute(
+                    &format!("INSERT INTO {effects} (run_id) VALUES ($1)"),
+                    &[&run],
+                )?;
+                Ok(())
+            })
+            .build()
+            .unwrap()
+    };
+    let parent = || {
+        Saga::builder("parent")
+            .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                for i in 0..5 {
+                    ctx.emit("leaf-topic", &json!({ "i": i }))?;
+                }
+                Ok(())
+            })
+            .step(|_, _: &Value| -> StepResult {
+                Err(structured_cooperation::StepError::with_kind(
+                    "test::Boom",
+                    "second step",
+                ))
+            })
+            .build()
+            .unwrap()
+    };
+    drop(db.client());
+    db.exec(&format!("CREATE TABLE {effects} (run_id uuid PRIMARY KEY)"));
+    let runtimes: Vec<Runtime> = (0..3)
+        .map(|_| {
+            db.runtime()
+                .workers(3)
+                .subscribe("parent-topic", parent())
+                .subscribe("leaf-topic", leaf(effects.clone()))
+                .start()
+                .unwrap()
+        })
+        .collect();
+    let client = db.client();
+    let mut conn = client.pool().get().unwrap();
+    let mut tx = conn.transaction().unwrap();
+    let roots: Vec<_> = (0..200)
+        .map(|_| {
+            client
+                .launch_in(&mut tx, "parent-topic", &json!({}))
+                .unwrap()
+        })
+        .collect();
+    tx.commit().unwrap();
+    for root in &roots {
+        let outcome = runtimes[0].wait_for(*root, WAIT).unwrap();
+        let run = &outcome.runs()[0];
+        assert_eq!(run.status, RunStatus::RolledBack, "{outcome:?}");
+        assert_eq!(run.failure.as_ref().unwrap().message(), "second step");
+    }
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM __S__.runs WHERE status <> 'rolled_back'"),
+        0
+    );
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {effects}")),
+        200 * 5
+    );
+    let stats: Vec<_> = runtimes.iter().map(Runtime::stats).collect();
+    let retries: u64 = stats.iter().map(|s| s.infra_errors).sum();
+    println!(
+        "rollback storm: {} steps on 3 runtimes, {retries} internal retries",
+        stats.iter().map(|s| s.steps).sum::<u64>()
     );
 }
