@@ -6,7 +6,9 @@
 //!   (each inserts one row) and whose second step (one insert) then runs: 12 steps a tree;
 //! * wake latency: on an idle runtime, from a last child's commit to its parent's next step;
 //! * history flatness: w1 again with 200,000 finished runs in the tables;
-//! * idle transactions: 8 workers, 20 handlers, nothing to do, for 10 s.
+//! * idle transactions: 8 workers, 20 handlers, nothing to do, for 10 s;
+//! * w4: 100 pre-launched roots, each emitting 10 children of which one fails; the root then
+//!   rolls back and its 9 committed children run their compensations (one insert each).
 //!
 //! Environment: `DATABASE_URL` (required), `SC_BENCH_ONLY` (comma-separated subset of
 //! `w1,w3,wake,flat,idle`).
@@ -350,6 +352,81 @@ fn wake(admin: &mut postgres::Client, split: bool) -> (f64, f64) {
     (pct(0.5), pct(0.99))
 }
 
+fn w4(admin: &mut postgres::Client) {
+    let client = fresh_schema(admin);
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {SCHEMA}.compensations (run_id uuid PRIMARY KEY, \
+             at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        ))
+        .unwrap();
+    let root = Saga::builder("w4-root")
+        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+            for i in 0..10 {
+                ctx.emit("w4-child", &json!({ "i": i }))?;
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let child = Saga::builder("w4-child")
+        .step(|ctx: &mut StepContext<'_>, p: &Value| -> StepResult {
+            if p["i"] == 0 {
+                return Err(structured_cooperation::StepError::msg("out of stock"));
+            }
+            insert_result(ctx)
+        })
+        .rollback(|ctx, _: &Value, _| {
+            let run = ctx.run_id().as_uuid();
+            let insert = ctx.prepare_cached(&format!(
+                "INSERT INTO {SCHEMA}.compensations (run_id) VALUES ($1)"
+            ))?;
+            ctx.tx().execute(&insert, &[&run])?;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let roots = 100usize;
+    client.register_handler("w4", "w4-root").unwrap();
+    client.register_handler("w4-child", "w4-child").unwrap();
+    prelaunch(&client, "w4", roots);
+    let start = db_now(admin);
+    let runtime = Runtime::builder(url())
+        .schema(SCHEMA)
+        .workers(WORKERS)
+        .subscribe("w4", root)
+        .subscribe("w4-child", child)
+        .start()
+        .unwrap();
+    // A root finishes rolling back only after all its children did.
+    wait_zero(
+        admin,
+        &format!(
+            "SELECT count(*) FROM {SCHEMA}.runs WHERE handler = $1 AND status <> 'rolled_back'"
+        ),
+        "w4-root",
+    );
+    let row = admin
+        .query_one(
+            &format!(
+                "SELECT extract(epoch FROM max(finished_at))::float8,
+                        (SELECT count(*) FROM {SCHEMA}.compensations)::int8
+                 FROM {SCHEMA}.runs"
+            ),
+            &[],
+        )
+        .unwrap();
+    let (end, compensations): (f64, i64) = (row.get(0), row.get(1));
+    runtime.shutdown().unwrap();
+    let seconds = end - start;
+    report("w4_seconds", seconds);
+    report("w4_compensations_per_s", compensations as f64 / seconds);
+    report(
+        "w4_compensations_per_tree",
+        compensations as f64 / roots as f64,
+    );
+}
+
 fn xacts(admin: &mut postgres::Client) -> i64 {
     admin
         .query_one(
@@ -406,6 +483,9 @@ fn main() {
     }
     if wanted("flat") {
         flatness(&mut admin, w1_rate.expect("w1 ran"));
+    }
+    if wanted("w4") {
+        w4(&mut admin);
     }
     if wanted("idle") {
         idle(&mut admin);

@@ -1004,3 +1004,57 @@ fn operator_rollback_is_refused_while_the_tree_runs_and_can_target_a_subtree() {
     assert_eq!(tree[0].status, RunStatus::Committed, "{tree:?}");
     assert_eq!(tree[0].pending_children, 0);
 }
+
+/// Scoop's Q1 fixed: every execution of a looped step is compensated, newest first, and each
+/// compensation gets its own execution's iteration (the reference always passed 0).
+#[test]
+fn each_iteration_of_a_loop_is_compensated_with_its_own_iteration() {
+    let db = TestDb::new("loop_compensation");
+    let log = ExecLog::default();
+    let saga = {
+        let log = log.clone();
+        Saga::builder("looper")
+            .step_named(
+                "loop-step",
+                |ctx: &mut StepContext<'_>, _: &Value| -> StepResult<Next> {
+                    Ok(if ctx.iteration() < 2 {
+                        Next::Repeat
+                    } else {
+                        Next::Continue
+                    })
+                },
+            )
+            .rollback(move |ctx, _: &Value, _| {
+                log.push(format!("rollback-iter-{}", ctx.iteration()));
+                Ok(())
+            })
+            .step(|_, _: &Value| -> StepResult { Err(simulated("after the loop")) })
+            .build()
+            .unwrap()
+    };
+    let runtime = db.runtime().subscribe("t", saga).start().unwrap();
+    let id = runtime.launch("t", &json!({})).unwrap();
+    assert_eq!(
+        runtime.wait_for(id, WAIT).unwrap().runs()[0].status,
+        RunStatus::RolledBack
+    );
+    assert_eq!(
+        log.entries(),
+        ["rollback-iter-2", "rollback-iter-1", "rollback-iter-0"]
+    );
+    let trace = history_of(&runtime, id);
+    let compensations: Vec<&String> = trace
+        .iter()
+        .filter(|e| {
+            e.starts_with("SUSPENDED(Rollback of loop-step[") && !e.contains("child scopes")
+        })
+        .collect();
+    assert_eq!(
+        compensations,
+        [
+            "SUSPENDED(Rollback of loop-step[2,])@looper",
+            "SUSPENDED(Rollback of loop-step[1,])@looper",
+            "SUSPENDED(Rollback of loop-step[0,])@looper",
+        ]
+    );
+}
