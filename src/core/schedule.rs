@@ -50,7 +50,8 @@ pub(crate) enum Task {
 /// How a claim task ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ClaimResult {
-    /// A run was processed.
+    /// Runs were processed and the worker stopped only because its batch was used up: the
+    /// handler may have more due work.
     Ran,
     /// Nothing was due. `next_wake` is how long until the handler's earliest timer, if any.
     Empty {
@@ -169,7 +170,13 @@ impl Scheduler {
             slot.probing = slot.probing.saturating_sub(1);
         }
         match result {
-            ClaimResult::Ran => slot.failures = 0,
+            ClaimResult::Ran => {
+                slot.failures = 0;
+                // Whatever a concurrent probe concluded (it may have found this worker's run
+                // locked and cleared the hint), there may be more: keep the handler warm.
+                slot.hinted = true;
+                slot.generation += 1;
+            }
             ClaimResult::Empty {
                 generation,
                 next_wake,
@@ -417,6 +424,37 @@ mod tests {
         );
         assert_eq!(s.next_task(t0), None);
         assert!(s.is_quiescent(t0));
+    }
+
+    #[test]
+    fn a_batch_cut_short_rearms_the_hint_a_concurrent_empty_probe_cleared() {
+        let (mut s, t0) = started(&[2], 2);
+        s.hint(0);
+        let Some(Task::Claim { generation, .. }) = s.next_task(t0) else {
+            panic!()
+        };
+        s.on_claimed(0);
+        // The cascade sends a second probe; it finds the first worker's run locked.
+        let Some(Task::Claim { generation: g2, .. }) = s.next_task(t0) else {
+            panic!()
+        };
+        s.on_finished(
+            0,
+            false,
+            ClaimResult::Empty {
+                generation: g2,
+                next_wake: None,
+            },
+            t0,
+            0.0,
+        );
+        assert_eq!(s.next_task(t0), None);
+        // The first worker stops after a long step with its run still due.
+        s.on_finished(0, true, ClaimResult::Ran, t0, 0.0);
+        assert!(
+            matches!(s.next_task(t0), Some(Task::Claim { handler: 0, .. })),
+            "the handler must be probed again (first probe's generation was {generation})"
+        );
     }
 
     #[test]

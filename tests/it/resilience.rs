@@ -371,3 +371,31 @@ fn two_hundred_trees_rolling_back_on_three_runtimes() {
         stats.iter().map(|s| s.steps).sum::<u64>()
     );
 }
+
+/// A step longer than a worker's batch budget (100 ms), with a second worker probing the same
+/// handler meanwhile (it finds the run locked): the next step must follow at once, not after
+/// the safety-net sweep (an hour here). The sleep is the behaviour under test: a long step.
+#[test]
+fn a_long_step_is_followed_by_the_next_without_waiting_for_the_sweep() {
+    let db = TestDb::new("long_step");
+    let saga = Saga::builder("slow")
+        .step(|_, _: &Value| -> StepResult {
+            std::thread::sleep(Duration::from_millis(250));
+            Ok(())
+        })
+        .step(|_, _: &Value| -> StepResult { Ok(()) })
+        .build()
+        .unwrap();
+    let runtime = db
+        .runtime()
+        .workers(2)
+        .safety_net_interval(Duration::from_secs(3600))
+        .subscribe("t", saga)
+        .start()
+        .unwrap();
+    runtime.wait_idle(WAIT).unwrap();
+    for _ in 0..3 {
+        let id = runtime.launch("t", &json!({})).unwrap();
+        assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
+    }
+}
