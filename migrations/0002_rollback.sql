@@ -11,6 +11,9 @@ CREATE TABLE step_instances (
     -- For invocations of handle_child_failures: which one (0, 1, ...).
     cfh        integer,
     kind       text    NOT NULL CHECK (kind IN ('step', 'child_failures', 'compensation')),
+    -- The child messages it emitted (one ROLLBACK_EMITTED each when it is undone). Kept here,
+    -- where the row is written anyway, rather than in an index over all messages.
+    messages   uuid[]  NOT NULL DEFAULT '{}',
     PRIMARY KEY (run_id, seq)
 );
 
@@ -30,7 +33,3 @@ ALTER TABLE runs
     ADD COLUMN awaited           boolean NOT NULL DEFAULT true,
     -- Why the rollback failed (the `failure` column keeps why the rollback started).
     ADD COLUMN rollback_failure  jsonb;
-
--- Messages emitted by one step instance of a run (the children a rollback sub-step addresses).
-CREATE INDEX messages_parent ON messages (parent_run_id, parent_instance)
-    WHERE parent_run_id IS NOT NULL;

@@ -431,7 +431,7 @@ impl Client {
             return Err(refuse("the run has already finished"));
         }
         let t = decide::complete_external(&run.view, !run.seen, result.err());
-        let applied = store::apply(&mut tx, self.sql(), None, run.id, &t, CLIENT_WORKER)?;
+        let applied = store::apply(&mut tx, self.sql(), None, run.id, &t, CLIENT_WORKER, &[])?;
         tx.commit()?;
         if applied.release_pending {
             // If this fails, the run stays marked and a runtime's sweep releases it.

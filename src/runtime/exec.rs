@@ -142,13 +142,15 @@ impl<'a> Exec<'a> {
         )
     }
 
-    /// Persists `t` (first asking children to roll back, if it says so).
+    /// Persists `t` (first asking children to roll back, if it says so). `emissions` are what
+    /// the user code of the instance `t` records emitted.
     fn persist(
         &self,
         tx: &mut Transaction<'_>,
         cache: &mut StmtCache,
         mut t: Transition,
         mut woken: Vec<String>,
+        emissions: &[crate::saga::Emission],
     ) -> Result<Done> {
         if let Some((instance, cause)) = &t.rollback_request {
             let requested =
@@ -156,6 +158,11 @@ impl<'a> Exec<'a> {
             t.pending_children = requested.children;
             woken.extend(requested.handlers);
         }
+        let messages: Vec<uuid::Uuid> = emissions
+            .iter()
+            .filter(|e| e.scoped)
+            .map(|e| e.id)
+            .collect();
         let applied = store::apply(
             tx,
             self.sql(),
@@ -163,6 +170,7 @@ impl<'a> Exec<'a> {
             self.run.id,
             &t,
             &self.shared.instance,
+            &messages,
         )?;
         Ok(Done {
             transition: t,
@@ -183,7 +191,7 @@ impl<'a> Exec<'a> {
         let children = store::children(tx, self.sql(), self.run.id)?;
         let plan = rollback::plan(&instances, self.entry.saga.shapes());
         let ctx = self.rollback_ctx(&plan, &failure, &children);
-        self.persist(tx, cache, rollback::begin(&ctx, step), Vec::new())
+        self.persist(tx, cache, rollback::begin(&ctx, step), Vec::new(), &[])
     }
 
     fn rollback_ctx<'p>(
@@ -259,7 +267,9 @@ impl<'a> Exec<'a> {
                         emitted.children,
                         &self.entry.source,
                     ) {
-                        Ok(t) => self.persist(&mut tx, cache, t, emitted.handlers).map(Ok),
+                        Ok(t) => self
+                            .persist(&mut tx, cache, t, emitted.handlers, &emissions)
+                            .map(Ok),
                         Err(failure) => Ok(Err(failure)),
                     }
                 })();
@@ -346,7 +356,9 @@ impl<'a> Exec<'a> {
                         emitted.children,
                         &self.entry.source,
                     ) {
-                        Ok(t) => self.persist(&mut tx, cache, t, emitted.handlers).map(Ok),
+                        Ok(t) => self
+                            .persist(&mut tx, cache, t, emitted.handlers, &emissions)
+                            .map(Ok),
                         Err(failure) => Ok(Err(failure)),
                     }
                 })();
@@ -385,7 +397,7 @@ impl<'a> Exec<'a> {
         let ctx = self.rollback_ctx(&plan, &cause, &children);
         let pending = match rollback::resume(&ctx) {
             Advance::Done(t) => {
-                let done = self.persist(&mut tx, cache, *t, Vec::new())?;
+                let done = self.persist(&mut tx, cache, *t, Vec::new(), &[])?;
                 return Ok((done, tx));
             }
             Advance::Compensate(pending) => pending,
@@ -417,7 +429,7 @@ impl<'a> Exec<'a> {
                             !emissions.is_empty(),
                             emitted.children,
                         );
-                        self.persist(&mut tx, cache, t, emitted.handlers)
+                        self.persist(&mut tx, cache, t, emitted.handlers, &emissions)
                     });
                 match written {
                     Ok(done) => return Ok((done, tx)),
@@ -428,7 +440,7 @@ impl<'a> Exec<'a> {
         };
         Self::discard(&mut tx, savepoint)?;
         let t = rollback::after_compensation(&ctx, pending, outcome, false, 0);
-        let done = self.persist(&mut tx, cache, t, Vec::new())?;
+        let done = self.persist(&mut tx, cache, t, Vec::new(), &[])?;
         Ok((done, tx))
     }
 
@@ -439,6 +451,6 @@ impl<'a> Exec<'a> {
         tx: &mut Transaction<'_>,
         t: Transition,
     ) -> Result<Done> {
-        self.persist(tx, cache, t, Vec::new())
+        self.persist(tx, cache, t, Vec::new(), &[])
     }
 }

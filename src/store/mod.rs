@@ -232,7 +232,8 @@ pub(crate) struct Applied {
     pub(crate) release_pending: bool,
 }
 
-/// Persists `t` for run `run`.
+/// Persists `t` for run `run`. `messages` are the child messages emitted by the instance `t`
+/// records, if any.
 pub(crate) fn apply(
     client: &mut impl GenericClient,
     sql: &Sql,
@@ -240,6 +241,7 @@ pub(crate) fn apply(
     run: RunId,
     t: &Transition,
     worker: &str,
+    messages: &[Uuid],
 ) -> Result<Applied> {
     let json = |f: &Option<Failure>| f.as_ref().map(serde_json::to_string).transpose();
     let failure = json(&t.failure)?;
@@ -252,10 +254,10 @@ pub(crate) fn apply(
         .iter()
         .map(|e| json(&e.failure))
         .collect::<std::result::Result<_, _>>()?;
-    let messages: Vec<Option<Uuid>> = t.events.iter().map(|e| e.message).collect();
+    let event_messages: Vec<Option<Uuid>> = t.events.iter().map(|e| e.message).collect();
     let int = |v: u32| v as i32;
     let instance = t.new_instance.as_ref();
-    let params: [&(dyn postgres::types::ToSql + Sync); 22] = [
+    let params: [&(dyn postgres::types::ToSql + Sync); 23] = [
         &run.as_uuid(),
         &t.status.as_str(),
         &int(t.step_index),
@@ -277,6 +279,7 @@ pub(crate) fn apply(
         &steps,
         &next_steps,
         &failures,
+        &event_messages,
         &messages,
     ];
     let row = match cache {

@@ -105,8 +105,8 @@ WITH run AS (
     RETURNING root_id, parent_id, message_id, handler, release_pending
 ),
 instance AS (
-    INSERT INTO __S__.step_instances (run_id, seq, step, iteration, cfh, kind)
-    SELECT $1, $13::int4, $14::int4, $15::int4, $16::int4, $17::text
+    INSERT INTO __S__.step_instances (run_id, seq, step, iteration, cfh, kind, messages)
+    SELECT $1, $13::int4, $14::int4, $15::int4, $16::int4, $17::text, $23::uuid[]
     WHERE $13::int4 IS NOT NULL
 ),
 hist AS (
@@ -181,9 +181,8 @@ WITH c AS (
     GROUP BY parent_instance
 ),
 m AS (
-    SELECT parent_instance AS seq, array_agg(id ORDER BY created_at, id) AS messages
-    FROM __S__.messages WHERE parent_run_id = $1
-    GROUP BY parent_instance
+    SELECT seq, messages FROM __S__.step_instances
+    WHERE run_id = $1 AND cardinality(messages) > 0
 )
 SELECT coalesce(c.seq, m.seq) AS seq, coalesce(m.messages, '{}') AS messages,
        coalesce(c.committed, 0) AS committed,
