@@ -4,22 +4,26 @@
 //! Functions take a [`StmtCache`] where they run on the hot path (workers keep their connection
 //! and its prepared statements for their whole life); the rest prepare per call.
 
+mod inspect;
+mod rollback;
 mod sql;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
-use std::collections::HashMap;
-
-use crate::core::decide::{ChildrenOf, Event, Transition};
-use crate::core::{EventKind, Instance, InstanceKind, RunStatus, RunView};
+use crate::core::decide::{Event, Transition};
+use crate::core::{RunStatus, RunView};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::ids::{MessageId, RootId, RunId};
 use crate::saga::Emission;
 
+pub(crate) use inspect::{history, lock_external, message, root_runs, tree};
+pub(crate) use rollback::{
+    busy_around, children, instances, lock_targets, request_operator_rollback, request_rollback,
+};
 pub(crate) use sql::Sql;
 
 /// Identifies a cached statement.
@@ -88,24 +92,24 @@ impl Claimed {
     }
 }
 
-fn status(row: &Row, column: &str) -> Result<RunStatus> {
+pub(super) fn status(row: &Row, column: &str) -> Result<RunStatus> {
     let s: &str = row.try_get(column)?;
     RunStatus::parse(s)
         .ok_or_else(|| Error::Config(format!("unknown run status {s:?} in the database")))
 }
 
-fn u32_col(row: &Row, column: &str) -> Result<u32> {
+pub(super) fn u32_col(row: &Row, column: &str) -> Result<u32> {
     let v: i32 = row.try_get(column)?;
     Ok(u32::try_from(v).unwrap_or(0))
 }
 
-fn opt_u32_col(row: &Row, column: &str) -> Result<Option<u32>> {
+pub(super) fn opt_u32_col(row: &Row, column: &str) -> Result<Option<u32>> {
     let v: Option<i32> = row.try_get(column)?;
     Ok(v.map(|v| u32::try_from(v).unwrap_or(0)))
 }
 
 /// The columns the core needs, shared by every query that hands a run to the core.
-fn run_view(row: &Row) -> Result<RunView> {
+pub(super) fn run_view(row: &Row) -> Result<RunView> {
     Ok(RunView {
         status: status(row, "status")?,
         step_index: u32_col(row, "step_index")?,
@@ -119,7 +123,7 @@ fn run_view(row: &Row) -> Result<RunView> {
     })
 }
 
-fn failure_col(row: &Row, column: &str) -> Result<Option<Failure>> {
+pub(super) fn failure_col(row: &Row, column: &str) -> Result<Option<Failure>> {
     let text: Option<String> = row.try_get(column)?;
     text.map(|t| serde_json::from_str(&t).map_err(Error::from))
         .transpose()
@@ -296,164 +300,6 @@ pub(crate) fn apply(
     })
 }
 
-/// The executed step instances of `run`, in order.
-pub(crate) fn instances(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    run: RunId,
-) -> Result<Vec<Instance>> {
-    client
-        .query(sql.instances.as_str(), &[&run.as_uuid()])?
-        .iter()
-        .map(|row| {
-            let kind: &str = row.try_get("kind")?;
-            Ok(Instance {
-                seq: u32_col(row, "seq")?,
-                step: u32_col(row, "step")? as usize,
-                iteration: u32_col(row, "iteration")?,
-                cfh: opt_u32_col(row, "cfh")?,
-                kind: InstanceKind::parse(kind).ok_or_else(|| {
-                    Error::Config(format!(
-                        "unknown step instance kind {kind:?} in the database"
-                    ))
-                })?,
-            })
-        })
-        .collect()
-}
-
-/// What the children of each step instance of `run` ended as, by instance.
-pub(crate) fn children(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    run: RunId,
-) -> Result<HashMap<u32, ChildrenOf>> {
-    let failures = |row: &Row, column: &str| -> Result<Vec<Failure>> {
-        let text: String = row.try_get(column)?;
-        Ok(serde_json::from_str(&text)?)
-    };
-    client
-        .query(sql.children.as_str(), &[&run.as_uuid()])?
-        .iter()
-        .map(|row| {
-            Ok((
-                u32_col(row, "seq")?,
-                ChildrenOf {
-                    messages: row.try_get("messages")?,
-                    committed: u32_col(row, "committed")?,
-                    rolled_back: failures(row, "rolled_back")?,
-                    rollback_failed: failures(row, "rollback_failed")?,
-                },
-            ))
-        })
-        .collect()
-}
-
-/// What asking children to roll back did.
-#[derive(Debug)]
-pub(crate) struct Requested {
-    /// Children that will roll back (the parent waits for them).
-    pub(crate) children: u32,
-    /// Their handlers.
-    pub(crate) handlers: Vec<String>,
-}
-
-/// Asks the committed children of step instance `instance` of `run` to roll back.
-pub(crate) fn request_rollback(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    run: RunId,
-    instance: u32,
-    cause: &Failure,
-    quiet: &[&str],
-) -> Result<Requested> {
-    let cause = serde_json::to_string(cause)?;
-    let row = client.query_one(
-        sql.request_rollback.as_str(),
-        &[
-            &run.as_uuid(),
-            &(instance as i32),
-            &cause,
-            &sql.channel,
-            &quiet,
-        ],
-    )?;
-    Ok(Requested {
-        children: u32_col(&row, "requested")?,
-        handlers: row.try_get("woken")?,
-    })
-}
-
-/// A run an operator asked to roll back.
-#[derive(Debug)]
-pub(crate) struct TargetRun {
-    pub(crate) id: RunId,
-    pub(crate) handler: String,
-    pub(crate) status: RunStatus,
-}
-
-/// Locks the runs an operator's rollback addresses (the top-level runs of a root, or one run).
-/// `Ok(None)` means one of them is locked right now, i.e. being processed.
-pub(crate) fn lock_targets(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    root: Option<RootId>,
-    run: Option<RunId>,
-) -> Result<Option<Vec<TargetRun>>> {
-    let rows = match (root, run) {
-        (Some(root), _) => client.query(sql.lock_root_runs.as_str(), &[&root.as_uuid()]),
-        (None, Some(run)) => client.query(sql.lock_run.as_str(), &[&run.as_uuid()]),
-        (None, None) => return Ok(Some(Vec::new())),
-    };
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    rows.iter()
-        .map(|row| {
-            Ok(TargetRun {
-                id: RunId::from_uuid(row.try_get("id")?),
-                handler: row.try_get("handler")?,
-                status: status(row, "status")?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
-}
-
-/// Unfinished runs around `runs` (their subtrees and ancestors): `(handler, status)`.
-pub(crate) fn busy_around(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    runs: &[RunId],
-) -> Result<Vec<(String, RunStatus)>> {
-    let ids: Vec<Uuid> = runs.iter().map(RunId::as_uuid).collect();
-    client
-        .query(sql.busy_around.as_str(), &[&ids])?
-        .iter()
-        .map(|row| Ok((row.try_get("handler")?, status(row, "status")?)))
-        .collect()
-}
-
-/// Starts an operator's rollback of the committed runs among `runs`; returns how many.
-pub(crate) fn request_operator_rollback(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    runs: &[RunId],
-    cause: &Failure,
-) -> Result<u32> {
-    let ids: Vec<Uuid> = runs.iter().map(RunId::as_uuid).collect();
-    let cause = serde_json::to_string(cause)?;
-    let row = client.query_one(
-        sql.request_operator_rollback.as_str(),
-        &[&ids, &cause, &sql.channel],
-    )?;
-    u32_col(&row, "marked")
-}
-
 /// Tells the parent of the finished run `run` (whose transaction must have committed) that it
 /// finished. Must run outside a transaction block. Returns the parent's handler if the parent
 /// became runnable; it is notified unless it is in `quiet`.
@@ -524,176 +370,4 @@ pub(crate) fn register(
     let handlers: Vec<&str> = pairs.iter().map(|p| p.1).collect();
     client.execute(sql.register.as_str(), &[&topics, &handlers, &kind])?;
     Ok(())
-}
-
-/// A top-level run of a root.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct RootRunRow {
-    pub(crate) handler: String,
-    pub(crate) status: RunStatus,
-    pub(crate) failure: Option<Failure>,
-    pub(crate) rollback_failure: Option<Failure>,
-}
-
-pub(crate) fn root_runs(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    root: RootId,
-) -> Result<Vec<RootRunRow>> {
-    client
-        .query(sql.root_runs.as_str(), &[&root.as_uuid()])?
-        .iter()
-        .map(|row| {
-            Ok(RootRunRow {
-                handler: row.try_get("handler")?,
-                status: status(row, "status")?,
-                failure: failure_col(row, "failure")?,
-                rollback_failure: failure_col(row, "rollback_failure")?,
-            })
-        })
-        .collect()
-}
-
-/// One run of a tree, for inspection.
-#[derive(Clone, Debug)]
-pub(crate) struct TreeRow {
-    pub(crate) id: RunId,
-    pub(crate) parent_id: Option<RunId>,
-    pub(crate) handler: String,
-    pub(crate) topic: String,
-    pub(crate) status: RunStatus,
-    pub(crate) step_index: u32,
-    pub(crate) pending_children: u32,
-    pub(crate) depth: u32,
-    pub(crate) failure: Option<Failure>,
-    pub(crate) rollback_failure: Option<Failure>,
-}
-
-pub(crate) fn tree(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    root: RootId,
-) -> Result<Vec<TreeRow>> {
-    client
-        .query(sql.tree.as_str(), &[&root.as_uuid()])?
-        .iter()
-        .map(|row| {
-            Ok(TreeRow {
-                id: RunId::from_uuid(row.try_get("id")?),
-                parent_id: row
-                    .try_get::<_, Option<Uuid>>("parent_id")?
-                    .map(RunId::from_uuid),
-                handler: row.try_get("handler")?,
-                topic: row.try_get("topic")?,
-                status: status(row, "status")?,
-                step_index: u32_col(row, "step_index")?,
-                pending_children: u32_col(row, "pending_children")?,
-                depth: u32_col(row, "depth")?,
-                failure: failure_col(row, "failure")?,
-                rollback_failure: failure_col(row, "rollback_failure")?,
-            })
-        })
-        .collect()
-}
-
-/// One history row.
-#[derive(Clone, Debug)]
-pub(crate) struct HistoryRow {
-    pub(crate) seq: i64,
-    pub(crate) at: SystemTime,
-    pub(crate) kind: EventKind,
-    pub(crate) handler: Option<String>,
-    pub(crate) step: Option<String>,
-    pub(crate) run_id: Option<RunId>,
-    pub(crate) message_id: MessageId,
-    pub(crate) next_step: Option<i32>,
-    pub(crate) failure: Option<Failure>,
-}
-
-pub(crate) fn history(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    root: RootId,
-) -> Result<Vec<HistoryRow>> {
-    client
-        .query(sql.history.as_str(), &[&root.as_uuid()])?
-        .iter()
-        .map(|row| {
-            let event: &str = row.try_get("event")?;
-            Ok(HistoryRow {
-                seq: row.try_get("seq")?,
-                at: row.try_get("at")?,
-                kind: EventKind::parse(event).ok_or_else(|| {
-                    Error::Config(format!("unknown history event {event:?} in the database"))
-                })?,
-                handler: row.try_get("handler")?,
-                step: row.try_get("step")?,
-                run_id: row
-                    .try_get::<_, Option<Uuid>>("run_id")?
-                    .map(RunId::from_uuid),
-                message_id: MessageId::from_uuid(row.try_get("message_id")?),
-                next_step: row.try_get("next_step")?,
-                failure: failure_col(row, "failure")?,
-            })
-        })
-        .collect()
-}
-
-/// A run locked for an out-of-band completion.
-#[derive(Debug)]
-pub(crate) struct ExternalRun {
-    pub(crate) id: RunId,
-    pub(crate) view: RunView,
-    pub(crate) pending_children: u32,
-    pub(crate) seen: bool,
-    pub(crate) kind: Option<String>,
-}
-
-pub(crate) fn lock_external(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    message: MessageId,
-    handler: &str,
-) -> Result<Option<ExternalRun>> {
-    let Some(row) =
-        client.query_opt(sql.lock_external.as_str(), &[&message.as_uuid(), &handler])?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(ExternalRun {
-        id: RunId::from_uuid(row.try_get("id")?),
-        view: run_view(&row)?,
-        pending_children: u32_col(&row, "pending_children")?,
-        seen: row.try_get("seen")?,
-        kind: row.try_get("kind")?,
-    }))
-}
-
-/// A stored message.
-#[derive(Clone, Debug)]
-pub(crate) struct MessageRow {
-    pub(crate) id: MessageId,
-    pub(crate) root_id: RootId,
-    pub(crate) topic: String,
-    pub(crate) payload: String,
-    pub(crate) created_at: SystemTime,
-}
-
-pub(crate) fn message(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    id: MessageId,
-) -> Result<Option<MessageRow>> {
-    client
-        .query_opt(sql.message.as_str(), &[&id.as_uuid()])?
-        .map(|row| {
-            Ok(MessageRow {
-                id: MessageId::from_uuid(row.try_get("id")?),
-                root_id: RootId::from_uuid(row.try_get("root_id")?),
-                topic: row.try_get("topic")?,
-                payload: row.try_get("payload")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
 }

@@ -3,6 +3,10 @@
 
 /// Atomicity of a step's writes (AT-*).
 mod atomicity;
+/// Child failures and their handlers (CF-*).
+mod child_failures;
+/// Compensations across a tree, failed rollbacks, operator requests.
+mod compensation;
 /// Bad configuration gives clear errors.
 mod config;
 /// Failing steps are recorded and release their parents.
