@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::core::RunStatus;
 use crate::core::decide;
+use crate::deadline::Deadlines;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::ids::{MessageId, RootId, RunId, new_uuid};
@@ -183,6 +184,18 @@ impl Client {
         self.launch_in(&mut *conn, topic, payload)
     }
 
+    /// Like [`launch`](Self::launch), with deadlines for the new tree (inherited by every run
+    /// in it).
+    pub fn launch_with<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        payload: &T,
+        deadlines: &Deadlines,
+    ) -> Result<RootId> {
+        let mut conn = self.conn()?;
+        self.launch_in_with(&mut *conn, topic, payload, deadlines)
+    }
+
     /// Like [`launch`](Self::launch), but on the caller's connection or transaction, so the
     /// launch commits (and handlers are notified) together with the caller's own writes.
     pub fn launch_in<C: GenericClient, T: Serialize + ?Sized>(
@@ -190,6 +203,17 @@ impl Client {
         client: &mut C,
         topic: &str,
         payload: &T,
+    ) -> Result<RootId> {
+        self.launch_in_with(client, topic, payload, &Deadlines::new())
+    }
+
+    /// [`launch_in`](Self::launch_in) with deadlines.
+    pub fn launch_in_with<C: GenericClient, T: Serialize + ?Sized>(
+        &self,
+        client: &mut C,
+        topic: &str,
+        payload: &T,
+        deadlines: &Deadlines,
     ) -> Result<RootId> {
         validate::name("topic", topic)?;
         let payload = serde_json::to_string(payload).map_err(|source| Error::Encode {
@@ -202,6 +226,8 @@ impl Client {
             topic: topic.to_owned(),
             payload,
             scoped: false,
+            deadlines: deadlines.to_json(),
+            run_count: 0,
         };
         store::emit(
             client,
@@ -211,6 +237,7 @@ impl Client {
             &[emission],
             CLIENT_WORKER,
             &[],
+            None,
         )?;
         Ok(RootId::from_uuid(id))
     }
@@ -384,6 +411,45 @@ impl Client {
         Ok(Requested::Recorded { runs })
     }
 
+    /// Cancels a whole tree (`Scope::Root`) or one run and its subtree (`Scope::Run`): every
+    /// run of it still on its happy path gives up at its next step boundary (a step that is
+    /// running when the cancellation is recorded is discarded if it finishes after) and rolls
+    /// back; sleeping runs wake to do so at once. Rollbacks already under way are not
+    /// affected. The failure the runs roll back for is
+    /// `structured_cooperation::Cancelled`, with `reason` and `source`.
+    ///
+    /// Refused, with the reason, when there is no such root or run or when nothing in its scope
+    /// is on its happy path any more (a finished tree); nothing is recorded then.
+    pub fn cancel(&self, scope: impl Into<Scope>, source: &str, reason: &str) -> Result<Requested> {
+        let refuse = |reason: String| Ok(Requested::Refused { reason });
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let sql = self.sql();
+        let (root, run, message) = match scope.into() {
+            Scope::Root(root) => {
+                if store::message(&mut tx, sql, root.message_id())?.is_none() {
+                    return refuse(format!("there is no root {root}"));
+                }
+                (root, None, root.message_id())
+            }
+            Scope::Run(run) => match store::run_origin(&mut tx, sql, run)? {
+                Some((root, message)) => (root, Some(run), message),
+                None => return refuse(format!("there is no run {run}")),
+            },
+        };
+        store::lock_root_exclusively(&mut tx, root)?;
+        let runs = store::cancel_scope(&mut tx, sql, root, run)?;
+        if runs.is_empty() {
+            return refuse("nothing to cancel: no run of it is on its happy path".to_owned());
+        }
+        let failure = Failure::cancelled(reason, source);
+        store::record_cancel(&mut tx, sql, root, run, message, &failure, &runs)?;
+        tx.commit()?;
+        Ok(Requested::Recorded {
+            runs: u32::try_from(runs.len()).unwrap_or(u32::MAX),
+        })
+    }
+
     /// Registers `handler` as a listener of `topic` in the durable topology without starting
     /// a runtime, so that messages launched from now on get a run of it (which waits until a
     /// runtime serving the handler starts). Runtimes register their subscriptions themselves
@@ -431,7 +497,16 @@ impl Client {
             return Err(refuse("the run has already finished"));
         }
         let t = decide::complete_external(&run.view, !run.seen, result.err());
-        let applied = store::apply(&mut tx, self.sql(), None, run.id, &t, CLIENT_WORKER, &[])?;
+        let applied = store::apply(
+            &mut tx,
+            self.sql(),
+            None,
+            run.id,
+            &t,
+            CLIENT_WORKER,
+            &[],
+            None,
+        )?;
         tx.commit()?;
         if applied.release_pending {
             // If this fails, the run stays marked and a runtime's sweep releases it.

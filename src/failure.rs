@@ -144,6 +144,7 @@ pub(crate) mod kinds {
     pub(crate) const ROLLBACK_REQUESTED: &str = "structured_cooperation::RollbackRequested";
     pub(crate) const CHILD_OF_COMPENSATION_FAILED: &str =
         "structured_cooperation::CompensationChildFailed";
+    pub(crate) const CANCELLED: &str = "structured_cooperation::Cancelled";
 }
 
 impl Failure {
@@ -189,6 +190,11 @@ impl Failure {
     pub(crate) fn parent_said_so(cause: &Failure, source: &str) -> Failure {
         Failure::new(kinds::PARENT_SAID_SO, "the parent is rolling back", source)
             .with_cause(cause.clone())
+    }
+
+    /// An operator's cancellation.
+    pub(crate) fn cancelled(reason: &str, source: &str) -> Failure {
+        Failure::new(kinds::CANCELLED, reason, source)
     }
 
     /// An operator's request to roll back finished work.

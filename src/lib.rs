@@ -79,6 +79,7 @@
 
 mod client;
 mod core;
+mod deadline;
 mod error;
 mod failure;
 mod ids;
@@ -91,6 +92,7 @@ mod validate;
 
 pub use crate::client::{Client, ClientBuilder, DEFAULT_SCHEMA, Pool};
 pub use crate::core::{EventKind, Next, RunStatus};
+pub use crate::deadline::{DeadlineKind, Deadlines};
 pub use crate::error::{Error, Result};
 pub use crate::failure::{Failure, Frame, StepError, StepResult};
 pub use crate::ids::{MessageId, RootId, RunId};

@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "rollback",
         include_str!("../migrations/0002_rollback.sql"),
     ),
+    (
+        3,
+        "time_and_cancellation",
+        include_str!("../migrations/0003_time_and_cancellation.sql"),
+    ),
 ];
 
 /// The highest migration version this library ships.

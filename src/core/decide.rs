@@ -1,7 +1,7 @@
 //! What a claimed run does next on its happy path, and what a step's outcome (or a
 //! child-failure handler's) turns into. The rollback path is in [`super::rollback`].
 
-use super::state::{EventKind, Instance, InstanceKind, Next, RunStatus, RunView, StepShape};
+use super::state::{EventKind, Instance, InstanceKind, Next, RunStatus, RunView, StepShape, Wake};
 use crate::failure::Failure;
 
 /// What the runtime must do with a run it has just claimed.
@@ -9,6 +9,9 @@ use crate::failure::Failure;
 pub(crate) enum Action {
     /// Run the user's step at `index`; `iteration` counts its consecutive earlier executions.
     RunStep { index: usize, iteration: u32 },
+    /// The run must give up (cancelled, or a deadline passed): on the happy path it fails in
+    /// `step` and starts its rollback; on the rollback path the rollback fails.
+    GiveUp { step: String, failure: Failure },
     /// Children of the latest step instance failed: read their failures and ask
     /// [`child_failures`] what to do.
     HandleChildFailures,
@@ -73,6 +76,8 @@ pub(crate) struct Transition {
     pub(crate) new_instance: Option<Instance>,
     /// Ask the committed children of this step instance to roll back, with this cause.
     pub(crate) rollback_request: Option<(u32, Failure)>,
+    /// When the run may be claimed next.
+    pub(crate) wake: Wake,
     pub(crate) events: Vec<Event>,
 }
 
@@ -92,13 +97,29 @@ impl Transition {
             waited_instance: None,
             new_instance: None,
             rollback_request: None,
+            wake: Wake::Now,
             events: Vec::new(),
         }
     }
 }
 
-/// Decides what a claimed run does.
-pub(crate) fn next_action(run: &RunView, steps: &[StepShape], source: &str) -> Action {
+/// Decides what a claimed run does. `give_up` is why the run must give up now, if it must
+/// (found when it was claimed: a cancellation or a missed deadline); it wins over everything.
+pub(crate) fn next_action(
+    run: &RunView,
+    steps: &[StepShape],
+    give_up: Option<Failure>,
+    source: &str,
+) -> Action {
+    if let Some(failure) = give_up {
+        if !run.status.is_terminal() {
+            let index = (run.step_index as usize).min(steps.len().saturating_sub(1));
+            let step = steps
+                .get(index)
+                .map_or_else(|| format!("#{index}"), |s| s.name.clone());
+            return Action::GiveUp { step, failure };
+        }
+    }
     match run.status {
         RunStatus::Active if run.failed_children > 0 => Action::HandleChildFailures,
         RunStatus::Active => {
@@ -138,6 +159,15 @@ pub(crate) fn target(
         Next::Continue => Ok(from + 1),
         Next::Repeat => Ok(from),
         Next::GoTo(target) if target < steps.len() => Ok(target),
+        Next::GoToStep(name) => steps.iter().position(|s| s.name == name).ok_or_else(|| {
+            let known: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+            Failure::new(
+                "structured_cooperation::InvalidGoTo",
+                format!("goto step {name:?}: the saga has no such step (it has {known:?})"),
+                source,
+            )
+            .with_step(steps[from].name.as_str())
+        }),
         Next::GoTo(target) => Err(Failure::new(
             "structured_cooperation::InvalidGoTo",
             format!(

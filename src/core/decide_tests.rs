@@ -31,7 +31,7 @@ fn completed(r: &RunView, n: usize, index: usize, next: Next, children: u32) -> 
 #[test]
 fn a_fresh_run_starts_with_its_first_step() {
     assert_eq!(
-        next_action(&run(0), &steps(2), "h[1]"),
+        next_action(&run(0), &steps(2), None, "h[1]"),
         Action::RunStep {
             index: 0,
             iteration: 0
@@ -82,7 +82,7 @@ fn the_last_step_with_children_commits_after_them() {
     let t = completed(&run(1), 2, 1, Next::Continue, 2);
     assert_eq!((t.status, t.step_index), (RunStatus::Active, 2));
     let later = run(2);
-    assert_eq!(next_action(&later, &steps(2), "h[1]"), Action::Commit);
+    assert_eq!(next_action(&later, &steps(2), None, "h[1]"), Action::Commit);
     let c = commit(&later, &steps(2));
     assert_eq!(c.status, RunStatus::Committed);
     assert_eq!(kinds(&c), vec![(EventKind::Committed, Some("1"))]);
@@ -97,7 +97,7 @@ fn repeat_counts_iterations_and_other_steps_reset_them() {
         ..run(0)
     };
     assert_eq!(
-        next_action(&again, &steps(2), "h[1]"),
+        next_action(&again, &steps(2), None, "h[1]"),
         Action::RunStep {
             index: 0,
             iteration: 1
@@ -125,7 +125,7 @@ fn goto_out_of_bounds_fails_the_run() {
 
 #[test]
 fn a_run_past_the_end_of_a_shortened_saga_is_abandoned() {
-    match next_action(&run(5), &steps(2), "h[1]") {
+    match next_action(&run(5), &steps(2), None, "h[1]") {
         Action::Abandon(f) => assert!(f.message().contains("saga has 2 steps"), "{f}"),
         other => panic!("unexpected {other:?}"),
     }
@@ -147,7 +147,7 @@ fn failed_children_without_a_handler_fail_the_run() {
         ..run(1)
     };
     assert_eq!(
-        next_action(&r, &steps(2), "h[1]"),
+        next_action(&r, &steps(2), None, "h[1]"),
         Action::HandleChildFailures
     );
     let latest = Instance {
@@ -250,4 +250,52 @@ fn rollback_failures_of_children_are_reported_as_such() {
         "structured_cooperation::ChildRollbackFailed"
     );
     assert_eq!(failure.causes().len(), 2);
+}
+
+#[test]
+fn goto_by_name_resolves_or_fails_clearly() {
+    let shapes = vec![StepShape::plain("check"), StepShape::plain("retry")];
+    let t = done(after_step(
+        &run(0),
+        &shapes,
+        0,
+        Next::GoToStep("retry"),
+        0,
+        "h[1]",
+    ));
+    assert_eq!(t.step_index, 1);
+    let f = after_step(&run(0), &shapes, 0, Next::GoToStep("nope"), 0, "h[1]").unwrap_err();
+    assert_eq!(
+        f.message(),
+        "goto step \"nope\": the saga has no such step (it has [\"check\", \"retry\"])"
+    );
+}
+
+#[test]
+fn giving_up_wins_over_everything_on_both_paths() {
+    let reason = Failure::new("structured_cooperation::Cancelled", "stop", "ops");
+    let r = RunView {
+        failed_children: 2,
+        ..run(1)
+    };
+    assert_eq!(
+        next_action(&r, &steps(2), Some(reason.clone()), "h[1]"),
+        Action::GiveUp {
+            step: "1".to_owned(),
+            failure: reason.clone()
+        }
+    );
+    let past_end = run(2);
+    assert!(matches!(
+        next_action(&past_end, &steps(2), Some(reason.clone()), "h[1]"),
+        Action::GiveUp { step, .. } if step == "1"
+    ));
+    let finished = RunView {
+        status: RunStatus::Committed,
+        ..run(2)
+    };
+    assert_eq!(
+        next_action(&finished, &steps(2), Some(reason), "h[1]"),
+        Action::Nothing
+    );
 }

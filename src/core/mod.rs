@@ -19,4 +19,4 @@ pub(crate) mod schedule;
 mod state;
 
 pub use state::{EventKind, Next, RunStatus};
-pub(crate) use state::{Instance, InstanceKind, RunView, StepShape};
+pub(crate) use state::{Instance, InstanceKind, RunView, StepShape, Wake};

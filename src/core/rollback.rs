@@ -293,6 +293,23 @@ pub(crate) fn resume(ctx: &Ctx<'_>) -> Advance {
     advance(ctx, cursor, events, true)
 }
 
+/// A rolling-back run must give up (its rollback or absolute deadline passed): its rollback
+/// fails at the sub-step it would have run next, which does not run.
+pub(crate) fn give_up(ctx: &Ctx<'_>, failure: Failure) -> Transition {
+    let mut events = Vec::new();
+    if !ctx.run.rollback_seen {
+        events.push(Event::new(EventKind::RollingBack, None).with_failure(ctx.cause));
+    }
+    let cursor = ctx.run.rollback_cursor.unwrap_or(0) as usize;
+    let name = ctx
+        .plan
+        .subs
+        .get(cursor)
+        .or(ctx.plan.subs.last())
+        .map_or(ctx.plan.sentinel.as_str(), |s| s.name.as_str());
+    ctx.failed(name, failure, events)
+}
+
 /// The compensating action `c` ended. If it emitted messages (`emitted`), they form a new
 /// instance whose `children` runs the rollback waits for.
 pub(crate) fn after_compensation(

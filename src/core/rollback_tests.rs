@@ -383,3 +383,34 @@ fn a_compensation_that_emits_waits_for_its_children_and_fails_if_they_do() {
         kinds::CHILD_OF_COMPENSATION_FAILED
     );
 }
+
+#[test]
+fn a_missed_rollback_deadline_fails_the_rollback_where_it_stands() {
+    let steps = shapes(&["0", "1"], &[0, 1]);
+    let plan = plan(&[inst(0, 0, None), inst(1, 1, None)], &steps);
+    let run = RunView {
+        status: RunStatus::RollingBack,
+        rollback_cursor: Some(2),
+        instances: 2,
+        rollback_seen: true,
+        ..RunView::default()
+    };
+    let children = HashMap::new();
+    let c = cause();
+    let ctx = Ctx {
+        run: &run,
+        steps: &steps,
+        plan: &plan,
+        cause: &c,
+        children: &children,
+        source: "h[1]",
+    };
+    let late = Failure::new("structured_cooperation::MissedDeadline", "too late", "ops");
+    let t = give_up(&ctx, late.clone());
+    assert_eq!(t.status, RunStatus::RollbackFailed);
+    assert_eq!(t.rollback_failure, Some(late));
+    assert_eq!(
+        trace(&t),
+        ["ROLLBACK_FAILED(Rollback of 0[0,] (rolling back child scopes))"]
+    );
+}

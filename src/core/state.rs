@@ -14,6 +14,9 @@ pub enum Next {
     Repeat,
     /// Run the step at this index next (forwards or backwards).
     GoTo(usize),
+    /// Run the step with this name next. An unknown name fails the run with a clear message
+    /// when the step returns (a saga cannot see inside its closures when it is built).
+    GoToStep(&'static str),
 }
 
 impl From<()> for Next {
@@ -158,6 +161,18 @@ pub(crate) struct RunView {
     pub(crate) waited_instance: Option<u32>,
     /// False until a requested rollback has written its `ROLLING_BACK`.
     pub(crate) rollback_seen: bool,
+}
+
+/// When the run's next step may start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum Wake {
+    /// At once.
+    #[default]
+    Now,
+    /// This long after the step commits (measured with the database clock).
+    After(std::time::Duration),
+    /// Not before this time.
+    At(std::time::SystemTime),
 }
 
 /// What a saga tells the core about one of its steps.

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 
 use postgres::Transaction;
 
 use super::{HandlerEntry, Shared, bump};
-use crate::core::Next;
 use crate::core::decide::{self, ChildFailurePlan, ChildrenOf, Transition};
 use crate::core::rollback::{self, Advance};
+use crate::core::{Next, Wake};
 use crate::error::{Error, Result};
 use crate::failure::{Failure, StepResult};
 use crate::saga::{
@@ -39,8 +40,15 @@ struct Called<'c, T> {
     tx: Transaction<'c>,
     emissions: Vec<crate::saga::Emission>,
     savepoint: bool,
+    /// When the run's next step may start, as the code asked.
+    wake: Wake,
     result: std::result::Result<T, Failure>,
 }
+
+/// Which give-up check runs before the results of user code are written: none, or the
+/// happy path's or the rollback path's.
+const HAPPY_PATH: Option<bool> = Some(false);
+const ROLLBACK_PATH: Option<bool> = Some(true);
 
 impl<'a> Exec<'a> {
     fn sql(&self) -> &'a store::Sql {
@@ -55,7 +63,9 @@ impl<'a> Exec<'a> {
             .map_or_else(|| format!("#{index}"), |s| s.name.clone())
     }
 
-    /// Runs `body` with a step context over `tx`, catching panics.
+    /// Runs `body` with a step context over `tx`, catching panics. `successor_ran` matters
+    /// only to compensations (see `StepContext::successor_ran`).
+    #[allow(clippy::too_many_arguments)]
     fn call<'c, T>(
         &self,
         tx: Transaction<'c>,
@@ -63,6 +73,7 @@ impl<'a> Exec<'a> {
         phase: Phase,
         index: usize,
         iteration: u32,
+        successor_ran: bool,
         body: impl FnOnce(&mut StepContext<'_>) -> StepResult<T>,
     ) -> Result<Called<'c, T>> {
         let step = self.step_name(index);
@@ -76,10 +87,14 @@ impl<'a> Exec<'a> {
             step_index: index,
             iteration,
             phase,
+            run_count: self.run.run_count,
+            payload: Arc::from(self.run.payload.as_str()),
+            successor_ran,
+            give_up_sql: self.sql().give_up.clone(),
         };
         let mut ctx = StepContext::new(tx, info, user);
         let result = panic::catch_unwind(AssertUnwindSafe(|| body(&mut ctx)));
-        let (tx, emissions, savepoint) = ctx.into_parts();
+        let (tx, emissions, savepoint, wake) = ctx.into_parts();
         let savepoint = match savepoint {
             SavepointState::Failed(e) => return Err(e.into()),
             SavepointState::Taken => true,
@@ -103,6 +118,7 @@ impl<'a> Exec<'a> {
             tx,
             emissions,
             savepoint,
+            wake,
             result,
         })
     }
@@ -123,6 +139,7 @@ impl<'a> Exec<'a> {
         cache: &mut StmtCache,
         step: &str,
         emissions: &[crate::saga::Emission],
+        check: Option<bool>,
     ) -> Result<store::Emitted> {
         let emitter = Emitter {
             root_id: self.run.root_id,
@@ -139,11 +156,13 @@ impl<'a> Exec<'a> {
             emissions,
             &self.shared.instance,
             self.quiet,
+            check,
         )
     }
 
     /// Persists `t` (first asking children to roll back, if it says so). `emissions` are what
-    /// the user code of the instance `t` records emitted.
+    /// the user code of the instance `t` records emitted; `check` is the give-up check to run
+    /// first, if any.
     fn persist(
         &self,
         tx: &mut Transaction<'_>,
@@ -151,6 +170,7 @@ impl<'a> Exec<'a> {
         mut t: Transition,
         mut woken: Vec<String>,
         emissions: &[crate::saga::Emission],
+        check: Option<bool>,
     ) -> Result<Done> {
         if let Some((instance, cause)) = &t.rollback_request {
             let requested =
@@ -171,6 +191,7 @@ impl<'a> Exec<'a> {
             &t,
             &self.shared.instance,
             &messages,
+            check,
         )?;
         Ok(Done {
             transition: t,
@@ -191,7 +212,14 @@ impl<'a> Exec<'a> {
         let children = store::children(tx, self.sql(), self.run.id)?;
         let plan = rollback::plan(&instances, self.entry.saga.shapes());
         let ctx = self.rollback_ctx(&plan, &failure, &children);
-        self.persist(tx, cache, rollback::begin(&ctx, step), Vec::new(), &[])
+        self.persist(
+            tx,
+            cache,
+            rollback::begin(&ctx, step),
+            Vec::new(),
+            &[],
+            None,
+        )
     }
 
     fn rollback_ctx<'p>(
@@ -241,13 +269,14 @@ impl<'a> Exec<'a> {
     ) -> Result<(Done, Transaction<'c>)> {
         let saga = &self.entry.saga;
         let payload = self.run.payload.as_str();
-        let called = self.call(tx, user, Phase::Step, index, iteration, |ctx| {
+        let called = self.call(tx, user, Phase::Step, index, iteration, false, |ctx| {
             saga.run_step(index, ctx, payload)
         })?;
         let Called {
             mut tx,
             emissions,
             savepoint,
+            wake,
             result,
         } = called;
         let step = self.step_name(index);
@@ -258,7 +287,7 @@ impl<'a> Exec<'a> {
         let failure = match result {
             Ok(next) => {
                 let written = (|| {
-                    let emitted = self.emit(&mut tx, cache, &step, &emissions)?;
+                    let emitted = self.emit(&mut tx, cache, &step, &emissions, HAPPY_PATH)?;
                     match decide::after_step(
                         &self.run.view,
                         shapes,
@@ -267,9 +296,18 @@ impl<'a> Exec<'a> {
                         emitted.children,
                         &self.entry.source,
                     ) {
-                        Ok(t) => self
-                            .persist(&mut tx, cache, t, emitted.handlers, &emissions)
-                            .map(Ok),
+                        Ok(mut t) => {
+                            t.wake = wake;
+                            self.persist(
+                                &mut tx,
+                                cache,
+                                t,
+                                emitted.handlers,
+                                &emissions,
+                                HAPPY_PATH,
+                            )
+                            .map(Ok)
+                        }
                         Err(failure) => Ok(Err(failure)),
                     }
                 })();
@@ -335,10 +373,17 @@ impl<'a> Exec<'a> {
             mut tx,
             emissions,
             savepoint,
+            wake,
             result,
-        } = self.call(tx, user, Phase::ChildFailures, index, iteration, |ctx| {
-            saga.handle_child_failures(index, ctx, payload, &failures)
-        })?;
+        } = self.call(
+            tx,
+            user,
+            Phase::ChildFailures,
+            index,
+            iteration,
+            false,
+            |ctx| saga.handle_child_failures(index, ctx, payload, &failures),
+        )?;
         let step = self.step_name(index);
         let result = result.and_then(|next: Next| {
             decide::target(next, index, shapes, &self.entry.source).map(|_| next)
@@ -346,7 +391,7 @@ impl<'a> Exec<'a> {
         let failure = match result {
             Ok(next) => {
                 let written = (|| {
-                    let emitted = self.emit(&mut tx, cache, &step, &emissions)?;
+                    let emitted = self.emit(&mut tx, cache, &step, &emissions, HAPPY_PATH)?;
                     match decide::after_child_failures(
                         &self.run.view,
                         shapes,
@@ -356,9 +401,18 @@ impl<'a> Exec<'a> {
                         emitted.children,
                         &self.entry.source,
                     ) {
-                        Ok(t) => self
-                            .persist(&mut tx, cache, t, emitted.handlers, &emissions)
-                            .map(Ok),
+                        Ok(mut t) => {
+                            t.wake = wake;
+                            self.persist(
+                                &mut tx,
+                                cache,
+                                t,
+                                emitted.handlers,
+                                &emissions,
+                                HAPPY_PATH,
+                            )
+                            .map(Ok)
+                        }
                         Err(failure) => Ok(Err(failure)),
                     }
                 })();
@@ -384,20 +438,14 @@ impl<'a> Exec<'a> {
         mut tx: Transaction<'c>,
     ) -> Result<(Done, Transaction<'c>)> {
         let sql = self.sql();
-        let cause = self.run.cause()?.unwrap_or_else(|| {
-            Failure::new(
-                "structured_cooperation::UnknownCause",
-                "the run is rolling back but its cause was not recorded",
-                self.entry.source.as_str(),
-            )
-        });
+        let cause = self.cause()?;
         let instances = store::instances(&mut tx, sql, self.run.id)?;
         let children = store::children(&mut tx, sql, self.run.id)?;
         let plan = rollback::plan(&instances, self.entry.saga.shapes());
         let ctx = self.rollback_ctx(&plan, &cause, &children);
         let pending = match rollback::resume(&ctx) {
             Advance::Done(t) => {
-                let done = self.persist(&mut tx, cache, *t, Vec::new(), &[])?;
+                let done = self.persist(&mut tx, cache, *t, Vec::new(), &[], None)?;
                 return Ok((done, tx));
             }
             Advance::Compensate(pending) => pending,
@@ -407,6 +455,12 @@ impl<'a> Exec<'a> {
             pending.instance.iteration,
             pending.name.clone(),
         );
+        // Whether the step after the one undone ran after it (try/finally's marker).
+        let successor_ran = instances.iter().any(|i| {
+            i.seq > pending.instance.seq
+                && i.step == step + 1
+                && i.kind == crate::core::InstanceKind::Step
+        });
         let saga = &self.entry.saga;
         let payload = self.run.payload.as_str();
         let Called {
@@ -414,13 +468,20 @@ impl<'a> Exec<'a> {
             emissions,
             savepoint,
             result,
-        } = self.call(tx, user, Phase::Compensation, step, iteration, |ctx| {
-            saga.compensate(step, ctx, payload, &cause)
-        })?;
+            ..
+        } = self.call(
+            tx,
+            user,
+            Phase::Compensation,
+            step,
+            iteration,
+            successor_ran,
+            |ctx| saga.compensate(step, ctx, payload, &cause),
+        )?;
         let outcome = match result {
             Ok(()) => {
                 let written = self
-                    .emit(&mut tx, cache, &name, &emissions)
+                    .emit(&mut tx, cache, &name, &emissions, ROLLBACK_PATH)
                     .and_then(|emitted| {
                         let t = rollback::after_compensation(
                             &ctx,
@@ -429,7 +490,14 @@ impl<'a> Exec<'a> {
                             !emissions.is_empty(),
                             emitted.children,
                         );
-                        self.persist(&mut tx, cache, t, emitted.handlers, &emissions)
+                        self.persist(
+                            &mut tx,
+                            cache,
+                            t,
+                            emitted.handlers,
+                            &emissions,
+                            ROLLBACK_PATH,
+                        )
                     });
                 match written {
                     Ok(done) => return Ok((done, tx)),
@@ -440,17 +508,66 @@ impl<'a> Exec<'a> {
         };
         Self::discard(&mut tx, savepoint)?;
         let t = rollback::after_compensation(&ctx, pending, outcome, false, 0);
-        let done = self.persist(&mut tx, cache, t, Vec::new(), &[])?;
+        let done = self.persist(&mut tx, cache, t, Vec::new(), &[], None)?;
         Ok((done, tx))
     }
 
-    /// Persists a transition that runs no user code.
+    /// Persists a transition that runs no user code (with the happy path's give-up check when
+    /// `check` is set: a commit must not happen after a cancellation was recorded).
     pub(crate) fn bookkeeping(
         &self,
         cache: &mut StmtCache,
         tx: &mut Transaction<'_>,
         t: Transition,
+        check: bool,
     ) -> Result<Done> {
-        self.persist(tx, cache, t, Vec::new(), &[])
+        self.persist(tx, cache, t, Vec::new(), &[], check.then_some(false))
+    }
+
+    /// The run must give up: on the happy path it fails and starts its rollback; on the
+    /// rollback path its rollback fails where it stands.
+    pub(crate) fn give_up<'c>(
+        &self,
+        cache: &mut StmtCache,
+        mut tx: Transaction<'c>,
+        step: &str,
+        failure: Failure,
+    ) -> Result<(Done, Transaction<'c>)> {
+        log::info!(
+            "{}: run {} gives up: {}",
+            self.entry.name,
+            self.run.id,
+            failure.message()
+        );
+        if self.run.view.status != crate::core::RunStatus::RollingBack {
+            let done = self.fail(&mut tx, cache, step, failure)?;
+            return Ok((done, tx));
+        }
+        let cause = self.cause()?;
+        let sql = self.sql();
+        let instances = store::instances(&mut tx, sql, self.run.id)?;
+        let children = store::children(&mut tx, sql, self.run.id)?;
+        let plan = rollback::plan(&instances, self.entry.saga.shapes());
+        let ctx = self.rollback_ctx(&plan, &cause, &children);
+        let done = self.persist(
+            &mut tx,
+            cache,
+            rollback::give_up(&ctx, failure),
+            Vec::new(),
+            &[],
+            None,
+        )?;
+        Ok((done, tx))
+    }
+
+    /// The run's rollback cause.
+    fn cause(&self) -> Result<Failure> {
+        Ok(self.run.cause()?.unwrap_or_else(|| {
+            Failure::new(
+                "structured_cooperation::UnknownCause",
+                "the run is rolling back but its cause was not recorded",
+                self.entry.source.as_str(),
+            )
+        }))
     }
 }

@@ -111,6 +111,32 @@ impl Runtime {
         Ok(root)
     }
 
+    /// Cancels a tree or subtree; see [`Client::cancel`].
+    pub fn cancel(
+        &self,
+        scope: impl Into<crate::Scope>,
+        source: &str,
+        reason: &str,
+    ) -> Result<crate::Requested> {
+        self.shared.client.cancel(scope, source, reason)
+    }
+
+    /// Launches with deadlines; see [`Client::launch_with`].
+    pub fn launch_with<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        payload: &T,
+        deadlines: &crate::Deadlines,
+    ) -> Result<RootId> {
+        let root = self.shared.client.launch_with(topic, payload, deadlines)?;
+        if let Some(handlers) = self.shared.by_topic.get(topic) {
+            for &h in handlers {
+                let _ = self.shared.events.send(Event::Hint(h));
+            }
+        }
+        Ok(root)
+    }
+
     /// Launches in the caller's transaction; see [`Client::launch_in`].
     pub fn launch_in<C: GenericClient, T: Serialize + ?Sized>(
         &self,
@@ -284,6 +310,9 @@ pub struct RuntimeStats {
     pub sweeps: u64,
     /// Times the `LISTEN` connection was re-established.
     pub listener_reconnects: u64,
+    /// Steps whose results were discarded because the run was cancelled (or missed a deadline)
+    /// while they ran.
+    pub gave_up_after_step: u64,
 }
 
 #[derive(Debug, Default)]
@@ -294,6 +323,7 @@ pub(crate) struct Counters {
     infra_errors: AtomicU64,
     sweeps: AtomicU64,
     listener_reconnects: AtomicU64,
+    pub(crate) gave_up_after_step: AtomicU64,
 }
 
 impl Counters {
@@ -306,6 +336,7 @@ impl Counters {
             infra_errors: get(&self.infra_errors),
             sweeps: get(&self.sweeps),
             listener_reconnects: get(&self.listener_reconnects),
+            gave_up_after_step: get(&self.gave_up_after_step),
         }
     }
 }

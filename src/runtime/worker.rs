@@ -209,25 +209,45 @@ fn process(
         quiet: &quiet,
     };
     let shapes = entry.saga.shapes();
-    let (done, tx) = match decide::next_action(&run.view, shapes, &entry.source) {
-        Action::RunStep { index, iteration } => exec.step(cache, user, tx, index, iteration)?,
-        Action::HandleChildFailures => exec.child_failures(cache, user, tx)?,
-        Action::Rollback => exec.rollback(cache, user, tx)?,
-        Action::Commit => {
-            let done = exec.bookkeeping(cache, &mut tx, decide::commit(&run.view, shapes))?;
-            (done, tx)
-        }
-        Action::Abandon(failure) => {
-            log::error!("{}: run {}: {failure}", entry.name, run.id);
-            let done = exec.bookkeeping(cache, &mut tx, decide::abandon(&run.view, failure))?;
-            (done, tx)
-        }
-        Action::Nothing => {
-            tx.rollback()?;
-            return Ok(Processed::Ran);
+    // In a block of its own, so that nothing borrowing the connection outlives the commit.
+    let done = {
+        let outcome =
+            match decide::next_action(&run.view, shapes, run.give_up.clone(), &entry.source) {
+                Action::RunStep { index, iteration } => {
+                    exec.step(cache, user, tx, index, iteration)
+                }
+                Action::GiveUp { step, failure } => exec.give_up(cache, tx, &step, failure),
+                Action::HandleChildFailures => exec.child_failures(cache, user, tx),
+                Action::Rollback => exec.rollback(cache, user, tx),
+                Action::Commit => exec
+                    .bookkeeping(cache, &mut tx, decide::commit(&run.view, shapes), true)
+                    .map(|done| (done, tx)),
+                Action::Abandon(failure) => {
+                    log::error!("{}: run {}: {failure}", entry.name, run.id);
+                    exec.bookkeeping(cache, &mut tx, decide::abandon(&run.view, failure), false)
+                        .map(|done| (done, tx))
+                }
+                Action::Nothing => {
+                    tx.rollback()?;
+                    return Ok(Processed::Ran);
+                }
+            };
+        match outcome {
+            Ok((done, tx)) => {
+                tx.commit()?;
+                done
+            }
+            Err(e) => {
+                if store::is_give_up(&e).is_some() {
+                    // The run was cancelled (or missed a deadline) while its step ran: the step's
+                    // transaction is discarded, and the run, claimed again, gives up.
+                    bump(&shared.stats.gave_up_after_step);
+                    return Ok(Processed::Ran);
+                }
+                return Err(e);
+            }
         }
     };
-    tx.commit()?;
     bump(&shared.stats.steps);
     let woken_parent = if done.applied.release_pending {
         release(shared, client, cache, run.id, &quiet)

@@ -2,12 +2,14 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use postgres::{Statement, Transaction};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::core::Next;
+use crate::core::{Next, Wake};
+use crate::deadline::Deadlines;
 use crate::error::{Error, Result};
 use crate::failure::{Failure, StepError};
 use crate::ids::{MessageId, RootId, RunId, new_uuid};
@@ -82,6 +84,14 @@ pub(crate) struct StepInfo {
     pub(crate) step_index: usize,
     pub(crate) iteration: u32,
     pub(crate) phase: Phase,
+    /// For periodic sagas: how many runs of the chain came before this one.
+    pub(crate) run_count: u32,
+    /// The message's payload as stored (for a periodic saga's next run).
+    pub(crate) payload: Arc<str>,
+    /// In a compensation: whether the step after the one undone ran after it (try/finally).
+    pub(crate) successor_ran: bool,
+    /// `SELECT give_up_reason($1, $2, $3)` for this schema.
+    pub(crate) give_up_sql: Arc<str>,
 }
 
 /// A message to be written when the step returns.
@@ -92,6 +102,10 @@ pub(crate) struct Emission {
     pub(crate) payload: String,
     /// `true` for a child of this run, `false` for a launch on the global scope.
     pub(crate) scoped: bool,
+    /// Deadlines given with the emission, as JSON for the emit statement.
+    pub(crate) deadlines: Option<String>,
+    /// For the next run of a periodic saga: how many came before it.
+    pub(crate) run_count: u32,
 }
 
 /// The savepoint taken before user code first touches the transaction.
@@ -115,6 +129,7 @@ pub struct StepContext<'c> {
     info: StepInfo,
     emissions: Vec<Emission>,
     statements: &'c mut UserStatements,
+    wake: Wake,
 }
 
 /// Statements prepared by step code with [`StepContext::prepare_cached`], per connection.
@@ -137,6 +152,7 @@ impl<'c> StepContext<'c> {
             info,
             emissions: Vec::new(),
             statements,
+            wake: Wake::Now,
         }
     }
 
@@ -188,13 +204,38 @@ impl<'c> StepContext<'c> {
     ///
     /// The message is written when the step returns successfully; its id is known at once.
     pub fn emit<T: Serialize + ?Sized>(&mut self, topic: &str, payload: &T) -> Result<MessageId> {
-        self.push(topic, payload, true).map(MessageId::from_uuid)
+        self.push(topic, payload, true, None)
+            .map(MessageId::from_uuid)
+    }
+
+    /// Like [`emit`](Self::emit), with deadlines for the child (and everything below it) on top
+    /// of the ones it inherits from this run; the earliest of each kind wins.
+    pub fn emit_with<T: Serialize + ?Sized>(
+        &mut self,
+        topic: &str,
+        payload: &T,
+        deadlines: &Deadlines,
+    ) -> Result<MessageId> {
+        self.push(topic, payload, true, deadlines.to_json())
+            .map(MessageId::from_uuid)
     }
 
     /// Launches a message on the global scope: a new, independent cooperation root that this
-    /// run does not wait for. It is written atomically with the step.
+    /// run does not wait for. It is written atomically with the step, and inherits nothing.
     pub fn launch<T: Serialize + ?Sized>(&mut self, topic: &str, payload: &T) -> Result<RootId> {
-        self.push(topic, payload, false).map(RootId::from_uuid)
+        self.push(topic, payload, false, None)
+            .map(RootId::from_uuid)
+    }
+
+    /// Like [`launch`](Self::launch), with deadlines for the new root.
+    pub fn launch_with<T: Serialize + ?Sized>(
+        &mut self,
+        topic: &str,
+        payload: &T,
+        deadlines: &Deadlines,
+    ) -> Result<RootId> {
+        self.push(topic, payload, false, deadlines.to_json())
+            .map(RootId::from_uuid)
     }
 
     fn push<T: Serialize + ?Sized>(
@@ -202,6 +243,7 @@ impl<'c> StepContext<'c> {
         topic: &str,
         payload: &T,
         scoped: bool,
+        deadlines: Option<String>,
     ) -> Result<Uuid> {
         validate::name("topic", topic)?;
         let payload = serde_json::to_string(payload).map_err(|source| Error::Encode {
@@ -214,8 +256,74 @@ impl<'c> StepContext<'c> {
             topic: topic.to_owned(),
             payload,
             scoped,
+            deadlines,
+            run_count: 0,
         });
         Ok(id)
+    }
+
+    /// Starts the next run of a periodic saga: this message's topic and payload again, on the
+    /// global scope, counting one more run.
+    pub(crate) fn relaunch_next(&mut self) {
+        self.emissions.push(Emission {
+            id: new_uuid(),
+            topic: self.info.topic.clone(),
+            payload: self.info.payload.to_string(),
+            scoped: false,
+            deadlines: None,
+            run_count: self.info.run_count + 1,
+        });
+    }
+
+    /// Makes the run's next step (or its commit) wait `delay` after this step commits —
+    /// measured with the database clock, and durable: a restart does not shorten or lose it.
+    /// The run still wakes early for its deadlines and for a cancellation.
+    pub fn delay_next(&mut self, delay: Duration) {
+        self.wake = Wake::After(delay);
+    }
+
+    /// Makes the run's next step wait until `at` (a past time means at once).
+    pub fn next_not_before(&mut self, at: SystemTime) {
+        self.wake = Wake::At(at);
+    }
+
+    /// Whether the run should stop: it was cancelled (on the happy path) or one of its
+    /// deadlines passed. A long step can ask now and then, and return early; the runtime also
+    /// checks before and after every step.
+    pub fn should_give_up(&mut self) -> std::result::Result<bool, postgres::Error> {
+        Ok(self.give_up_reason()?.is_some())
+    }
+
+    /// Fails the step with the reason the run should stop (see
+    /// [`should_give_up`](Self::should_give_up)), if there is one.
+    pub fn give_up_if_necessary(&mut self) -> crate::failure::StepResult<()> {
+        match self.give_up_reason()? {
+            Some(failure) => Err(StepError::from_failure(failure)),
+            None => Ok(()),
+        }
+    }
+
+    fn give_up_reason(&mut self) -> std::result::Result<Option<Failure>, postgres::Error> {
+        let (sql, root, run) = (
+            self.info.give_up_sql.clone(),
+            self.info.root_id.as_uuid(),
+            self.info.run_id.as_uuid(),
+        );
+        let rolling_back = self.info.phase == Phase::Compensation;
+        let text: Option<String> = self
+            .tx()
+            .query_one(&*sql, &[&root, &run, &rolling_back])?
+            .get(0);
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// For periodic sagas: how many runs of the chain came before this one (0 for the first).
+    pub fn run_count(&self) -> u32 {
+        self.info.run_count
+    }
+
+    pub(crate) fn successor_ran(&self) -> bool {
+        self.info.successor_ran
     }
 
     /// The handler (saga) name.
@@ -265,15 +373,15 @@ impl<'c> StepContext<'c> {
         self.info.phase
     }
 
-    /// Returns the transaction, the buffered emissions, and whether (and how) a savepoint was
-    /// taken.
-    pub(crate) fn into_parts(self) -> (Transaction<'c>, Vec<Emission>, SavepointState) {
+    /// Returns the transaction, the buffered emissions, whether (and how) a savepoint was
+    /// taken, and when the next step may run.
+    pub(crate) fn into_parts(self) -> (Transaction<'c>, Vec<Emission>, SavepointState, Wake) {
         let state = match self.savepoint {
             Savepoint::NotTaken => SavepointState::NotTaken,
             Savepoint::Taken => SavepointState::Taken,
             Savepoint::Failed(e) => SavepointState::Failed(e),
         };
-        (self.tx, self.emissions, state)
+        (self.tx, self.emissions, state, self.wake)
     }
 }
 

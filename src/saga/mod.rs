@@ -6,6 +6,7 @@ mod context;
 use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
@@ -262,6 +263,113 @@ impl<P: DeserializeOwned + 'static> SagaBuilder<P> {
             None => self.misplaced = Some("on_child_failures"),
         }
         self
+    }
+
+    /// Appends a step (named after its index) that does nothing but make the next step wait
+    /// `duration` — a durable sleep: it survives restarts, is measured with the database
+    /// clock, and ends early for a cancellation or a deadline (the run then gives up).
+    pub fn sleep(self, duration: Duration) -> Self {
+        self.push(
+            None,
+            move |ctx: &mut StepContext<'_>, _: &P| -> StepResult {
+                ctx.delay_next(duration);
+                Ok(())
+            },
+        )
+    }
+
+    /// [`sleep`](Self::sleep) with an explicit step name.
+    pub fn sleep_named(self, name: impl Into<String>, duration: Duration) -> Self {
+        self.push(
+            Some(name.into()),
+            move |ctx: &mut StepContext<'_>, _: &P| -> StepResult {
+                ctx.delay_next(duration);
+                Ok(())
+            },
+        )
+    }
+
+    /// Appends a step that runs no earlier than `at(payload)`: two steps,
+    /// `"<n> (waiting for scheduled time)"` (which waits) and `"<n>"` (which runs `body`),
+    /// where `n` is the index of the first. A time in the past runs it at once.
+    pub fn scheduled_step<A, F, O>(self, at: A, body: F) -> Self
+    where
+        A: Fn(&P) -> SystemTime + Send + Sync + 'static,
+        F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
+        O: Into<Next>,
+    {
+        let name = self.steps.len().to_string();
+        self.scheduled_step_named(name, at, body)
+    }
+
+    /// [`scheduled_step`](Self::scheduled_step) with an explicit name `n`.
+    pub fn scheduled_step_named<A, F, O>(self, name: impl Into<String>, at: A, body: F) -> Self
+    where
+        A: Fn(&P) -> SystemTime + Send + Sync + 'static,
+        F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
+        O: Into<Next>,
+    {
+        let name = name.into();
+        self.push(
+            Some(format!("{name} (waiting for scheduled time)")),
+            move |ctx: &mut StepContext<'_>, payload: &P| -> StepResult {
+                ctx.next_not_before(at(payload));
+                Ok(())
+            },
+        )
+        .push(Some(name), body)
+    }
+
+    /// Makes the saga periodic: appends `"<n> (sleep)"`, which waits `every`, and
+    /// `"<n> (launch next)"`, which launches this saga's message again (same topic and payload)
+    /// on the global scope, as an independent tree, until `runs` runs in all happened (forever
+    /// with `None`). Steps see their place in the chain with [`StepContext::run_count`].
+    ///
+    /// Placed first, the next run is scheduled even if this one later fails (and runs may
+    /// overlap); placed last, a failing run ends the chain.
+    pub fn periodic(self, every: Duration, runs: Option<u32>) -> Self {
+        let n = self.steps.len();
+        self.sleep_named(format!("{n} (sleep)"), every).push(
+            Some(format!("{n} (launch next)")),
+            move |ctx: &mut StepContext<'_>, _: &P| -> StepResult {
+                if runs.is_none_or(|runs| ctx.run_count() + 1 < runs) {
+                    ctx.relaunch_next();
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Appends a try/finally pair: step `"<n>"` runs `body`, step `"<n+1>"` runs `finally`
+    /// (after `body`'s children finished). `finally` runs at most once per execution, and in
+    /// every outcome: after `body` on success; inside `body`'s failing transaction if `body`
+    /// fails (its database writes and emissions are then discarded with the step; other side
+    /// effects remain); or while the saga rolls back, as the compensation of `"<n>"`, if the
+    /// saga fails later but before `"<n+1>"` ran.
+    pub fn try_finally<F, O, G>(self, body: F, finally: G) -> Self
+    where
+        F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
+        O: Into<Next>,
+        G: Fn(&mut StepContext<'_>, &P) -> StepResult<()> + Send + Sync + 'static,
+    {
+        let finally = std::sync::Arc::new(finally);
+        let (on_failure, on_rollback) = (finally.clone(), finally.clone());
+        self.push(None, move |ctx: &mut StepContext<'_>, payload: &P| {
+            body(ctx, payload).inspect_err(|_| {
+                // The step is failing anyway; finally's own failure must not mask the step's.
+                let _ = on_failure(ctx, payload);
+            })
+        })
+        .rollback(move |ctx, payload: &P, _cause| {
+            if ctx.successor_ran() {
+                Ok(())
+            } else {
+                on_rollback(ctx, payload)
+            }
+        })
+        .push(None, move |ctx: &mut StepContext<'_>, payload: &P| {
+            finally(ctx, payload)
+        })
     }
 
     /// Validates the definition: the handler name must be valid, there must be at least one

@@ -14,7 +14,7 @@ use postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
 use crate::core::decide::{Event, Transition};
-use crate::core::{RunStatus, RunView};
+use crate::core::{RunStatus, RunView, Wake};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::ids::{MessageId, RootId, RunId};
@@ -22,7 +22,8 @@ use crate::saga::Emission;
 
 pub(crate) use inspect::{history, lock_external, message, root_runs, tree};
 pub(crate) use rollback::{
-    busy_around, children, instances, lock_targets, request_operator_rollback, request_rollback,
+    busy_around, cancel_scope, children, instances, lock_root_exclusively, lock_targets,
+    record_cancel, request_operator_rollback, request_rollback, run_origin,
 };
 pub(crate) use sql::Sql;
 
@@ -80,6 +81,10 @@ pub(crate) struct Claimed {
     pub(crate) payload: String,
     /// The run's rollback cause, as stored (decoded only on the rollback path).
     pub(crate) failure: Option<String>,
+    /// Why the run must give up now, if it must (a cancellation, a missed deadline).
+    pub(crate) give_up: Option<Failure>,
+    /// For periodic sagas: how many runs of the chain came before this one.
+    pub(crate) run_count: u32,
 }
 
 impl Claimed {
@@ -152,6 +157,8 @@ pub(crate) fn claim(
         wait: Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)),
         payload: row.try_get("payload")?,
         failure: row.try_get("failure")?,
+        give_up: failure_col(&row, "give_up")?,
+        run_count: u32_col(&row, "run_count")?,
     }))
 }
 
@@ -175,7 +182,9 @@ pub(crate) struct Emitted {
 }
 
 /// Writes emissions (children of `emitter`, or global launches when `emitter` is `None`).
-/// Handlers in `quiet` get runs but no notification.
+/// Handlers in `quiet` get runs but no notification. With `check` set (whether the emitter is
+/// rolling back), the emitter's give-up check runs first (see [`is_give_up`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn emit(
     client: &mut impl GenericClient,
     sql: &Sql,
@@ -184,6 +193,7 @@ pub(crate) fn emit(
     emissions: &[Emission],
     worker: &str,
     quiet: &[&str],
+    check: Option<bool>,
 ) -> Result<Emitted> {
     if emissions.is_empty() {
         return Ok(Emitted::default());
@@ -200,7 +210,9 @@ pub(crate) fn emit(
     let instance = emitter.map(|e| e.instance as i32);
     let handler = emitter.map(|e| e.handler);
     let step = emitter.map(|e| e.step);
-    let params: [&(dyn postgres::types::ToSql + Sync); 12] = [
+    let deadlines: Vec<Option<&str>> = emissions.iter().map(|e| e.deadlines.as_deref()).collect();
+    let run_counts: Vec<i32> = emissions.iter().map(|e| e.run_count as i32).collect();
+    let params: [&(dyn postgres::types::ToSql + Sync); 15] = [
         &ids,
         &topics,
         &payloads,
@@ -212,6 +224,9 @@ pub(crate) fn emit(
         &step,
         &worker,
         &sql.channel,
+        &deadlines,
+        &run_counts,
+        &check,
         &quiet,
     ];
     let row = match cache {
@@ -237,7 +252,9 @@ pub(crate) struct Applied {
 }
 
 /// Persists `t` for run `run`. `messages` are the child messages emitted by the instance `t`
-/// records, if any.
+/// records, if any. With `check` set (whether the run is rolling back), the run's give-up
+/// check runs first (see [`is_give_up`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn apply(
     client: &mut impl GenericClient,
     sql: &Sql,
@@ -246,6 +263,7 @@ pub(crate) fn apply(
     t: &Transition,
     worker: &str,
     messages: &[Uuid],
+    check: Option<bool>,
 ) -> Result<Applied> {
     let json = |f: &Option<Failure>| f.as_ref().map(serde_json::to_string).transpose();
     let failure = json(&t.failure)?;
@@ -261,7 +279,12 @@ pub(crate) fn apply(
     let event_messages: Vec<Option<Uuid>> = t.events.iter().map(|e| e.message).collect();
     let int = |v: u32| v as i32;
     let instance = t.new_instance.as_ref();
-    let params: [&(dyn postgres::types::ToSql + Sync); 23] = [
+    let (wake_at, wake_in_us) = match t.wake {
+        Wake::Now => (None, None),
+        Wake::After(d) => (None, Some(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))),
+        Wake::At(at) => (Some(at), None),
+    };
+    let params: [&(dyn postgres::types::ToSql + Sync); 26] = [
         &run.as_uuid(),
         &t.status.as_str(),
         &int(t.step_index),
@@ -285,13 +308,22 @@ pub(crate) fn apply(
         &failures,
         &event_messages,
         &messages,
+        &wake_at,
+        &wake_in_us,
+        &check,
     ];
     let row = match cache {
         Some(cache) => {
             let stmt = cache.get(client, sql, Stmt::Finish)?;
-            client.query_one(&stmt, &params)?
+            client.query_opt(&stmt, &params)?
         }
-        None => client.query_one(sql.finish.as_str(), &params)?,
+        None => client.query_opt(sql.finish.as_str(), &params)?,
+    };
+    let Some(row) = row else {
+        // The check stopped the update without failing (it always fails instead); be safe.
+        return Err(Error::Config(
+            "the run's transition was not applied".to_owned(),
+        ));
     };
     let parent: Option<Uuid> = row.try_get("parent_id")?;
     Ok(Applied {
@@ -370,4 +402,18 @@ pub(crate) fn register(
     let handlers: Vec<&str> = pairs.iter().map(|p| p.1).collect();
     client.execute(sql.register.as_str(), &[&topics, &handlers, &kind])?;
     Ok(())
+}
+
+/// The SQLSTATE of the post-step check: the run must give up (the message holds the failure).
+const GIVE_UP: &str = "SC001";
+
+/// If `e` is the post-step check saying the run must give up, the failure it gives.
+pub(crate) fn is_give_up(e: &Error) -> Option<Failure> {
+    let Error::Postgres(pg) = e else {
+        return None;
+    };
+    let db = pg.as_db_error()?;
+    (db.code().code() == GIVE_UP)
+        .then(|| serde_json::from_str(db.message()).ok())
+        .flatten()
 }

@@ -170,3 +170,74 @@ pub(crate) fn request_operator_rollback(
     )?;
     u32_col(&row, "marked")
 }
+
+/// The root and message of `run`, if it exists.
+pub(crate) fn run_origin(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    run: RunId,
+) -> Result<Option<(RootId, crate::ids::MessageId)>> {
+    client
+        .query_opt(sql.run_origin.as_str(), &[&run.as_uuid()])?
+        .map(|row| {
+            Ok((
+                RootId::from_uuid(row.try_get("root_id")?),
+                crate::ids::MessageId::from_uuid(row.try_get("message_id")?),
+            ))
+        })
+        .transpose()
+}
+
+/// Takes the root's advisory lock exclusively: waits until every step of the tree that already
+/// passed its post-step check has committed, and keeps new ones from passing it until this
+/// transaction ends.
+pub(crate) fn lock_root_exclusively(client: &mut impl GenericClient, root: RootId) -> Result<()> {
+    client.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1309))",
+        &[&root.as_uuid()],
+    )?;
+    Ok(())
+}
+
+/// The runs of a cancellation's scope still on their happy path.
+pub(crate) fn cancel_scope(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    root: RootId,
+    run: Option<RunId>,
+) -> Result<Vec<RunId>> {
+    client
+        .query(
+            sql.cancel_scope.as_str(),
+            &[&root.as_uuid(), &run.map(|r| r.as_uuid())],
+        )?
+        .iter()
+        .map(|row| Ok(RunId::from_uuid(row.try_get("id")?)))
+        .collect()
+}
+
+/// Records a cancellation (see `RECORD_CANCEL`).
+pub(crate) fn record_cancel(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    root: RootId,
+    run: Option<RunId>,
+    message: crate::ids::MessageId,
+    failure: &Failure,
+    runs: &[RunId],
+) -> Result<()> {
+    let failure = serde_json::to_string(failure)?;
+    let ids: Vec<Uuid> = runs.iter().map(RunId::as_uuid).collect();
+    client.query_one(
+        sql.record_cancel.as_str(),
+        &[
+            &root.as_uuid(),
+            &run.map(|r| r.as_uuid()),
+            &failure,
+            &message.as_uuid(),
+            &ids,
+            &sql.channel,
+        ],
+    )?;
+    Ok(())
+}

@@ -17,7 +17,7 @@ c AS (
     SELECT r.id, r.root_id, r.message_id, r.topic, r.status, r.step_index,
            r.step_iteration, r.instances, r.failed_children, r.started_at IS NOT NULL AS seen,
            r.wake_at, r.cfh_iteration, r.rollback_cursor, r.waited_instance, r.rollback_seen,
-           r.failure
+           r.failure, r.happy_deadline, r.rollback_deadline, r.absolute_deadline
     FROM __S__.runs r
     WHERE r.handler = $1 AND r.status IN ('active', 'rolling_back') AND r.pending_children = 0
     ORDER BY r.wake_at, r.id
@@ -35,7 +35,15 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
        c.waited_instance, c.rollback_seen, c.failure::text AS failure,
        c.wake_at <= clock.t AS due,
        greatest(0, ceil(extract(epoch FROM c.wake_at - clock.t) * 1000))::int8 AS wait_ms,
-       m.payload::text AS payload
+       m.payload::text AS payload, m.run_count,
+       -- Whether the run must give up (cancelled, a deadline passed). The guard keeps the
+       -- common case (no deadlines, no cancellation in the tree) to one index probe.
+       CASE WHEN c.happy_deadline IS NULL AND c.rollback_deadline IS NULL
+                 AND c.absolute_deadline IS NULL
+                 AND NOT EXISTS (SELECT 1 FROM __S__.cancellations k WHERE k.root_id = c.root_id)
+            THEN NULL
+            ELSE __S__.give_up_reason(c.root_id, c.id, c.status = 'rolling_back')::text
+       END AS give_up
 FROM c CROSS JOIN clock JOIN __S__.messages m ON m.id = c.message_id";
 
 /// Writes emitted messages, one run per registered handler of each topic, and `EMITTED`
@@ -47,22 +55,61 @@ FROM c CROSS JOIN clock JOIN __S__.messages m ON m.id = c.message_id";
 /// registering concurrently can never make it disagree with the rows. Handlers in `$12` are
 /// not notified: the calling runtime serves them and wakes them itself.
 const EMIT: &str = "
-WITH e AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[])
-        WITH ORDINALITY AS e(id, topic, payload, scoped, ord)
+WITH checked AS MATERIALIZED (
+    -- After user code, before anything it produced is written: see check_give_up.
+    SELECT CASE WHEN $14::bool IS NULL THEN true
+                ELSE __S__.check_give_up($5::uuid, $6::uuid, $14::bool) END AS ok
+),
+e AS (
+    SELECT e.* FROM checked,
+        unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $12::text[], $13::int4[])
+        WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, ord)
+    WHERE checked.ok
+),
+emitter AS (
+    SELECT happy_deadline, rollback_deadline, absolute_deadline, deadline_trace
+    FROM __S__.runs WHERE id = $6::uuid
+),
+given AS (
+    -- Deadlines given with each emission; durations are measured with the database clock.
+    SELECT e.id, d.kind,
+           coalesce(to_timestamp(d.at_us / 1e6), clock_timestamp() + d.in_us * interval '1 microsecond') AS at,
+           d.source
+    FROM e, jsonb_to_recordset(coalesce(e.deadlines, '[]')::jsonb)
+        AS d(kind text, at_us int8, in_us int8, source text)
+),
+deadlines AS (
+    -- A child inherits its emitter's deadlines; the earliest of each kind wins.
+    SELECT e.id,
+           least(CASE WHEN e.scoped THEN em.happy_deadline END,
+                 (SELECT min(g.at) FROM given g WHERE g.id = e.id AND g.kind = 'happy_path')) AS happy,
+           least(CASE WHEN e.scoped THEN em.rollback_deadline END,
+                 (SELECT min(g.at) FROM given g WHERE g.id = e.id AND g.kind = 'rollback')) AS rollback,
+           least(CASE WHEN e.scoped THEN em.absolute_deadline END,
+                 (SELECT min(g.at) FROM given g WHERE g.id = e.id AND g.kind = 'absolute')) AS absolute,
+           nullif(coalesce(CASE WHEN e.scoped THEN em.deadline_trace END, '[]'::jsonb)
+                  || coalesce((SELECT jsonb_agg(jsonb_build_object('kind', g.kind, 'at', g.at,
+                                                                   'source', g.source))
+                               FROM given g WHERE g.id = e.id), '[]'::jsonb),
+                  '[]'::jsonb) AS trace
+    FROM e LEFT JOIN emitter em ON true
 ),
 msg AS (
-    INSERT INTO __S__.messages (id, root_id, topic, payload, parent_run_id, parent_instance)
+    INSERT INTO __S__.messages (id, root_id, topic, payload, parent_run_id, parent_instance,
+                                run_count)
     SELECT e.id, CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, e.topic, e.payload::jsonb,
-           CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END
+           CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
+           coalesce(e.run_count, 0)
     FROM e
 ),
 child AS (
-    INSERT INTO __S__.runs (id, root_id, parent_id, parent_instance, message_id, handler, topic)
+    INSERT INTO __S__.runs (id, root_id, parent_id, parent_instance, message_id, handler, topic,
+                            happy_deadline, rollback_deadline, absolute_deadline, deadline_trace,
+                            wake_at)
     SELECT __S__.uuid_v7(), CASE WHEN e.scoped THEN $5::uuid ELSE e.id END,
            CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
-           e.id, h.handler, e.topic
-    FROM e JOIN __S__.handlers h ON h.topic = e.topic
+           e.id, h.handler, e.topic, d.happy, d.rollback, d.absolute, d.trace, clock_timestamp()
+    FROM e JOIN deadlines d ON d.id = e.id JOIN __S__.handlers h ON h.topic = e.topic
     RETURNING parent_id, handler
 ),
 hist AS (
@@ -75,7 +122,7 @@ hist AS (
 ),
 woken AS (SELECT DISTINCT handler FROM child),
 notified AS MATERIALIZED (
-    SELECT pg_notify($11, w.handler) FROM woken w WHERE w.handler <> ALL($12::text[])
+    SELECT pg_notify($11, w.handler) FROM woken w WHERE w.handler <> ALL($15::text[])
 )
 SELECT (SELECT count(*) FROM child WHERE parent_id IS NOT NULL)::int4 AS children,
        coalesce((SELECT array_agg(handler) FROM woken), '{}') AS woken,
@@ -86,7 +133,13 @@ SELECT (SELECT count(*) FROM child WHERE parent_id IS NOT NULL)::int4 AS childre
 /// counts it among its unfinished children is marked `release_pending`; the parent's
 /// bookkeeping follows in [`RELEASE`], after this transaction committed.
 const FINISH: &str = "
-WITH run AS (
+WITH checked AS MATERIALIZED (
+    -- With `$26` set, the post-step check (see check_give_up) before anything is written.
+    SELECT CASE WHEN $26::bool IS NULL THEN true
+                ELSE __S__.check_give_up((SELECT root_id FROM __S__.runs WHERE id = $1), $1,
+                                         $26::bool) END AS ok
+),
+run AS (
     UPDATE __S__.runs SET
         status = $2, step_index = $3, step_iteration = $4, instances = $5,
         pending_children = $6, failed_children = 0,
@@ -94,14 +147,20 @@ WITH run AS (
         rollback_failure = coalesce($8::text::jsonb, rollback_failure),
         cfh_iteration = $9, rollback_cursor = $10, waited_instance = $11,
         rollback_seen = true,
-        wake_at = clock_timestamp(),
+        -- `$24` not before a time, `$25` microseconds from now; a sleeping run still wakes
+        -- for its deadlines (to give up).
+        wake_at = least(
+            CASE WHEN $24::timestamptz IS NOT NULL THEN greatest($24::timestamptz, clock_timestamp())
+                 WHEN $25::int8 IS NOT NULL THEN clock_timestamp() + $25::int8 * interval '1 microsecond'
+                 ELSE clock_timestamp() END,
+            CASE WHEN $2 = 'active' THEN least(happy_deadline, absolute_deadline) END),
         release_pending = parent_id IS NOT NULL AND awaited
                           AND $2 IN ('committed', 'rolled_back', 'rollback_failed'),
         started_at = coalesce(started_at, clock_timestamp()),
         finished_at = CASE WHEN $2 IN ('committed', 'rolled_back', 'rollback_failed')
                            THEN clock_timestamp() END,
         updated_at = clock_timestamp()
-    WHERE id = $1
+    WHERE id = $1 AND (SELECT ok FROM checked)
     RETURNING root_id, parent_id, message_id, handler, release_pending
 ),
 instance AS (
@@ -267,6 +326,47 @@ hist AS (
 notified AS MATERIALIZED (SELECT pg_notify($3, handler) FROM (SELECT DISTINCT handler FROM marked) h)
 SELECT (SELECT count(*) FROM marked)::int4 AS marked, (SELECT count(*) FROM notified)::int4";
 
+/// The runs of a cancellation's scope still on their happy path: the top-level runs of root
+/// `$1` (when `$2` is NULL) or run `$2`, and everything below them.
+const CANCEL_SCOPE: &str = "
+WITH RECURSIVE sub AS (
+    SELECT id, status FROM __S__.runs
+    WHERE ($2::uuid IS NULL AND message_id = $1 AND parent_id IS NULL) OR id = $2::uuid
+    UNION ALL
+    SELECT c.id, c.status FROM __S__.runs c JOIN sub ON c.parent_id = sub.id
+)
+SELECT id FROM sub WHERE status = 'active'";
+
+/// Records a cancellation of root `$1` (or of run `$2` and its subtree) with failure `$3`
+/// (history on message `$4`), wakes the sleeping runs among `$5` so they give up now, and
+/// notifies the handlers of those that can run. The caller holds the root's advisory lock.
+const RECORD_CANCEL: &str = "
+WITH k AS (
+    INSERT INTO __S__.cancellations (root_id, run_id, failure) VALUES ($1, $2, $3::text::jsonb)
+),
+h AS (
+    INSERT INTO __S__.history (root_id, message_id, event, failure, worker)
+    VALUES ($1, $4, 'CANCELLATION_REQUESTED', $3::text::jsonb, 'operator')
+),
+woken AS (
+    UPDATE __S__.runs SET wake_at = clock_timestamp()
+    WHERE id IN (SELECT id FROM __S__.runs
+                 WHERE id = ANY($5) AND status = 'active' AND pending_children = 0
+                   AND wake_at > clock_timestamp()
+                 FOR UPDATE SKIP LOCKED)
+    RETURNING handler
+),
+notified AS MATERIALIZED (
+    SELECT pg_notify($6, handler) FROM (
+        SELECT DISTINCT handler FROM __S__.runs
+        WHERE id = ANY($5) AND status = 'active' AND pending_children = 0) x
+)
+SELECT (SELECT count(*) FROM woken)::int4 AS woken, (SELECT count(*) FROM notified)::int4";
+
+/// The root and message of run `$1`.
+const RUN_ORIGIN: &str = "
+SELECT root_id, message_id FROM __S__.runs WHERE id = $1";
+
 /// For each handler in `$1` (1-based position returned), whether it has a due run, or how long
 /// until its earliest runnable run wakes. Handlers with nothing runnable are omitted.
 const SWEEP: &str = "
@@ -343,6 +443,9 @@ pub(crate) struct Sql {
     pub(crate) request_operator_rollback: String,
     pub(crate) release: String,
     pub(crate) unreleased: String,
+    pub(crate) cancel_scope: String,
+    pub(crate) record_cancel: String,
+    pub(crate) run_origin: String,
     pub(crate) sweep: String,
     pub(crate) register: String,
     pub(crate) root_runs: String,
@@ -350,6 +453,8 @@ pub(crate) struct Sql {
     pub(crate) history: String,
     pub(crate) lock_external: String,
     pub(crate) message: String,
+    /// Why a run must give up now (see the migration's `give_up_reason`), for step code.
+    pub(crate) give_up: std::sync::Arc<str>,
     /// The LISTEN/NOTIFY channel that wakes handlers; payload = handler name.
     pub(crate) channel: String,
 }
@@ -371,6 +476,9 @@ impl Sql {
             request_operator_rollback: s(REQUEST_OPERATOR_ROLLBACK),
             release: s(RELEASE),
             unreleased: s(UNRELEASED),
+            cancel_scope: s(CANCEL_SCOPE),
+            record_cancel: s(RECORD_CANCEL),
+            run_origin: s(RUN_ORIGIN),
             sweep: s(SWEEP),
             register: s(REGISTER),
             root_runs: s(ROOT_RUNS),
@@ -378,6 +486,7 @@ impl Sql {
             history: s(HISTORY),
             lock_external: s(LOCK_EXTERNAL),
             message: s(MESSAGE),
+            give_up: s("SELECT __S__.give_up_reason($1, $2, $3)::text").into(),
             channel: format!("{schema}_wake"),
         }
     }

@@ -13,6 +13,8 @@ mod config;
 mod failures;
 /// Happy-path scenarios of the reference (HP-*).
 mod happy_path;
+/// Loops and jumps (LP-*).
+mod loops;
 /// The queue API and several instances of one handler (MQ-*).
 mod messaging;
 /// Lost notifications, deep trees, concurrent siblings.

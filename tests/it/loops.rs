@@ -1,0 +1,631 @@
+//! LP-*: loops (`Repeat`) and jumps (`GoTo`), including how they roll back.
+
+use serde_json::{Value, json};
+use structured_cooperation::{Next, RunStatus, Saga, StepContext, StepResult};
+
+use crate::rollback::{r, rc, simulated};
+use crate::util::{ExecLog, TestDb, WAIT, history_of};
+
+fn run(db: &TestDb, saga: Saga, extra: Vec<(&str, Saga)>) -> (Vec<String>, RunStatus) {
+    let mut builder = db.runtime().subscribe("root-topic", saga);
+    for (topic, saga) in extra {
+        builder = builder.subscribe(topic, saga);
+    }
+    let runtime = builder.start().unwrap();
+    let id = runtime.launch("root-topic", &json!({})).unwrap();
+    let status = runtime.wait_for(id, WAIT).unwrap().runs()[0].status;
+    (history_of(&runtime, id), status)
+}
+
+fn s(e: &str) -> String {
+    e.to_owned()
+}
+
+/// The RC/R pair for `x`.
+fn pair(x: &str) -> [String; 2] {
+    [
+        format!("SUSPENDED({})@root-handler", rc(x)),
+        format!("SUSPENDED({})@root-handler", r(x)),
+    ]
+}
+
+#[test]
+fn lp_01_repeat_reexecutes_with_an_incremented_iteration() {
+    let db = TestDb::new("lp_01");
+    let log = ExecLog::default();
+    let (l1, l2) = (log.clone(), log.clone());
+    let saga = Saga::builder("root-handler")
+        .step_named(
+            "loop-step",
+            move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult<Next> {
+                l1.push(format!("loop-step-iter-{}", ctx.iteration()));
+                Ok(if ctx.iteration() < 2 {
+                    Next::Repeat
+                } else {
+                    Next::Continue
+                })
+            },
+        )
+        .step(move |_, _: &Value| -> StepResult {
+            l2.push("after-loop-step");
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let (trace, _) = run(&db, saga, vec![]);
+    assert_eq!(
+        log.entries(),
+        [
+            "loop-step-iter-0",
+            "loop-step-iter-1",
+            "loop-step-iter-2",
+            "after-loop-step"
+        ]
+    );
+    assert_eq!(
+        trace,
+        [
+            "EMITTED@-",
+            "SEEN@root-handler",
+            "SUSPENDED(loop-step)@root-handler",
+            "SUSPENDED(loop-step)@root-handler",
+            "SUSPENDED(loop-step)@root-handler",
+            "SUSPENDED(1)@root-handler",
+            "COMMITTED(1)@root-handler",
+        ]
+    );
+}
+
+#[test]
+fn lp_02_a_zero_iteration_loop_is_a_normal_step() {
+    let db = TestDb::new("lp_02");
+    let log = ExecLog::default();
+    let (l1, l2) = (log.clone(), log.clone());
+    let saga = Saga::builder("root-handler")
+        .step_named(
+            "immediate-continue",
+            move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                l1.push(format!("step-1-iter-{}", ctx.iteration()));
+                Ok(())
+            },
+        )
+        .step(move |_, _: &Value| -> StepResult {
+            l2.push("step-2");
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let (trace, _) = run(&db, saga, vec![]);
+    assert_eq!(log.entries(), ["step-1-iter-0", "step-2"]);
+    assert_eq!(
+        trace,
+        [
+            "EMITTED@-",
+            "SEEN@root-handler",
+            "SUSPENDED(immediate-continue)@root-handler",
+            "SUSPENDED(1)@root-handler",
+            "COMMITTED(1)@root-handler",
+        ]
+    );
+}
+
+#[test]
+fn lp_03_each_iterations_children_finish_before_the_next_iteration() {
+    let db = TestDb::new("lp_03");
+    let log = ExecLog::default();
+    let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
+    let saga = Saga::builder("root-handler")
+        .step_named(
+            "loop-step",
+            move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult<Next> {
+                l1.push(format!("loop-step-iter-{}", ctx.iteration()));
+                ctx.emit(
+                    "child-topic",
+                    &json!({"from": format!("loop-iter-{}", ctx.iteration())}),
+                )?;
+                Ok(if ctx.iteration() < 1 {
+                    Next::Repeat
+                } else {
+                    Next::Continue
+                })
+            },
+        )
+        .step(move |_, _: &Value| -> StepResult {
+            l3.push("after-loop-step");
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let child = Saga::builder("child-handler")
+        .step(move |_, _: &Value| -> StepResult {
+            l2.push("child-handler-step");
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let (trace, _) = run(&db, saga, vec![("child-topic", child)]);
+    assert_eq!(
+        log.entries(),
+        [
+            "loop-step-iter-0",
+            "child-handler-step",
+            "loop-step-iter-1",
+            "child-handler-step",
+            "after-loop-step"
+        ]
+    );
+    let one_iteration = [
+        "EMITTED(loop-step)@root-handler",
+        "SUSPENDED(loop-step)@root-handler",
+        "SEEN@child-handler",
+        "SUSPENDED(0)@child-handler",
+        "COMMITTED(0)@child-handler",
+    ];
+    let mut expected = vec!["EMITTED@-", "SEEN@root-handler"];
+    expected.extend(one_iteration);
+    expected.extend(one_iteration);
+    expected.extend(["SUSPENDED(1)@root-handler", "COMMITTED(1)@root-handler"]);
+    assert_eq!(trace, expected);
+}
+
+/// A saga whose steps record `invoke-<label>` and compensate with `rollback-<label>`.
+fn recorded(log: &ExecLog, steps: Vec<(&'static str, StepBody)>) -> Saga {
+    let mut b = Saga::builder::<Value>("root-handler");
+    for (name, body) in steps {
+        let (l1, l2) = (log.clone(), log.clone());
+        b = b
+            .step_named(name, move |ctx: &mut StepContext<'_>, _: &Value| {
+                body(&l1, ctx)
+            })
+            .rollback(move |_, _: &Value, _| {
+                l2.push(format!("rollback-{name}"));
+                Ok(())
+            });
+    }
+    b.build().unwrap()
+}
+
+type StepBody = Box<dyn Fn(&ExecLog, &mut StepContext<'_>) -> StepResult<Next> + Send + Sync>;
+
+fn body(
+    f: impl Fn(&ExecLog, &mut StepContext<'_>) -> StepResult<Next> + Send + Sync + 'static,
+) -> StepBody {
+    Box::new(f)
+}
+
+#[test]
+fn lp_05_a_single_iteration_loop_rolls_back_like_a_step() {
+    let db = TestDb::new("lp_05");
+    let log = ExecLog::default();
+    let saga = recorded(
+        &log,
+        vec![
+            (
+                "loop-step",
+                body(|l, _| {
+                    l.push("invoke-loop-0");
+                    Ok(Next::Continue)
+                }),
+            ),
+            (
+                "failing-step",
+                body(|l, _| {
+                    l.push("invoke-failing");
+                    Err(simulated("fails"))
+                }),
+            ),
+        ],
+    );
+    let (trace, status) = run(&db, saga, vec![]);
+    assert_eq!(status, RunStatus::RolledBack);
+    assert_eq!(
+        log.entries(),
+        ["invoke-loop-0", "invoke-failing", "rollback-loop-step"]
+    );
+    let mut expected = vec![
+        s("EMITTED@-"),
+        s("SEEN@root-handler"),
+        s("SUSPENDED(loop-step)@root-handler"),
+        s("ROLLING_BACK(failing-step)@root-handler"),
+    ];
+    expected.extend(pair("loop-step[0,]"));
+    expected.push(format!("ROLLED_BACK({})@root-handler", r("loop-step[0,]")));
+    assert_eq!(trace, expected);
+}
+
+#[test]
+fn lp_06_a_completed_loop_followed_by_a_failure_rolls_back_every_iteration() {
+    let db = TestDb::new("lp_06");
+    let log = ExecLog::default();
+    let saga = recorded(
+        &log,
+        vec![
+            (
+                "loop-step",
+                body(|l, ctx| {
+                    l.push(format!("invoke-loop-{}", ctx.iteration()));
+                    Ok(if ctx.iteration() < 2 {
+                        Next::Repeat
+                    } else {
+                        Next::Continue
+                    })
+                }),
+            ),
+            (
+                "middle-step",
+                body(|l, _| {
+                    l.push("invoke-middle");
+                    Ok(Next::Continue)
+                }),
+            ),
+            (
+                "failing-step",
+                body(|l, _| {
+                    l.push("invoke-failing");
+                    Err(simulated("fails"))
+                }),
+            ),
+        ],
+    );
+    let (trace, _) = run(&db, saga, vec![]);
+    assert_eq!(
+        log.entries(),
+        [
+            "invoke-loop-0",
+            "invoke-loop-1",
+            "invoke-loop-2",
+            "invoke-middle",
+            "invoke-failing",
+            "rollback-middle-step",
+            "rollback-loop-step",
+            "rollback-loop-step",
+            "rollback-loop-step",
+        ]
+    );
+    let mut expected = vec![s("EMITTED@-"), s("SEEN@root-handler")];
+    expected.extend(std::iter::repeat_n(
+        s("SUSPENDED(loop-step)@root-handler"),
+        3,
+    ));
+    expected.push(s("SUSPENDED(middle-step)@root-handler"));
+    expected.push(s("ROLLING_BACK(failing-step)@root-handler"));
+    for x in [
+        "middle-step[0,]",
+        "loop-step[2,]",
+        "loop-step[1,]",
+        "loop-step[0,]",
+    ] {
+        expected.extend(pair(x));
+    }
+    expected.push(format!("ROLLED_BACK({})@root-handler", r("loop-step[0,]")));
+    assert_eq!(trace, expected);
+}
+
+#[test]
+fn lp_08_goto_forward_skips_steps() {
+    let db = TestDb::new("lp_08");
+    let log = ExecLog::default();
+    let saga = recorded(
+        &log,
+        vec![
+            (
+                "step-0",
+                body(|l, _| {
+                    l.push("step-0");
+                    Ok(Next::GoTo(2))
+                }),
+            ),
+            (
+                "step-1",
+                body(|l, _| {
+                    l.push("step-1");
+                    Ok(Next::Continue)
+                }),
+            ),
+            (
+                "step-2",
+                body(|l, _| {
+                    l.push("step-2");
+                    Ok(Next::Continue)
+                }),
+            ),
+        ],
+    );
+    let (trace, _) = run(&db, saga, vec![]);
+    assert_eq!(log.entries(), ["step-0", "step-2"]);
+    assert_eq!(
+        trace,
+        [
+            "EMITTED@-",
+            "SEEN@root-handler",
+            "SUSPENDED(step-0)@root-handler",
+            "SUSPENDED(step-2)@root-handler",
+            "COMMITTED(step-2)@root-handler",
+        ]
+    );
+}
+
+#[test]
+fn lp_09_goto_backward_reexecutes_and_resets_the_iteration() {
+    let db = TestDb::new("lp_09");
+    let log = ExecLog::default();
+    let saga = recorded(
+        &log,
+        vec![
+            (
+                "step-A",
+                body(|l, ctx| {
+                    l.push(format!("A-crc-{}", ctx.iteration()));
+                    Ok(Next::Continue)
+                }),
+            ),
+            (
+                "step-B",
+                body(|l, _| {
+                    l.push("B");
+                    Ok(Next::Continue)
+                }),
+            ),
+            (
+                "step-C",
+                body(|l, _| {
+                    l.push("C");
+                    // By name this time: the same as GoTo(0).
+                    Ok(if l.entries().len() < 4 {
+                        Next::GoToStep("step-A")
+                    } else {
+                        Next::Continue
+                    })
+                }),
+            ),
+        ],
+    );
+    let (trace, _) = run(&db, saga, vec![]);
+    assert_eq!(log.entries(), ["A-crc-0", "B", "C", "A-crc-0", "B", "C"]);
+    let steps: Vec<&String> = trace
+        .iter()
+        .filter(|e| e.starts_with("SUSPENDED"))
+        .collect();
+    assert_eq!(steps.len(), 6);
+    assert_eq!(trace.last().unwrap(), "COMMITTED(step-C)@root-handler");
+}
+
+#[test]
+fn lp_10_goto_self_is_a_repeat() {
+    let db = TestDb::new("lp_10");
+    let log = ExecLog::default();
+    let saga = recorded(
+        &log,
+        vec![
+            (
+                "self-goto-step",
+                body(|l, ctx| {
+                    l.push(format!("self-goto-iter-{}", ctx.iteration()));
+                    Ok(if ctx.iteration() < 2 {
+                        Next::GoTo(0)
+                    } else {
+                        Next::Continue
+                    })
+                }),
+            ),
+            (
+                "1",
+                body(|l, _| {
+                    l.push("after-self-goto");
+                    Ok(Next::Continue)
+                }),
+            ),
+        ],
+    );
+    let (trace, _) = run(&db, saga, vec![]);
+    assert_eq!(
+        log.entries(),
+        [
+            "self-goto-iter-0",
+            "self-goto-iter-1",
+            "self-goto-iter-2",
+            "after-self-goto"
+        ]
+    );
+    assert_eq!(
+        trace[2..].to_vec(),
+        [
+            "SUSPENDED(self-goto-step)@root-handler",
+            "SUSPENDED(self-goto-step)@root-handler",
+            "SUSPENDED(self-goto-step)@root-handler",
+            "SUSPENDED(1)@root-handler",
+            "COMMITTED(1)@root-handler",
+        ]
+    );
+}
+
+#[test]
+fn lp_11_goto_and_rollback_undo_in_reverse_chronological_order() {
+    let db = TestDb::new("lp_11");
+    let log = ExecLog::default();
+    let saga = recorded(
+        &log,
+        vec![
+            (
+                "step-A",
+                body(|l, _| {
+                    l.push("invoke-A");
+                    Ok(
+                        if l.entries().iter().filter(|e| *e == "invoke-A").count() == 1 {
+                            Next::Continue
+                        } else {
+                            Next::GoTo(2)
+                        },
+                    )
+                }),
+            ),
+            (
+                "step-B",
+                body(|l, _| {
+                    l.push("invoke-B");
+                    Ok(Next::Continue)
+                }),
+            ),
+            (
+                "step-C",
+                body(|l, _| {
+                    l.push("invoke-C");
+                    if l.entries().iter().filter(|e| *e == "invoke-C").count() == 1 {
+                        Ok(Next::GoTo(0))
+                    } else {
+                        Err(simulated("second C"))
+                    }
+                }),
+            ),
+        ],
+    );
+    let (trace, _) = run(&db, saga, vec![]);
+    assert_eq!(
+        log.entries(),
+        [
+            "invoke-A",
+            "invoke-B",
+            "invoke-C",
+            "invoke-A",
+            "invoke-C",
+            "rollback-step-A",
+            "rollback-step-C",
+            "rollback-step-B",
+            "rollback-step-A",
+        ]
+    );
+    let tail: Vec<String> = trace
+        .iter()
+        .skip_while(|e| !e.starts_with("ROLLING_BACK"))
+        .cloned()
+        .collect();
+    let mut expected = vec![s("ROLLING_BACK(step-C)@root-handler")];
+    for x in ["step-A[1,]", "step-C[0,]", "step-B[0,]", "step-A[0,]"] {
+        expected.extend(pair(x));
+    }
+    expected.push(format!("ROLLED_BACK({})@root-handler", r("step-A[0,]")));
+    assert_eq!(tail, expected);
+}
+
+#[test]
+fn lp_13_a_skipped_step_is_not_rolled_back() {
+    let db = TestDb::new("lp_13");
+    let log = ExecLog::default();
+    let saga = recorded(
+        &log,
+        vec![
+            (
+                "step-A",
+                body(|l, _| {
+                    l.push("invoke-A");
+                    Ok(Next::GoTo(2))
+                }),
+            ),
+            (
+                "step-B",
+                body(|l, _| {
+                    l.push("invoke-B");
+                    Ok(Next::Continue)
+                }),
+            ),
+            (
+                "step-C",
+                body(|l, _| {
+                    l.push("invoke-C");
+                    Ok(Next::Continue)
+                }),
+            ),
+            (
+                "step-D",
+                body(|l, _| {
+                    l.push("invoke-D");
+                    Err(simulated("D fails"))
+                }),
+            ),
+        ],
+    );
+    let (_, _) = run(&db, saga, vec![]);
+    assert_eq!(
+        log.entries(),
+        [
+            "invoke-A",
+            "invoke-C",
+            "invoke-D",
+            "rollback-step-C",
+            "rollback-step-A"
+        ]
+    );
+}
+
+#[test]
+fn lp_15_goto_into_a_repeating_step_then_failure_rolls_back_every_instance() {
+    let db = TestDb::new("lp_15");
+    let log = ExecLog::default();
+    let saga = recorded(
+        &log,
+        vec![
+            (
+                "step-A",
+                body(|l, _| {
+                    l.push("invoke-A");
+                    Ok(Next::GoTo(2))
+                }),
+            ),
+            (
+                "step-B",
+                body(|l, _| {
+                    l.push("invoke-B");
+                    Ok(Next::Continue)
+                }),
+            ),
+            (
+                "step-C",
+                body(|l, ctx| {
+                    l.push(format!("invoke-C-{}", ctx.iteration()));
+                    if ctx.iteration() == 0 {
+                        Ok(Next::Repeat)
+                    } else {
+                        Err(simulated("C fails"))
+                    }
+                }),
+            ),
+        ],
+    );
+    let (trace, _) = run(&db, saga, vec![]);
+    assert_eq!(
+        log.entries(),
+        [
+            "invoke-A",
+            "invoke-C-0",
+            "invoke-C-1",
+            "rollback-step-C",
+            "rollback-step-A"
+        ]
+    );
+    let tail: Vec<String> = trace
+        .iter()
+        .skip_while(|e| !e.starts_with("ROLLING_BACK"))
+        .cloned()
+        .collect();
+    let mut expected = vec![s("ROLLING_BACK(step-C)@root-handler")];
+    for x in ["step-C[0,]", "step-A[0,]"] {
+        expected.extend(pair(x));
+    }
+    expected.push(format!("ROLLED_BACK({})@root-handler", r("step-A[0,]")));
+    assert_eq!(tail, expected);
+}
+
+#[test]
+fn a_goto_to_an_unknown_step_fails_the_run_clearly() {
+    let db = TestDb::new("goto_unknown");
+    let saga = Saga::builder("root-handler")
+        .step(|_, _: &Value| -> StepResult<Next> { Ok(Next::GoToStep("nowhere")) })
+        .build()
+        .unwrap();
+    let runtime = db.runtime().subscribe("root-topic", saga).start().unwrap();
+    let id = runtime.launch("root-topic", &json!({})).unwrap();
+    let outcome = runtime.wait_for(id, WAIT).unwrap();
+    let failure = outcome.runs()[0].failure.clone().unwrap();
+    assert_eq!(failure.kind(), "structured_cooperation::InvalidGoTo");
+    assert!(failure.message().contains("no such step"), "{failure}");
+}
