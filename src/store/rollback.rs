@@ -193,7 +193,7 @@ pub(crate) fn run_origin(
 /// transaction ends.
 pub(crate) fn lock_root_exclusively(client: &mut impl GenericClient, root: RootId) -> Result<()> {
     client.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1309))",
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 1309))",
         &[&root.as_uuid()],
     )?;
     Ok(())

@@ -3,12 +3,16 @@
 
 /// Atomicity of a step's writes (AT-*).
 mod atomicity;
+/// Cancellation (CN-*).
+mod cancellation;
 /// Child failures and their handlers (CF-*).
 mod child_failures;
 /// Compensations across a tree, failed rollbacks, operator requests.
 mod compensation;
 /// Bad configuration gives clear errors.
 mod config;
+/// Deadlines (DL-*).
+mod deadlines;
 /// Failing steps are recorded and release their parents.
 mod failures;
 /// Happy-path scenarios of the reference (HP-*).
@@ -21,5 +25,9 @@ mod messaging;
 mod resilience;
 /// The rollback path, child failures, distributed failures (RB-*, CF-*, EX-*, IR-*).
 mod rollback;
+/// Durable time: sleep, schedules, periodic sagas (SL-*).
+mod time;
+/// try/finally (TF-*).
+mod try_finally;
 /// Shared fixtures.
 mod util;
