@@ -8,10 +8,12 @@
 //! * history flatness: w1 again with 200,000 finished runs in the tables;
 //! * idle transactions: 8 workers, 20 handlers, nothing to do, for 10 s;
 //! * w4: 100 pre-launched roots, each emitting 10 children of which one fails; the root then
-//!   rolls back and its 9 committed children run their compensations (one insert each).
+//!   rolls back and its 9 committed children run their compensations (one insert each);
+//! * sleep lateness: 1,000 runs sleeping 1 s each, how late (after `wake_at`) they woke;
+//! * cancel: from `cancel(root)` until every run of a depth-3, fan-out-5 tree is terminal.
 //!
 //! Environment: `DATABASE_URL` (required), `SC_BENCH_ONLY` (comma-separated subset of
-//! `w1,w3,wake,flat,idle`).
+//! `w1,w3,wake,flat,w4,idle,sleep,cancel`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -19,6 +21,9 @@ use std::time::{Duration, Instant};
 use postgres::NoTls;
 use serde_json::{Value, json};
 use structured_cooperation::{Client, Runtime, Saga, StepContext, StepResult};
+
+#[path = "workloads/control.rs"]
+mod control;
 
 const WORKERS: usize = 4;
 const SCHEMA: &str = "sc_bench";
@@ -486,6 +491,16 @@ fn main() {
     }
     if wanted("w4") {
         w4(&mut admin);
+    }
+    if wanted("sleep") {
+        let (p50, p99) = control::sleep_lateness(&mut admin);
+        report("sleep_lateness_p50_ms", p50);
+        report("sleep_lateness_p99_ms", p99);
+    }
+    if wanted("cancel") {
+        let (median, max) = control::cancel_depth3(&mut admin);
+        report("cancel_depth3_ms", median);
+        report("cancel_depth3_max_ms", max);
     }
     if wanted("idle") {
         idle(&mut admin);
