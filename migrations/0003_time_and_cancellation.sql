@@ -27,6 +27,44 @@ CREATE TABLE cancellations (
 
 CREATE INDEX cancellations_root ON cancellations (root_id);
 
+-- The deadlines of a run created by an emission: the emitter's (`emitter` NULL for a new root)
+-- combined with the ones given to the emission (`given`: [{kind, at_us | in_us, source}]), the
+-- earliest of each kind winning, plus the trace of all of them. Durations are measured with
+-- the database clock. A function rather than part of the emitting statement, so that its plan
+-- is cached per session and the statement stays cheap to plan; it is only called for
+-- emissions that have deadlines.
+CREATE FUNCTION child_deadlines(emitter uuid, given jsonb,
+                                OUT happy timestamptz, OUT rollback timestamptz,
+                                OUT absolute timestamptz, OUT trace jsonb)
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    g record;
+BEGIN
+    IF emitter IS NOT NULL THEN
+        SELECT r.happy_deadline, r.rollback_deadline, r.absolute_deadline, r.deadline_trace
+          INTO happy, rollback, absolute, trace
+          FROM runs r WHERE r.id = emitter;
+    END IF;
+    FOR g IN
+        SELECT d.kind, d.source,
+               coalesce(to_timestamp(d.at_us / 1e6),
+                        clock_timestamp() + d.in_us * interval '1 microsecond') AS at
+        FROM jsonb_to_recordset(coalesce(given, '[]'))
+            AS d(kind text, at_us int8, in_us int8, source text)
+    LOOP
+        IF g.kind = 'happy_path' THEN
+            happy := least(happy, g.at);
+        ELSIF g.kind = 'rollback' THEN
+            rollback := least(rollback, g.at);
+        ELSIF g.kind = 'absolute' THEN
+            absolute := least(absolute, g.at);
+        END IF;
+        trace := coalesce(trace, '[]')
+                 || jsonb_build_array(jsonb_build_object('kind', g.kind, 'at', g.at,
+                                                         'source', g.source));
+    END LOOP;
+END $$;
+
 -- Why run `run` of root `root` must give up now, as a failure (NULL if it need not): a
 -- cancellation of the run or an ancestor (happy path only), a missed happy-path or rollback
 -- deadline (by path), or a missed absolute deadline (both paths).

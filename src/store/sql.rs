@@ -66,33 +66,17 @@ e AS (
         WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, ord)
     WHERE checked.ok
 ),
-emitter AS (
-    SELECT happy_deadline, rollback_deadline, absolute_deadline, deadline_trace
-    FROM __S__.runs WHERE id = $6::uuid
-),
-given AS (
-    -- Deadlines given with each emission; durations are measured with the database clock.
-    SELECT e.id, d.kind,
-           coalesce(to_timestamp(d.at_us / 1e6), clock_timestamp() + d.in_us * interval '1 microsecond') AS at,
-           d.source
-    FROM e, jsonb_to_recordset(coalesce(e.deadlines, '[]')::jsonb)
-        AS d(kind text, at_us int8, in_us int8, source text)
-),
-deadlines AS (
-    -- A child inherits its emitter's deadlines; the earliest of each kind wins.
-    SELECT e.id,
-           least(CASE WHEN e.scoped THEN em.happy_deadline END,
-                 (SELECT min(g.at) FROM given g WHERE g.id = e.id AND g.kind = 'happy_path')) AS happy,
-           least(CASE WHEN e.scoped THEN em.rollback_deadline END,
-                 (SELECT min(g.at) FROM given g WHERE g.id = e.id AND g.kind = 'rollback')) AS rollback,
-           least(CASE WHEN e.scoped THEN em.absolute_deadline END,
-                 (SELECT min(g.at) FROM given g WHERE g.id = e.id AND g.kind = 'absolute')) AS absolute,
-           nullif(coalesce(CASE WHEN e.scoped THEN em.deadline_trace END, '[]'::jsonb)
-                  || coalesce((SELECT jsonb_agg(jsonb_build_object('kind', g.kind, 'at', g.at,
-                                                                   'source', g.source))
-                               FROM given g WHERE g.id = e.id), '[]'::jsonb),
-                  '[]'::jsonb) AS trace
-    FROM e LEFT JOIN emitter em ON true
+ed AS MATERIALIZED (
+    -- Deadlines: a child inherits its emitter's, the earliest of each kind wins (see
+    -- child_deadlines). Computed only when the emission gives some or the emitter has some.
+    SELECT e.id, d.happy, d.rollback, d.absolute, d.trace
+    FROM e LEFT JOIN LATERAL (
+        SELECT * FROM __S__.child_deadlines(CASE WHEN e.scoped THEN $6::uuid END,
+                                            e.deadlines::jsonb)
+        WHERE e.deadlines IS NOT NULL
+           OR (e.scoped AND EXISTS (SELECT 1 FROM __S__.runs r
+                                    WHERE r.id = $6::uuid AND r.deadline_trace IS NOT NULL))
+    ) d ON true
 ),
 msg AS (
     INSERT INTO __S__.messages (id, root_id, topic, payload, parent_run_id, parent_instance,
@@ -109,7 +93,7 @@ child AS (
     SELECT __S__.uuid_v7(), CASE WHEN e.scoped THEN $5::uuid ELSE e.id END,
            CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
            e.id, h.handler, e.topic, d.happy, d.rollback, d.absolute, d.trace, clock_timestamp()
-    FROM e JOIN deadlines d ON d.id = e.id JOIN __S__.handlers h ON h.topic = e.topic
+    FROM e JOIN ed d ON d.id = e.id JOIN __S__.handlers h ON h.topic = e.topic
     RETURNING parent_id, handler
 ),
 hist AS (
