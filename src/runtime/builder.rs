@@ -90,7 +90,7 @@ impl RuntimeBuilder {
     /// consecutive error, doubling up to `max`, each delay shortened by a random part of up to
     /// half. Such errors never fail a run: it is retried from its last committed state (so step
     /// code can run more than once; its database effects commit once). They are logged and
-    /// counted in [`RuntimeStats::infra_errors`]. Defaults to 50 ms and 5 s.
+    /// counted in [`RuntimeStats::infra_errors`](crate::RuntimeStats::infra_errors). Defaults to 50 ms and 5 s.
     pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff = Backoff { base, max };
         self
