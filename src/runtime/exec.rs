@@ -163,6 +163,29 @@ impl<'a> Exec<'a> {
     /// Persists `t` (first asking children to roll back, if it says so). `emissions` are what
     /// the user code of the instance `t` records emitted; `check` is the give-up check to run
     /// first, if any.
+    /// Writes what happy-path user code produced: its emissions, then the transition the core
+    /// derives from how many children they created (`decide`), with the delay the code asked
+    /// for. `Ok(Err(failure))` when the core rejects the outcome (the step then fails).
+    fn write_happy_path(
+        &self,
+        tx: &mut Transaction<'_>,
+        cache: &mut StmtCache,
+        step: &str,
+        emissions: &[crate::saga::Emission],
+        wake: Wake,
+        decide: impl FnOnce(u32) -> std::result::Result<Transition, Failure>,
+    ) -> Result<std::result::Result<Done, Failure>> {
+        let emitted = self.emit(tx, cache, step, emissions, HAPPY_PATH)?;
+        match decide(emitted.children) {
+            Ok(mut t) => {
+                t.wake = wake;
+                self.persist(tx, cache, t, emitted.handlers, emissions, HAPPY_PATH)
+                    .map(Ok)
+            }
+            Err(failure) => Ok(Err(failure)),
+        }
+    }
+
     fn persist(
         &self,
         tx: &mut Transaction<'_>,
@@ -286,31 +309,17 @@ impl<'a> Exec<'a> {
             .and_then(|next| decide::target(next, index, shapes, &self.entry.source).map(|_| next));
         let failure = match result {
             Ok(next) => {
-                let written = (|| {
-                    let emitted = self.emit(&mut tx, cache, &step, &emissions, HAPPY_PATH)?;
-                    match decide::after_step(
-                        &self.run.view,
-                        shapes,
-                        index,
-                        next,
-                        emitted.children,
-                        &self.entry.source,
-                    ) {
-                        Ok(mut t) => {
-                            t.wake = wake;
-                            self.persist(
-                                &mut tx,
-                                cache,
-                                t,
-                                emitted.handlers,
-                                &emissions,
-                                HAPPY_PATH,
-                            )
-                            .map(Ok)
-                        }
-                        Err(failure) => Ok(Err(failure)),
-                    }
-                })();
+                let written =
+                    self.write_happy_path(&mut tx, cache, &step, &emissions, wake, |children| {
+                        decide::after_step(
+                            &self.run.view,
+                            shapes,
+                            index,
+                            next,
+                            children,
+                            &self.entry.source,
+                        )
+                    });
                 match written {
                     Ok(Ok(done)) => return Ok((done, tx)),
                     Ok(Err(failure)) => failure,
@@ -390,32 +399,18 @@ impl<'a> Exec<'a> {
         });
         let failure = match result {
             Ok(next) => {
-                let written = (|| {
-                    let emitted = self.emit(&mut tx, cache, &step, &emissions, HAPPY_PATH)?;
-                    match decide::after_child_failures(
-                        &self.run.view,
-                        shapes,
-                        &latest,
-                        cfh,
-                        next,
-                        emitted.children,
-                        &self.entry.source,
-                    ) {
-                        Ok(mut t) => {
-                            t.wake = wake;
-                            self.persist(
-                                &mut tx,
-                                cache,
-                                t,
-                                emitted.handlers,
-                                &emissions,
-                                HAPPY_PATH,
-                            )
-                            .map(Ok)
-                        }
-                        Err(failure) => Ok(Err(failure)),
-                    }
-                })();
+                let written =
+                    self.write_happy_path(&mut tx, cache, &step, &emissions, wake, |children| {
+                        decide::after_child_failures(
+                            &self.run.view,
+                            shapes,
+                            &latest,
+                            cfh,
+                            next,
+                            children,
+                            &self.entry.source,
+                        )
+                    });
                 match written {
                     Ok(Ok(done)) => return Ok((done, tx)),
                     Ok(Err(failure)) => failure,

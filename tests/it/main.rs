@@ -15,9 +15,11 @@ mod config;
 mod deadlines;
 /// Failing steps are recorded and release their parents.
 mod failures;
+/// Jumps (LP-08..15).
+mod goto;
 /// Happy-path scenarios of the reference (HP-*).
 mod happy_path;
-/// Loops and jumps (LP-*).
+/// Loops (LP-01..06).
 mod loops;
 /// The queue API and several instances of one handler (MQ-*).
 mod messaging;
