@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use structured_cooperation::{Deadlines, EventKind, RunStatus, Saga, StepContext, StepResult};
 
-use crate::util::{ExecLog, Gate, TestDb, WAIT};
+use crate::util::{ExecLog, Gate, TestDb, WAIT, eventually};
 
 fn emitter(name: &str, topic: &'static str, deadlines: Deadlines) -> Saga {
     Saga::builder(name)
@@ -152,7 +152,7 @@ fn a_missed_happy_path_deadline_rolls_the_run_back() {
 /// the rollback fails.
 #[test]
 fn a_missed_rollback_deadline_fails_the_rollback() {
-    let db = TestDb::new("rollback_deadline");
+    let mut db = TestDb::new("rollback_deadline");
     let gate = Gate::default();
     let saga = {
         let gate = gate.clone();
@@ -177,8 +177,11 @@ fn a_missed_rollback_deadline_fails_the_rollback() {
         )
         .unwrap();
     gate.wait_for_waiting(1);
-    // Hold the compensation past the deadline (the sleep is the behaviour under test).
-    std::thread::sleep(Duration::from_millis(300));
+    // Hold the compensation until the database clock has passed the deadline.
+    eventually("the rollback deadline to pass", || {
+        db.query_i64("SELECT count(*) FROM __S__.runs WHERE rollback_deadline < clock_timestamp()")
+            == 1
+    });
     gate.open();
     let outcome = runtime.wait_for(id, WAIT).unwrap();
     let run = &outcome.runs()[0];
