@@ -61,6 +61,27 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A cooperation-context entry is not valid JSON, or does not deserialize into the type
+    /// its key asks for. The context keeps the entry as it was.
+    #[error("context entry {key:?} does not deserialize into {expected}: {source}")]
+    ContextEntry {
+        /// The entry's name.
+        key: String,
+        /// The type the entry was read as.
+        expected: &'static str,
+        /// The deserializer's error.
+        source: serde_json::Error,
+    },
+
+    /// A cooperation-context entry's value could not be serialized to JSON.
+    #[error("could not serialize context entry {key:?}: {source}")]
+    ContextEncode {
+        /// The entry's name.
+        key: String,
+        /// The serializer's error.
+        source: serde_json::Error,
+    },
+
     /// Waiting for a cooperation tree to finish ran out of time.
     #[error("timed out after {waited:?} waiting for root {root} to finish: {detail}")]
     Timeout {

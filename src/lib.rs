@@ -78,6 +78,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod context;
 mod core;
 mod deadline;
 mod error;
@@ -91,6 +92,7 @@ mod store;
 mod validate;
 
 pub use crate::client::{Client, ClientBuilder, DEFAULT_SCHEMA, Pool};
+pub use crate::context::{ContextKey, CooperationContext};
 pub use crate::core::{EventKind, Next, RunStatus};
 pub use crate::deadline::{DeadlineKind, Deadlines};
 pub use crate::error::{Error, Result};
