@@ -10,14 +10,15 @@ use serde::Serialize;
 
 use crate::core::RunStatus;
 use crate::core::decide;
-use crate::deadline::Deadlines;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
-use crate::ids::{MessageId, RootId, RunId, new_uuid};
+use crate::ids::{MessageId, RootId, RunId};
 use crate::inspect::{HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome};
 use crate::migrate;
+use crate::options::EmitOptions;
 use crate::saga::Emission;
 use crate::store::{self, Sql};
+use crate::typed::AsTopic;
 use crate::validate;
 
 /// The connection pool type the engine uses (and accepts).
@@ -41,7 +42,8 @@ pub struct Client {
 struct Inner {
     pool: Pool,
     sql: Sql,
-    schema: String,
+    schema: Arc<str>,
+    max_json_bytes: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -94,6 +96,7 @@ pub struct ClientBuilder {
     schema: String,
     pool_size: u32,
     connect_timeout: Duration,
+    max_json_bytes: usize,
 }
 
 impl ClientBuilder {
@@ -115,6 +118,13 @@ impl ClientBuilder {
         self
     }
 
+    /// The largest payload, context or return value accepted, in bytes of JSON. Defaults to
+    /// 2 MiB. Anything larger is refused with [`Error::TooLarge`] before it is written.
+    pub fn max_json_bytes(mut self, limit: usize) -> Self {
+        self.max_json_bytes = limit;
+        self
+    }
+
     /// Connects and brings the schema up to date.
     pub fn connect(self) -> Result<Client> {
         validate::schema(&self.schema)?;
@@ -125,7 +135,7 @@ impl ClientBuilder {
             Source::Url(url) => build_pool(&url, self.pool_size, self.connect_timeout)?,
             Source::Pool(pool) => pool,
         };
-        Client::new(pool, self.schema)
+        Client::new(pool, self.schema, self.max_json_bytes)
     }
 }
 
@@ -137,6 +147,7 @@ impl Client {
             schema: DEFAULT_SCHEMA.to_owned(),
             pool_size: 4,
             connect_timeout: Duration::from_secs(10),
+            max_json_bytes: validate::DEFAULT_MAX_JSON_BYTES,
         }
     }
 
@@ -144,17 +155,21 @@ impl Client {
     pub fn from_pool(pool: Pool, schema: impl Into<String>) -> Result<Client> {
         let schema = schema.into();
         validate::schema(&schema)?;
-        Client::new(pool, schema)
+        Client::new(pool, schema, validate::DEFAULT_MAX_JSON_BYTES)
     }
 
-    pub(crate) fn new(pool: Pool, schema: String) -> Result<Client> {
+    pub(crate) fn new(pool: Pool, schema: String, max_json_bytes: usize) -> Result<Client> {
+        if max_json_bytes == 0 {
+            return Err(Error::Config("max_json_bytes must be >= 1".to_owned()));
+        }
         let mut conn = pool.get().map_err(|e| Error::Connect(e.to_string()))?;
         migrate::migrate(&mut *conn, &schema)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 sql: Sql::new(&schema),
                 pool,
-                schema,
+                schema: schema.into(),
+                max_json_bytes,
             }),
         })
     }
@@ -162,6 +177,15 @@ impl Client {
     /// The schema.
     pub fn schema(&self) -> &str {
         &self.inner.schema
+    }
+
+    pub(crate) fn schema_arc(&self) -> Arc<str> {
+        self.inner.schema.clone()
+    }
+
+    /// The largest payload, context or return value accepted, in bytes of JSON.
+    pub fn max_json_bytes(&self) -> usize {
+        self.inner.max_json_bytes
     }
 
     /// The connection pool.
@@ -177,58 +201,56 @@ impl Client {
         Ok(self.inner.pool.get()?)
     }
 
-    /// Launches `payload` on `topic` on the global scope, in its own transaction, and returns
-    /// the new root. Every handler registered for the topic gets a run.
-    pub fn launch<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Result<RootId> {
+    /// Launches `payload` on `topic` (a [`Topic`](crate::Topic), which fixes the payload type,
+    /// or a name) on the global scope, in its own transaction, and returns the new root. Every
+    /// handler registered for the topic gets a run.
+    pub fn launch<P: Serialize + ?Sized>(
+        &self,
+        topic: impl AsTopic<P>,
+        payload: &P,
+    ) -> Result<RootId> {
         let mut conn = self.conn()?;
         self.launch_in(&mut *conn, topic, payload)
     }
 
-    /// Like [`launch`](Self::launch), with deadlines for the new tree (inherited by every run
-    /// in it).
-    pub fn launch_with<T: Serialize + ?Sized>(
+    /// Like [`launch`](Self::launch), with deadlines (inherited by every run in the tree) and
+    /// a cooperation context for the new root.
+    pub fn launch_with<P: Serialize + ?Sized>(
         &self,
-        topic: &str,
-        payload: &T,
-        deadlines: &Deadlines,
+        topic: impl AsTopic<P>,
+        payload: &P,
+        options: impl Into<EmitOptions>,
     ) -> Result<RootId> {
         let mut conn = self.conn()?;
-        self.launch_in_with(&mut *conn, topic, payload, deadlines)
+        self.launch_in_with(&mut *conn, topic, payload, options)
     }
 
     /// Like [`launch`](Self::launch), but on the caller's connection or transaction, so the
     /// launch commits (and handlers are notified) together with the caller's own writes.
-    pub fn launch_in<C: GenericClient, T: Serialize + ?Sized>(
+    pub fn launch_in<C: GenericClient, P: Serialize + ?Sized>(
         &self,
         client: &mut C,
-        topic: &str,
-        payload: &T,
+        topic: impl AsTopic<P>,
+        payload: &P,
     ) -> Result<RootId> {
-        self.launch_in_with(client, topic, payload, &Deadlines::new())
+        self.launch_in_with(client, topic, payload, EmitOptions::new())
     }
 
-    /// [`launch_in`](Self::launch_in) with deadlines.
-    pub fn launch_in_with<C: GenericClient, T: Serialize + ?Sized>(
+    /// [`launch_in`](Self::launch_in) with deadlines and context.
+    pub fn launch_in_with<C: GenericClient, P: Serialize + ?Sized>(
         &self,
         client: &mut C,
-        topic: &str,
-        payload: &T,
-        deadlines: &Deadlines,
+        topic: impl AsTopic<P>,
+        payload: &P,
+        options: impl Into<EmitOptions>,
     ) -> Result<RootId> {
-        validate::name("topic", topic)?;
-        let payload = serde_json::to_string(payload).map_err(|source| Error::Encode {
-            topic: topic.to_owned(),
-            source,
-        })?;
-        let id = new_uuid();
-        let emission = Emission {
-            id,
-            topic: topic.to_owned(),
+        let emission = Emission::new(
+            topic.topic_name(),
             payload,
-            scoped: false,
-            deadlines: deadlines.to_json(),
-            run_count: 0,
-        };
+            &options.into(),
+            self.max_json_bytes(),
+        )?;
+        let id = emission.id;
         store::emit(
             client,
             self.sql(),
@@ -505,6 +527,7 @@ impl Client {
             &t,
             CLIENT_WORKER,
             &[],
+            None,
             None,
         )?;
         tx.commit()?;

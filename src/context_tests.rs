@@ -170,6 +170,7 @@ fn cs_36_zero() {
 }
 
 #[test]
+#[allow(clippy::approx_constant)] // the reference's value
 fn cs_37_negative_numbers() {
     typed(Numbers {
         int: -42,

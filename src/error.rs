@@ -82,6 +82,59 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A payload, context or return value is larger than the configured limit; nothing was
+    /// written.
+    #[error("{what} is {size} bytes of json, over the limit of {limit}")]
+    TooLarge {
+        /// What was too large, e.g. `payload for topic "orders"`.
+        what: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit (see `max_json_bytes` on the client and runtime builders).
+        limit: usize,
+    },
+
+    /// A run stored a return value under a name it had already used.
+    #[error("run {run} of handler {handler:?} already returned a value named {name:?}")]
+    ReturnValueExists {
+        /// The storing run.
+        run: crate::ids::RunId,
+        /// Its handler.
+        handler: String,
+        /// The value's name.
+        name: String,
+    },
+
+    /// A child's return value does not deserialize into the type asked for.
+    #[error(
+        "the value {name:?} returned by handler {handler:?} (run {run}) does not deserialize into {expected}: {source}"
+    )]
+    ReturnValue {
+        /// The value's name.
+        name: String,
+        /// The handler of the child that stored it.
+        handler: String,
+        /// That child run.
+        run: crate::ids::RunId,
+        /// The type it was read as.
+        expected: &'static str,
+        /// The deserializer's error.
+        source: serde_json::Error,
+    },
+
+    /// Several children of one handler returned a value of that name, and one was asked for.
+    #[error(
+        "{count} children of handler {handler:?} returned a value named {name:?}; read them all with child_values"
+    )]
+    AmbiguousReturnValue {
+        /// The value's name.
+        name: String,
+        /// The handler.
+        handler: String,
+        /// How many children of it returned one.
+        count: usize,
+    },
+
     /// Waiting for a cooperation tree to finish ran out of time.
     #[error("timed out after {waited:?} waiting for root {root} to finish: {detail}")]
     Timeout {

@@ -86,9 +86,11 @@ mod failure;
 mod ids;
 mod inspect;
 mod migrate;
+mod options;
 mod runtime;
 mod saga;
 mod store;
+mod typed;
 mod validate;
 
 pub use crate::client::{Client, ClientBuilder, DEFAULT_SCHEMA, Pool};
@@ -101,8 +103,12 @@ pub use crate::ids::{MessageId, RootId, RunId};
 pub use crate::inspect::{
     HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome, render_tree,
 };
+pub use crate::options::EmitOptions;
 pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};
 pub use crate::saga::{ChildFailures, Phase, Saga, SagaBuilder, StepContext};
+pub use crate::typed::{
+    Action, AsReturnName, AsTopic, ChildValue, Handler, Request, ReturnName, Topic,
+};
 
 /// The `postgres` crate, re-exported so that step code uses the same version.
 pub use postgres;

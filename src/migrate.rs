@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "time_and_cancellation",
         include_str!("../migrations/0003_time_and_cancellation.sql"),
     ),
+    (
+        4,
+        "context_and_return_values",
+        include_str!("../migrations/0004_context_and_return_values.sql"),
+    ),
 ];
 
 /// The highest migration version this library ships.

@@ -8,6 +8,20 @@ use crate::error::{Error, Result};
 pub(crate) const MAX_SCHEMA_LEN: usize = 48;
 /// Longest accepted topic, handler or step name.
 pub(crate) const MAX_NAME_LEN: usize = 200;
+/// Default limit on a payload, a context or a return value, in bytes of JSON.
+pub(crate) const DEFAULT_MAX_JSON_BYTES: usize = 2 * 1024 * 1024;
+
+/// JSON the engine stores must stay under `limit` bytes; `what` describes it for the error.
+pub(crate) fn size(what: impl FnOnce() -> String, json: &str, limit: usize) -> Result<()> {
+    if json.len() > limit {
+        return Err(Error::TooLarge {
+            what: what(),
+            size: json.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
 
 /// A schema name must be a plain lowercase SQL identifier, so it never needs quoting.
 pub(crate) fn schema(name: &str) -> Result<()> {

@@ -13,6 +13,7 @@ use crate::core::schedule::Backoff;
 use crate::error::{Error, Result};
 use crate::saga::Saga;
 use crate::store;
+use crate::typed::{Action, Handler};
 use crate::validate;
 
 /// Builds and starts a [`Runtime`]. Every setting documents its default.
@@ -25,7 +26,10 @@ pub struct RuntimeBuilder {
     safety_net: Duration,
     connect_timeout: Duration,
     backoff: Backoff,
+    max_json_bytes: usize,
     subscriptions: Vec<Subscription>,
+    /// The first error met while building a typed handler's saga (reported by `start`).
+    deferred: Option<Error>,
 }
 
 #[derive(Debug)]
@@ -45,7 +49,9 @@ impl RuntimeBuilder {
             safety_net: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             backoff: Backoff::default(),
+            max_json_bytes: validate::DEFAULT_MAX_JSON_BYTES,
             subscriptions: Vec::new(),
+            deferred: None,
         }
     }
 
@@ -96,6 +102,38 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The largest payload, context or return value accepted, in bytes of JSON. Defaults to
+    /// 2 MiB. Step code that emits or stores anything larger gets [`Error::TooLarge`] (naming
+    /// what was too large) before anything is written.
+    pub fn max_json_bytes(mut self, limit: usize) -> Self {
+        self.max_json_bytes = limit;
+        self
+    }
+
+    /// Subscribes a typed [`Handler`] in one call: a saga named [`Handler::NAME`], built by
+    /// [`Handler::saga`], on [`Handler::TOPIC`]. A saga that does not build is reported by
+    /// [`start`](Self::start).
+    pub fn handler<H: Handler>(self, handler: H) -> Self {
+        let saga = handler.saga(Saga::builder(H::NAME)).build();
+        self.subscribe_built(H::TOPIC.name(), saga)
+    }
+
+    /// Subscribes a typed [`Action`] in one call, like [`handler`](Self::handler).
+    pub fn action<A: Action>(self, action: A) -> Self {
+        let saga = action.saga(Saga::builder(A::NAME)).build();
+        self.subscribe_built(A::TOPIC.name(), saga)
+    }
+
+    fn subscribe_built(mut self, topic: &str, saga: Result<Saga>) -> Self {
+        match saga {
+            Ok(saga) => self.subscribe(topic, saga),
+            Err(e) => {
+                self.deferred.get_or_insert(e);
+                self
+            }
+        }
+    }
+
     /// Subscribes `saga` to `topic`; up to `workers` of its runs may execute at once.
     pub fn subscribe(mut self, topic: impl Into<String>, saga: Saga) -> Self {
         self.subscriptions.push(Subscription {
@@ -122,7 +160,10 @@ impl RuntimeBuilder {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    fn validate(&mut self) -> Result<()> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         validate::schema(&self.schema)?;
         if self.workers == 0 {
             return Err(Error::Config("workers must be >= 1".to_owned()));
@@ -161,7 +202,7 @@ impl RuntimeBuilder {
     /// Connects, migrates the schema, registers the subscriptions in the durable topology and
     /// starts the threads. Fails with a clear error, within the connect timeout, if the
     /// database cannot be reached.
-    pub fn start(self) -> Result<Runtime> {
+    pub fn start(mut self) -> Result<Runtime> {
         self.validate()?;
         let needed = self.workers as u32 + 1;
         let pool = match self.source {
@@ -188,7 +229,7 @@ impl RuntimeBuilder {
                 pool.clone()
             }
         };
-        let client = Client::new(pool, self.schema.clone())?;
+        let client = Client::new(pool, self.schema.clone(), self.max_json_bytes)?;
         let instance = crate::ids::new_uuid().to_string();
         let handlers: Vec<HandlerEntry> = self
             .subscriptions

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use postgres::Transaction;
 
 use super::{HandlerEntry, Shared, bump};
+use crate::context::CooperationContext;
 use crate::core::decide::{self, ChildFailurePlan, ChildrenOf, Transition};
 use crate::core::rollback::{self, Advance};
 use crate::core::{Next, Wake};
 use crate::error::{Error, Result};
 use crate::failure::{Failure, StepResult};
 use crate::saga::{
-    ChildFailures, Phase, SAVEPOINT, SavepointState, StepContext, StepInfo, UserStatements,
+    ChildFailures, Parts, Phase, SAVEPOINT, SavepointState, StepContext, StepInfo, UserStatements,
 };
 use crate::store::{self, Applied, Claimed, Emitter, StmtCache};
 
@@ -33,6 +34,8 @@ pub(crate) struct Exec<'a> {
     pub(crate) entry: &'a HandlerEntry,
     pub(crate) run: &'a Claimed,
     pub(crate) quiet: &'a [&'a str],
+    /// The run's context, with the context of a pending rollback request merged in.
+    pub(crate) context: CooperationContext,
 }
 
 /// How user code ended, with what it left behind.
@@ -42,7 +45,33 @@ struct Called<'c, T> {
     savepoint: bool,
     /// When the run's next step may start, as the code asked.
     wake: Wake,
+    /// The context as the code left it.
+    context: CooperationContext,
     result: std::result::Result<T, Failure>,
+}
+
+/// What a transition is persisted with, besides the transition itself.
+struct Written<'w> {
+    /// Handlers that got runs from emissions.
+    woken: Vec<String>,
+    /// What the user code of the instance the transition records emitted.
+    emissions: &'w [crate::saga::Emission],
+    /// The give-up check to run first, if any.
+    check: Option<bool>,
+    /// The run's context after the code that ran (`None`: unchanged).
+    context: Option<&'w CooperationContext>,
+}
+
+impl<'w> Written<'w> {
+    /// No emissions and no check; only the context (if code ran).
+    fn context(context: Option<&'w CooperationContext>) -> Written<'w> {
+        Written {
+            woken: Vec::new(),
+            emissions: &[],
+            check: None,
+            context,
+        }
+    }
 }
 
 /// Which give-up check runs before the results of user code are written: none, or the
@@ -91,10 +120,18 @@ impl<'a> Exec<'a> {
             payload: Arc::from(self.run.payload.as_str()),
             successor_ran,
             give_up_sql: self.sql().give_up.clone(),
+            schema: self.shared.client.schema_arc(),
+            max_json_bytes: self.shared.client.max_json_bytes(),
         };
-        let mut ctx = StepContext::new(tx, info, user);
+        let mut ctx = StepContext::new(tx, info, user, self.context.clone());
         let result = panic::catch_unwind(AssertUnwindSafe(|| body(&mut ctx)));
-        let (tx, emissions, savepoint, wake) = ctx.into_parts();
+        let Parts {
+            tx,
+            emissions,
+            savepoint,
+            wake,
+            context,
+        } = ctx.into_parts();
         let savepoint = match savepoint {
             SavepointState::Failed(e) => return Err(e.into()),
             SavepointState::Taken => true,
@@ -119,6 +156,7 @@ impl<'a> Exec<'a> {
             emissions,
             savepoint,
             wake,
+            context,
             result,
         })
     }
@@ -166,6 +204,7 @@ impl<'a> Exec<'a> {
     /// Writes what happy-path user code produced: its emissions, then the transition the core
     /// derives from how many children they created (`decide`), with the delay the code asked
     /// for. `Ok(Err(failure))` when the core rejects the outcome (the step then fails).
+    #[allow(clippy::too_many_arguments)]
     fn write_happy_path(
         &self,
         tx: &mut Transaction<'_>,
@@ -173,14 +212,20 @@ impl<'a> Exec<'a> {
         step: &str,
         emissions: &[crate::saga::Emission],
         wake: Wake,
+        context: &CooperationContext,
         decide: impl FnOnce(u32) -> std::result::Result<Transition, Failure>,
     ) -> Result<std::result::Result<Done, Failure>> {
         let emitted = self.emit(tx, cache, step, emissions, HAPPY_PATH)?;
         match decide(emitted.children) {
             Ok(mut t) => {
                 t.wake = wake;
-                self.persist(tx, cache, t, emitted.handlers, emissions, HAPPY_PATH)
-                    .map(Ok)
+                let written = Written {
+                    woken: emitted.handlers,
+                    emissions,
+                    check: HAPPY_PATH,
+                    context: Some(context),
+                };
+                self.persist(tx, cache, t, written).map(Ok)
             }
             Err(failure) => Ok(Err(failure)),
         }
@@ -191,16 +236,33 @@ impl<'a> Exec<'a> {
         tx: &mut Transaction<'_>,
         cache: &mut StmtCache,
         mut t: Transition,
-        mut woken: Vec<String>,
-        emissions: &[crate::saga::Emission],
-        check: Option<bool>,
+        written: Written<'_>,
     ) -> Result<Done> {
+        let Written {
+            mut woken,
+            emissions,
+            check,
+            context,
+        } = written;
+        // A pending rollback context is merged into `self.context`: save that even when user
+        // code did not run.
+        let context =
+            context.or_else(|| self.run.rollback_context.is_some().then_some(&self.context));
         if let Some((instance, cause)) = &t.rollback_request {
-            let requested =
-                store::request_rollback(tx, self.sql(), self.run.id, *instance, cause, self.quiet)?;
+            let current = context.unwrap_or(&self.context).to_stored();
+            let requested = store::request_rollback(
+                tx,
+                self.sql(),
+                self.run.id,
+                *instance,
+                cause,
+                current.as_deref(),
+                self.quiet,
+            )?;
             t.pending_children = requested.children;
             woken.extend(requested.handlers);
         }
+        let stored = context.map(CooperationContext::to_stored);
         let messages: Vec<uuid::Uuid> = emissions
             .iter()
             .filter(|e| e.scoped)
@@ -215,6 +277,7 @@ impl<'a> Exec<'a> {
             &self.shared.instance,
             &messages,
             check,
+            stored.as_ref().map(Option::as_deref),
         )?;
         Ok(Done {
             transition: t,
@@ -224,12 +287,14 @@ impl<'a> Exec<'a> {
     }
 
     /// The run fails in `step` with `failure`: record it and start its rollback.
+    /// `context` is the failing code's context, if code ran: the rollback starts from it.
     fn fail(
         &self,
         tx: &mut Transaction<'_>,
         cache: &mut StmtCache,
         step: &str,
         failure: Failure,
+        context: Option<&CooperationContext>,
     ) -> Result<Done> {
         let instances = store::instances(tx, self.sql(), self.run.id)?;
         let children = store::children(tx, self.sql(), self.run.id)?;
@@ -239,9 +304,7 @@ impl<'a> Exec<'a> {
             tx,
             cache,
             rollback::begin(&ctx, step),
-            Vec::new(),
-            &[],
-            None,
+            Written::context(context),
         )
     }
 
@@ -300,6 +363,7 @@ impl<'a> Exec<'a> {
             emissions,
             savepoint,
             wake,
+            context,
             result,
         } = called;
         let step = self.step_name(index);
@@ -309,8 +373,14 @@ impl<'a> Exec<'a> {
             .and_then(|next| decide::target(next, index, shapes, &self.entry.source).map(|_| next));
         let failure = match result {
             Ok(next) => {
-                let written =
-                    self.write_happy_path(&mut tx, cache, &step, &emissions, wake, |children| {
+                let written = self.write_happy_path(
+                    &mut tx,
+                    cache,
+                    &step,
+                    &emissions,
+                    wake,
+                    &context,
+                    |children| {
                         decide::after_step(
                             &self.run.view,
                             shapes,
@@ -319,7 +389,8 @@ impl<'a> Exec<'a> {
                             children,
                             &self.entry.source,
                         )
-                    });
+                    },
+                );
                 match written {
                     Ok(Ok(done)) => return Ok((done, tx)),
                     Ok(Err(failure)) => failure,
@@ -329,7 +400,7 @@ impl<'a> Exec<'a> {
             Err(failure) => failure,
         };
         Self::discard(&mut tx, savepoint)?;
-        let done = self.fail(&mut tx, cache, &step, failure)?;
+        let done = self.fail(&mut tx, cache, &step, failure, Some(&context))?;
         Ok((done, tx))
     }
 
@@ -349,7 +420,7 @@ impl<'a> Exec<'a> {
                 "children failed but the run has no step instances",
                 self.entry.source.as_str(),
             );
-            let done = self.fail(&mut tx, cache, &self.step_name(0), failure)?;
+            let done = self.fail(&mut tx, cache, &self.step_name(0), failure, None)?;
             return Ok((done, tx));
         };
         let children = store::children(&mut tx, sql, self.run.id)?;
@@ -364,7 +435,7 @@ impl<'a> Exec<'a> {
         );
         let (index, iteration, cfh, next, failure) = match plan {
             ChildFailurePlan::Rethrow { step, failure } => {
-                let done = self.fail(&mut tx, cache, &step, failure)?;
+                let done = self.fail(&mut tx, cache, &step, failure, None)?;
                 return Ok((done, tx));
             }
             ChildFailurePlan::Run {
@@ -383,6 +454,7 @@ impl<'a> Exec<'a> {
             emissions,
             savepoint,
             wake,
+            context,
             result,
         } = self.call(
             tx,
@@ -399,8 +471,14 @@ impl<'a> Exec<'a> {
         });
         let failure = match result {
             Ok(next) => {
-                let written =
-                    self.write_happy_path(&mut tx, cache, &step, &emissions, wake, |children| {
+                let written = self.write_happy_path(
+                    &mut tx,
+                    cache,
+                    &step,
+                    &emissions,
+                    wake,
+                    &context,
+                    |children| {
                         decide::after_child_failures(
                             &self.run.view,
                             shapes,
@@ -410,7 +488,8 @@ impl<'a> Exec<'a> {
                             children,
                             &self.entry.source,
                         )
-                    });
+                    },
+                );
                 match written {
                     Ok(Ok(done)) => return Ok((done, tx)),
                     Ok(Err(failure)) => failure,
@@ -420,7 +499,7 @@ impl<'a> Exec<'a> {
             Err(failure) => failure,
         };
         Self::discard(&mut tx, savepoint)?;
-        let done = self.fail(&mut tx, cache, &step, failure)?;
+        let done = self.fail(&mut tx, cache, &step, failure, Some(&context))?;
         Ok((done, tx))
     }
 
@@ -440,7 +519,7 @@ impl<'a> Exec<'a> {
         let ctx = self.rollback_ctx(&plan, &cause, &children);
         let pending = match rollback::resume(&ctx) {
             Advance::Done(t) => {
-                let done = self.persist(&mut tx, cache, *t, Vec::new(), &[], None)?;
+                let done = self.persist(&mut tx, cache, *t, Written::context(None))?;
                 return Ok((done, tx));
             }
             Advance::Compensate(pending) => pending,
@@ -462,6 +541,7 @@ impl<'a> Exec<'a> {
             mut tx,
             emissions,
             savepoint,
+            context,
             result,
             ..
         } = self.call(
@@ -485,14 +565,13 @@ impl<'a> Exec<'a> {
                             !emissions.is_empty(),
                             emitted.children,
                         );
-                        self.persist(
-                            &mut tx,
-                            cache,
-                            t,
-                            emitted.handlers,
-                            &emissions,
-                            ROLLBACK_PATH,
-                        )
+                        let written = Written {
+                            woken: emitted.handlers,
+                            emissions: &emissions,
+                            check: ROLLBACK_PATH,
+                            context: Some(&context),
+                        };
+                        self.persist(&mut tx, cache, t, written)
                     });
                 match written {
                     Ok(done) => return Ok((done, tx)),
@@ -503,7 +582,7 @@ impl<'a> Exec<'a> {
         };
         Self::discard(&mut tx, savepoint)?;
         let t = rollback::after_compensation(&ctx, pending, outcome, false, 0);
-        let done = self.persist(&mut tx, cache, t, Vec::new(), &[], None)?;
+        let done = self.persist(&mut tx, cache, t, Written::context(Some(&context)))?;
         Ok((done, tx))
     }
 
@@ -516,7 +595,11 @@ impl<'a> Exec<'a> {
         t: Transition,
         check: bool,
     ) -> Result<Done> {
-        self.persist(tx, cache, t, Vec::new(), &[], check.then_some(false))
+        let written = Written {
+            check: check.then_some(false),
+            ..Written::context(None)
+        };
+        self.persist(tx, cache, t, written)
     }
 
     /// The run must give up: on the happy path it fails and starts its rollback; on the
@@ -535,7 +618,7 @@ impl<'a> Exec<'a> {
             failure.message()
         );
         if self.run.view.status != crate::core::RunStatus::RollingBack {
-            let done = self.fail(&mut tx, cache, step, failure)?;
+            let done = self.fail(&mut tx, cache, step, failure, None)?;
             return Ok((done, tx));
         }
         let cause = self.cause()?;
@@ -548,9 +631,7 @@ impl<'a> Exec<'a> {
             &mut tx,
             cache,
             rollback::give_up(&ctx, failure),
-            Vec::new(),
-            &[],
-            None,
+            Written::context(None),
         )?;
         Ok((done, tx))
     }

@@ -34,6 +34,7 @@ use crate::ids::RootId;
 use crate::inspect::{HistoryEvent, TreeOutcome};
 use crate::saga::Saga;
 use crate::store;
+use crate::typed::AsTopic;
 
 pub use builder::RuntimeBuilder;
 use dispatcher::Event;
@@ -99,16 +100,24 @@ impl Runtime {
         &self.shared.instance
     }
 
-    /// Launches on the global scope; see [`Client::launch`]. Handlers of `topic` served by this
-    /// runtime start at once, without waiting for the notification's round trip.
-    pub fn launch<T: Serialize + ?Sized>(&self, topic: &str, payload: &T) -> Result<RootId> {
-        let root = self.shared.client.launch(topic, payload)?;
+    /// Launches a root; see [`Client::launch`]. Handlers this runtime serves start at once,
+    /// without waiting for the notification.
+    pub fn launch<P: Serialize + ?Sized>(
+        &self,
+        topic: impl AsTopic<P>,
+        payload: &P,
+    ) -> Result<RootId> {
+        let root = self.shared.client.launch(topic.topic_name(), payload)?;
+        self.hint_topic(topic.topic_name());
+        Ok(root)
+    }
+
+    fn hint_topic(&self, topic: &str) {
         if let Some(handlers) = self.shared.by_topic.get(topic) {
             for &h in handlers {
                 let _ = self.shared.events.send(Event::Hint(h));
             }
         }
-        Ok(root)
     }
 
     /// Cancels a tree or subtree; see [`Client::cancel`].
@@ -121,28 +130,27 @@ impl Runtime {
         self.shared.client.cancel(scope, source, reason)
     }
 
-    /// Launches with deadlines; see [`Client::launch_with`].
-    pub fn launch_with<T: Serialize + ?Sized>(
+    /// Launches a root with deadlines and context; see [`Client::launch_with`].
+    pub fn launch_with<P: Serialize + ?Sized>(
         &self,
-        topic: &str,
-        payload: &T,
-        deadlines: &crate::Deadlines,
+        topic: impl AsTopic<P>,
+        payload: &P,
+        options: impl Into<crate::EmitOptions>,
     ) -> Result<RootId> {
-        let root = self.shared.client.launch_with(topic, payload, deadlines)?;
-        if let Some(handlers) = self.shared.by_topic.get(topic) {
-            for &h in handlers {
-                let _ = self.shared.events.send(Event::Hint(h));
-            }
-        }
+        let root = self
+            .shared
+            .client
+            .launch_with(topic.topic_name(), payload, options)?;
+        self.hint_topic(topic.topic_name());
         Ok(root)
     }
 
     /// Launches in the caller's transaction; see [`Client::launch_in`].
-    pub fn launch_in<C: GenericClient, T: Serialize + ?Sized>(
+    pub fn launch_in<C: GenericClient, P: Serialize + ?Sized>(
         &self,
         client: &mut C,
-        topic: &str,
-        payload: &T,
+        topic: impl AsTopic<P>,
+        payload: &P,
     ) -> Result<RootId> {
         self.shared.client.launch_in(client, topic, payload)
     }

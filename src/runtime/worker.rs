@@ -13,6 +13,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::dispatcher::Event;
 use super::exec::Exec;
 use super::{Shared, bump};
+use crate::context::CooperationContext;
 use crate::core::decide::{self, Action};
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
@@ -202,11 +203,16 @@ fn process(
     }
 
     let quiet = shared.quiet_handlers();
+    // A parent's rollback request carried its context: it wins over the run's own.
+    let context = CooperationContext::from_stored(run.context.as_deref())?.merged(
+        &CooperationContext::from_stored(run.rollback_context.as_deref())?,
+    );
     let exec = Exec {
         shared,
         entry,
         run: &run,
         quiet: &quiet,
+        context,
     };
     let shapes = entry.saga.shapes();
     // In a block of its own, so that nothing borrowing the connection outlives the commit.

@@ -8,12 +8,16 @@ use postgres::{Statement, Transaction};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::context::CooperationContext;
 use crate::core::{Next, Wake};
-use crate::deadline::Deadlines;
 use crate::error::{Error, Result};
 use crate::failure::{Failure, StepError};
 use crate::ids::{MessageId, RootId, RunId, new_uuid};
+use crate::options::EmitOptions;
+use crate::typed::AsTopic;
 use crate::validate;
+
+mod values;
 
 /// What kind of user code a [`StepContext`] is given to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +96,10 @@ pub(crate) struct StepInfo {
     pub(crate) successor_ran: bool,
     /// `SELECT give_up_reason($1, $2, $3)` for this schema.
     pub(crate) give_up_sql: Arc<str>,
+    /// The engine's schema (for return values).
+    pub(crate) schema: Arc<str>,
+    /// Largest payload, context or return value, in bytes of JSON.
+    pub(crate) max_json_bytes: usize,
 }
 
 /// A message to be written when the step returns.
@@ -106,6 +114,43 @@ pub(crate) struct Emission {
     pub(crate) deadlines: Option<String>,
     /// For the next run of a periodic saga: how many came before it.
     pub(crate) run_count: u32,
+    /// The new runs' cooperation context (`None` = empty).
+    pub(crate) context: Option<String>,
+}
+
+impl Emission {
+    /// A launch on the global scope (`scoped` false) carrying `options`; the step context
+    /// turns it into a child where needed. Checks the topic and the sizes.
+    pub(crate) fn new<T: Serialize + ?Sized>(
+        topic: &str,
+        payload: &T,
+        options: &EmitOptions,
+        limit: usize,
+    ) -> Result<Emission> {
+        validate::name("topic", topic)?;
+        let payload = serde_json::to_string(payload).map_err(|source| Error::Encode {
+            topic: topic.to_owned(),
+            source,
+        })?;
+        validate::size(
+            || format!("the payload for topic {topic:?}"),
+            &payload,
+            limit,
+        )?;
+        let context = options.context.to_stored();
+        if let Some(json) = &context {
+            validate::size(|| format!("the context for topic {topic:?}"), json, limit)?;
+        }
+        Ok(Emission {
+            id: new_uuid(),
+            topic: topic.to_owned(),
+            payload,
+            scoped: false,
+            deadlines: options.deadlines.to_json(),
+            run_count: 0,
+            context,
+        })
+    }
 }
 
 /// The savepoint taken before user code first touches the transaction.
@@ -130,6 +175,16 @@ pub struct StepContext<'c> {
     emissions: Vec<Emission>,
     statements: &'c mut UserStatements,
     wake: Wake,
+    context: CooperationContext,
+}
+
+/// What a step context leaves behind for the runtime.
+pub(crate) struct Parts<'c> {
+    pub(crate) tx: Transaction<'c>,
+    pub(crate) emissions: Vec<Emission>,
+    pub(crate) savepoint: SavepointState,
+    pub(crate) wake: Wake,
+    pub(crate) context: CooperationContext,
 }
 
 /// Statements prepared by step code with [`StepContext::prepare_cached`], per connection.
@@ -145,6 +200,7 @@ impl<'c> StepContext<'c> {
         tx: Transaction<'c>,
         info: StepInfo,
         statements: &'c mut UserStatements,
+        context: CooperationContext,
     ) -> StepContext<'c> {
         StepContext {
             tx,
@@ -153,7 +209,21 @@ impl<'c> StepContext<'c> {
             emissions: Vec::new(),
             statements,
             wake: Wake::Now,
+            context,
         }
+    }
+
+    /// The run's cooperation context: what the launch or the parent gave it, with the changes
+    /// of the steps that ran before this one.
+    pub fn context(&self) -> &CooperationContext {
+        &self.context
+    }
+
+    /// The run's cooperation context, to change. Changes are saved with the step's outcome —
+    /// also when the step fails, so that the run's rollback sees them — and children emitted
+    /// afterwards in this step receive them.
+    pub fn context_mut(&mut self) -> &mut CooperationContext {
+        &mut self.context
     }
 
     /// The step's open transaction. Write your business data here: it commits together with
@@ -199,42 +269,54 @@ impl<'c> StepContext<'c> {
         Ok(statement)
     }
 
-    /// Emits a child message on `topic`. Every handler registered for the topic gets a run,
-    /// and this run's next step starts only after all of them have finished.
+    /// Emits a child message on `topic` (a [`Topic`](crate::Topic), which fixes the payload
+    /// type, or a name). Every handler registered for the topic gets a run, and this run's next
+    /// step starts only after all of them have finished. The children get this run's context
+    /// as it is now, and inherit its deadlines.
     ///
     /// The message is written when the step returns successfully; its id is known at once.
-    pub fn emit<T: Serialize + ?Sized>(&mut self, topic: &str, payload: &T) -> Result<MessageId> {
-        self.push(topic, payload, true, None)
+    pub fn emit<P: Serialize + ?Sized>(
+        &mut self,
+        topic: impl AsTopic<P>,
+        payload: &P,
+    ) -> Result<MessageId> {
+        self.push(topic.topic_name(), payload, true, &EmitOptions::new())
             .map(MessageId::from_uuid)
     }
 
-    /// Like [`emit`](Self::emit), with deadlines for the child (and everything below it) on top
-    /// of the ones it inherits from this run; the earliest of each kind wins.
-    pub fn emit_with<T: Serialize + ?Sized>(
+    /// Like [`emit`](Self::emit), with deadlines and context entries for the children on top
+    /// of what they inherit: the earliest deadline of each kind wins, and the given entries
+    /// win over this run's (this run's own context does not change).
+    pub fn emit_with<P: Serialize + ?Sized>(
         &mut self,
-        topic: &str,
-        payload: &T,
-        deadlines: &Deadlines,
+        topic: impl AsTopic<P>,
+        payload: &P,
+        options: impl Into<EmitOptions>,
     ) -> Result<MessageId> {
-        self.push(topic, payload, true, deadlines.to_json())
+        self.push(topic.topic_name(), payload, true, &options.into())
             .map(MessageId::from_uuid)
     }
 
     /// Launches a message on the global scope: a new, independent cooperation root that this
-    /// run does not wait for. It is written atomically with the step, and inherits nothing.
-    pub fn launch<T: Serialize + ?Sized>(&mut self, topic: &str, payload: &T) -> Result<RootId> {
-        self.push(topic, payload, false, None)
+    /// run does not wait for. It is written atomically with the step, and inherits nothing
+    /// (no context, no deadlines).
+    pub fn launch<P: Serialize + ?Sized>(
+        &mut self,
+        topic: impl AsTopic<P>,
+        payload: &P,
+    ) -> Result<RootId> {
+        self.push(topic.topic_name(), payload, false, &EmitOptions::new())
             .map(RootId::from_uuid)
     }
 
-    /// Like [`launch`](Self::launch), with deadlines for the new root.
-    pub fn launch_with<T: Serialize + ?Sized>(
+    /// Like [`launch`](Self::launch), with deadlines and context for the new root.
+    pub fn launch_with<P: Serialize + ?Sized>(
         &mut self,
-        topic: &str,
-        payload: &T,
-        deadlines: &Deadlines,
+        topic: impl AsTopic<P>,
+        payload: &P,
+        options: impl Into<EmitOptions>,
     ) -> Result<RootId> {
-        self.push(topic, payload, false, deadlines.to_json())
+        self.push(topic.topic_name(), payload, false, &options.into())
             .map(RootId::from_uuid)
     }
 
@@ -243,21 +325,24 @@ impl<'c> StepContext<'c> {
         topic: &str,
         payload: &T,
         scoped: bool,
-        deadlines: Option<String>,
+        options: &EmitOptions,
     ) -> Result<Uuid> {
-        validate::name("topic", topic)?;
-        let payload = serde_json::to_string(payload).map_err(|source| Error::Encode {
-            topic: topic.to_owned(),
-            source,
-        })?;
-        let id = new_uuid();
+        let limit = self.info.max_json_bytes;
+        let emission = Emission::new(topic, payload, options, limit)?;
+        let context = if scoped {
+            let context = self.context.clone().merged(&options.context).to_stored();
+            if let Some(json) = &context {
+                validate::size(|| format!("the context for topic {topic:?}"), json, limit)?;
+            }
+            context
+        } else {
+            emission.context
+        };
+        let id = emission.id;
         self.emissions.push(Emission {
-            id,
-            topic: topic.to_owned(),
-            payload,
             scoped,
-            deadlines,
-            run_count: 0,
+            context,
+            ..emission
         });
         Ok(id)
     }
@@ -272,6 +357,7 @@ impl<'c> StepContext<'c> {
             scoped: false,
             deadlines: None,
             run_count: self.info.run_count + 1,
+            context: None,
         });
     }
 
@@ -374,14 +460,20 @@ impl<'c> StepContext<'c> {
     }
 
     /// Returns the transaction, the buffered emissions, whether (and how) a savepoint was
-    /// taken, and when the next step may run.
-    pub(crate) fn into_parts(self) -> (Transaction<'c>, Vec<Emission>, SavepointState, Wake) {
-        let state = match self.savepoint {
+    /// taken, when the next step may run, and the context as the code left it.
+    pub(crate) fn into_parts(self) -> Parts<'c> {
+        let savepoint = match self.savepoint {
             Savepoint::NotTaken => SavepointState::NotTaken,
             Savepoint::Taken => SavepointState::Taken,
             Savepoint::Failed(e) => SavepointState::Failed(e),
         };
-        (self.tx, self.emissions, state, self.wake)
+        Parts {
+            tx: self.tx,
+            emissions: self.emissions,
+            savepoint,
+            wake: self.wake,
+            context: self.context,
+        }
     }
 }
 

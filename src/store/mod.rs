@@ -85,6 +85,10 @@ pub(crate) struct Claimed {
     pub(crate) give_up: Option<Failure>,
     /// For periodic sagas: how many runs of the chain came before this one.
     pub(crate) run_count: u32,
+    /// The run's cooperation context, as stored (`None` = empty).
+    pub(crate) context: Option<String>,
+    /// The context a parent's rollback request carried, not merged in yet.
+    pub(crate) rollback_context: Option<String>,
 }
 
 impl Claimed {
@@ -159,6 +163,8 @@ pub(crate) fn claim(
         failure: row.try_get("failure")?,
         give_up: failure_col(&row, "give_up")?,
         run_count: u32_col(&row, "run_count")?,
+        context: row.try_get("context")?,
+        rollback_context: row.try_get("rollback_context")?,
     }))
 }
 
@@ -212,7 +218,8 @@ pub(crate) fn emit(
     let step = emitter.map(|e| e.step);
     let deadlines: Vec<Option<&str>> = emissions.iter().map(|e| e.deadlines.as_deref()).collect();
     let run_counts: Vec<i32> = emissions.iter().map(|e| e.run_count as i32).collect();
-    let params: [&(dyn postgres::types::ToSql + Sync); 15] = [
+    let contexts: Vec<Option<&str>> = emissions.iter().map(|e| e.context.as_deref()).collect();
+    let params: [&(dyn postgres::types::ToSql + Sync); 16] = [
         &ids,
         &topics,
         &payloads,
@@ -228,6 +235,7 @@ pub(crate) fn emit(
         &run_counts,
         &check,
         &quiet,
+        &contexts,
     ];
     let row = match cache {
         Some(cache) => {
@@ -253,7 +261,8 @@ pub(crate) struct Applied {
 
 /// Persists `t` for run `run`. `messages` are the child messages emitted by the instance `t`
 /// records, if any. With `check` set (whether the run is rolling back), the run's give-up
-/// check runs first (see [`is_give_up`]).
+/// check runs first (see [`is_give_up`]). With `context` set, the run's context becomes it
+/// (`Some(None)`: empty) and any pending rollback context is cleared.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply(
     client: &mut impl GenericClient,
@@ -264,6 +273,7 @@ pub(crate) fn apply(
     worker: &str,
     messages: &[Uuid],
     check: Option<bool>,
+    context: Option<Option<&str>>,
 ) -> Result<Applied> {
     let json = |f: &Option<Failure>| f.as_ref().map(serde_json::to_string).transpose();
     let failure = json(&t.failure)?;
@@ -284,7 +294,9 @@ pub(crate) fn apply(
         Wake::After(d) => (None, Some(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))),
         Wake::At(at) => (Some(at), None),
     };
-    let params: [&(dyn postgres::types::ToSql + Sync); 26] = [
+    let write_context = context.is_some();
+    let context = context.flatten();
+    let params: [&(dyn postgres::types::ToSql + Sync); 28] = [
         &run.as_uuid(),
         &t.status.as_str(),
         &int(t.step_index),
@@ -311,6 +323,8 @@ pub(crate) fn apply(
         &wake_at,
         &wake_in_us,
         &check,
+        &write_context,
+        &context,
     ];
     let row = match cache {
         Some(cache) => {

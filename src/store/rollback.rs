@@ -82,6 +82,7 @@ pub(crate) fn request_rollback(
     run: RunId,
     instance: u32,
     cause: &Failure,
+    context: Option<&str>,
     quiet: &[&str],
 ) -> Result<Requested> {
     let cause = serde_json::to_string(cause)?;
@@ -93,6 +94,7 @@ pub(crate) fn request_rollback(
             &cause,
             &sql.channel,
             &quiet,
+            &context,
         ],
     )?;
     Ok(Requested {

@@ -17,7 +17,8 @@ c AS (
     SELECT r.id, r.root_id, r.message_id, r.topic, r.status, r.step_index,
            r.step_iteration, r.instances, r.failed_children, r.started_at IS NOT NULL AS seen,
            r.wake_at, r.cfh_iteration, r.rollback_cursor, r.waited_instance, r.rollback_seen,
-           r.failure, r.happy_deadline, r.rollback_deadline, r.absolute_deadline
+           r.failure, r.happy_deadline, r.rollback_deadline, r.absolute_deadline,
+           r.context, r.rollback_context
     FROM __S__.runs r
     WHERE r.handler = $1 AND r.status IN ('active', 'rolling_back') AND r.pending_children = 0
     ORDER BY r.wake_at, r.id
@@ -35,7 +36,7 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
        c.waited_instance, c.rollback_seen, c.failure::text AS failure,
        c.wake_at <= clock.t AS due,
        greatest(0, ceil(extract(epoch FROM c.wake_at - clock.t) * 1000))::int8 AS wait_ms,
-       m.payload::text AS payload, m.run_count,
+       m.payload::text AS payload, m.run_count, c.context, c.rollback_context,
        -- Whether the run must give up (cancelled, a deadline passed). The guard keeps the
        -- common case (no deadlines, no cancellation in the tree) to one index probe.
        CASE WHEN c.happy_deadline IS NULL AND c.rollback_deadline IS NULL
@@ -62,8 +63,9 @@ WITH checked AS MATERIALIZED (
 ),
 e AS (
     SELECT e.* FROM checked,
-        unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $12::text[], $13::int4[])
-        WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, ord)
+        unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $12::text[], $13::int4[],
+               $16::text[])
+        WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, context, ord)
     WHERE checked.ok
 ),
 ed AS MATERIALIZED (
@@ -89,10 +91,11 @@ msg AS (
 child AS (
     INSERT INTO __S__.runs (id, root_id, parent_id, parent_instance, message_id, handler, topic,
                             happy_deadline, rollback_deadline, absolute_deadline, deadline_trace,
-                            wake_at)
+                            wake_at, context)
     SELECT __S__.uuid_v7(), CASE WHEN e.scoped THEN $5::uuid ELSE e.id END,
            CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
-           e.id, h.handler, e.topic, d.happy, d.rollback, d.absolute, d.trace, clock_timestamp()
+           e.id, h.handler, e.topic, d.happy, d.rollback, d.absolute, d.trace, clock_timestamp(),
+           e.context
     FROM e JOIN ed d ON d.id = e.id JOIN __S__.handlers h ON h.topic = e.topic
     RETURNING parent_id, handler
 ),
@@ -131,6 +134,9 @@ run AS (
         rollback_failure = coalesce($8::text::jsonb, rollback_failure),
         cfh_iteration = $9, rollback_cursor = $10, waited_instance = $11,
         rollback_seen = true,
+        -- With `$27`, the context becomes `$28` (which includes any pending rollback context).
+        context = CASE WHEN $27::bool THEN $28::text ELSE context END,
+        rollback_context = CASE WHEN $27::bool THEN NULL ELSE rollback_context END,
         -- `$24` not before a time, `$25` microseconds from now; a sleeping run still wakes
         -- for its deadlines (to give up).
         wake_at = least(
@@ -234,7 +240,8 @@ SELECT coalesce(c.seq, m.seq) AS seq, coalesce(m.messages, '{}') AS messages,
 FROM c FULL JOIN m ON c.seq = m.seq";
 
 /// Asks the committed children of step instance `$2` of run `$1` to roll back with cause
-/// `$3`; they become runnable, and their handlers are notified unless in `$5`.
+/// `$3` and the parent's context `$6`; they become runnable, and their handlers are notified
+/// unless in `$5`.
 ///
 /// The parent holds its own row and takes its children's with `NOWAIT`: a parent never waits
 /// for a descendant's lock (they are finished runs, which nobody else holds; if an operator's
@@ -250,7 +257,7 @@ marked AS (
         status = 'rolling_back', failure = $3::text::jsonb, rollback_cursor = 0,
         rollback_seen = false, awaited = true, waited_instance = NULL, pending_children = 0,
         failed_children = 0, wake_at = clock_timestamp(), finished_at = NULL,
-        updated_at = clock_timestamp()
+        rollback_context = $6::text, updated_at = clock_timestamp()
     FROM target WHERE r.id = target.id
     RETURNING r.handler
 ),

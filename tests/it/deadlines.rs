@@ -58,7 +58,7 @@ fn deadlines_are_inherited_across_three_levels_and_the_earliest_wins() {
         .launch_with(
             "root-topic",
             &json!({}),
-            &Deadlines::new().happy_path_within(Duration::from_secs(3600), "root system"),
+            Deadlines::new().happy_path_within(Duration::from_secs(3600), "root system"),
         )
         .unwrap();
     gate.wait_for_waiting(1);
@@ -127,7 +127,7 @@ fn a_missed_happy_path_deadline_rolls_the_run_back() {
         .launch_with(
             "t",
             &json!({}),
-            &Deadlines::new().happy_path_within(Duration::from_millis(300), "checkout"),
+            Deadlines::new().happy_path_within(Duration::from_millis(300), "checkout"),
         )
         .unwrap();
     let outcome = runtime.wait_for(id, WAIT).unwrap();
@@ -173,7 +173,7 @@ fn a_missed_rollback_deadline_fails_the_rollback() {
         .launch_with(
             "t",
             &json!({}),
-            &Deadlines::new().rollback_within(Duration::from_millis(200), "ops"),
+            Deadlines::new().rollback_within(Duration::from_millis(200), "ops"),
         )
         .unwrap();
     gate.wait_for_waiting(1);
@@ -224,7 +224,7 @@ fn after_an_absolute_deadline_nothing_is_compensated() {
         .launch_with(
             "t",
             &json!({}),
-            &Deadlines::new().absolute_within(Duration::from_millis(300), "sla"),
+            Deadlines::new().absolute_within(Duration::from_millis(300), "sla"),
         )
         .unwrap();
     let outcome = runtime.wait_for(id, WAIT).unwrap();

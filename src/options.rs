@@ -1,0 +1,79 @@
+//! What an emission or launch can carry besides its payload.
+
+use crate::context::CooperationContext;
+use crate::deadline::Deadlines;
+
+/// Deadlines and cooperation-context entries given to one emission or launch.
+///
+/// For a child ([`StepContext::emit_with`](crate::StepContext::emit_with)) both come on top of
+/// what it inherits from its parent: the earliest deadline of each kind wins, and these context
+/// entries win over the parent's. A launch (a new root) inherits nothing and gets exactly these.
+///
+/// Anything that converts into it can be passed: `&Deadlines`, `&CooperationContext`, or the
+/// full set built here.
+///
+/// ```
+/// use std::time::Duration;
+/// use structured_cooperation::{CooperationContext, Deadlines, EmitOptions};
+///
+/// let mut context = CooperationContext::new();
+/// context.set_raw("Tenant", r#""acme""#).unwrap();
+/// let options = EmitOptions::new()
+///     .deadlines(Deadlines::new().happy_path_within(Duration::from_secs(30), "checkout"))
+///     .context(context);
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EmitOptions {
+    pub(crate) deadlines: Deadlines,
+    pub(crate) context: CooperationContext,
+}
+
+impl EmitOptions {
+    /// Nothing beyond what is inherited.
+    pub fn new() -> EmitOptions {
+        EmitOptions::default()
+    }
+
+    /// Sets the deadlines.
+    pub fn deadlines(mut self, deadlines: Deadlines) -> EmitOptions {
+        self.deadlines = deadlines;
+        self
+    }
+
+    /// Sets the context entries.
+    pub fn context(mut self, context: CooperationContext) -> EmitOptions {
+        self.context = context;
+        self
+    }
+}
+
+impl From<Deadlines> for EmitOptions {
+    fn from(deadlines: Deadlines) -> Self {
+        EmitOptions::new().deadlines(deadlines)
+    }
+}
+
+impl From<&Deadlines> for EmitOptions {
+    fn from(deadlines: &Deadlines) -> Self {
+        EmitOptions::new().deadlines(deadlines.clone())
+    }
+}
+
+impl From<CooperationContext> for EmitOptions {
+    fn from(context: CooperationContext) -> Self {
+        EmitOptions::new().context(context)
+    }
+}
+
+impl From<&CooperationContext> for EmitOptions {
+    fn from(context: &CooperationContext) -> Self {
+        EmitOptions::new().context(context.clone())
+    }
+}
+
+impl From<&EmitOptions> for EmitOptions {
+    fn from(options: &EmitOptions) -> Self {
+        options.clone()
+    }
+}
