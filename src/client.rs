@@ -315,6 +315,7 @@ impl Client {
                 depth: r.depth,
                 failure: r.failure,
                 rollback_failure: r.rollback_failure,
+                context: r.context,
             })
             .collect())
     }

@@ -91,6 +91,8 @@ pub struct RunInfo {
     pub failure: Option<Failure>,
     /// Why its rollback failed, if it ended `RollbackFailed`.
     pub rollback_failure: Option<Failure>,
+    /// Its cooperation context as last saved (after its latest step).
+    pub context: crate::CooperationContext,
 }
 
 /// Renders runs (as returned by [`Client::tree`](crate::Client::tree)) as an indented tree.

@@ -7,6 +7,7 @@ use postgres::GenericClient;
 use uuid::Uuid;
 
 use super::{Sql, failure_col, run_view, status, u32_col};
+use crate::context::CooperationContext;
 use crate::core::{EventKind, RunStatus, RunView};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -53,6 +54,7 @@ pub(crate) struct TreeRow {
     pub(crate) depth: u32,
     pub(crate) failure: Option<Failure>,
     pub(crate) rollback_failure: Option<Failure>,
+    pub(crate) context: CooperationContext,
 }
 
 pub(crate) fn tree(
@@ -77,6 +79,7 @@ pub(crate) fn tree(
                 depth: u32_col(row, "depth")?,
                 failure: failure_col(row, "failure")?,
                 rollback_failure: failure_col(row, "rollback_failure")?,
+                context: CooperationContext::from_stored(row.try_get("context")?)?,
             })
         })
         .collect()

@@ -388,15 +388,17 @@ ORDER BY handler";
 const TREE: &str = "
 WITH RECURSIVE t AS (
     SELECT r.id, r.parent_id, r.handler, r.topic, r.status, r.step_index, r.pending_children,
-           r.failure, r.rollback_failure, r.created_at, 0 AS depth, ARRAY[r.created_at] AS path
+           r.failure, r.rollback_failure, r.context, r.created_at, 0 AS depth,
+           ARRAY[r.created_at] AS path
     FROM __S__.runs r WHERE r.message_id = $1 AND r.parent_id IS NULL
     UNION ALL
     SELECT c.id, c.parent_id, c.handler, c.topic, c.status, c.step_index, c.pending_children,
-           c.failure, c.rollback_failure, c.created_at, t.depth + 1, t.path || c.created_at
+           c.failure, c.rollback_failure, c.context, c.created_at, t.depth + 1,
+           t.path || c.created_at
     FROM __S__.runs c JOIN t ON c.parent_id = t.id
 )
 SELECT id, parent_id, handler, topic, status, step_index, pending_children, depth,
-       failure::text AS failure, rollback_failure::text AS rollback_failure
+       failure::text AS failure, rollback_failure::text AS rollback_failure, context
 FROM t ORDER BY path, handler";
 
 /// A root's history in order.

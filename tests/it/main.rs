@@ -11,6 +11,8 @@ mod child_failures;
 mod compensation;
 /// Bad configuration gives clear errors.
 mod config;
+/// The cooperation context (CX-*).
+mod context;
 /// Deadlines (DL-*).
 mod deadlines;
 /// Failing steps are recorded and release their parents.
