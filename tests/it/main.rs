@@ -27,6 +27,8 @@ mod loops;
 mod messaging;
 /// Lost notifications, deep trees, concurrent siblings.
 mod resilience;
+/// Return values (RV-*).
+mod return_values;
 /// The rollback path, child failures, distributed failures (RB-*, CF-*, EX-*, IR-*).
 mod rollback;
 /// Durable time: sleep, schedules, periodic sagas (SL-*).
