@@ -35,5 +35,7 @@ mod rollback;
 mod time;
 /// try/finally (TF-*).
 mod try_finally;
+/// The typed layer and oversized input.
+mod typed;
 /// Shared fixtures.
 mod util;
