@@ -13,6 +13,8 @@ mod compensation;
 mod config;
 /// The cooperation context (CX-*).
 mod context;
+/// Unknown context entries survive three services (property test).
+mod context_roundtrip;
 /// Deadlines (DL-*).
 mod deadlines;
 /// Failing steps are recorded and release their parents.
