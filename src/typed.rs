@@ -22,6 +22,27 @@ use crate::saga::SagaBuilder;
 ///
 /// const ORDERS: Topic<Order> = Topic::new("orders");
 /// assert_eq!(ORDERS.name(), "orders");
+///
+/// fn place(ctx: &mut structured_cooperation::StepContext<'_>) -> structured_cooperation::Result<()> {
+///     ctx.emit(ORDERS, &Order { id: 7 })?;
+///     ctx.emit("orders", &serde_json::json!({ "id": 7 }))?; // untyped: anything goes
+///     Ok(())
+/// }
+/// ```
+///
+/// Emitting something else on a typed topic does not compile:
+///
+/// ```compile_fail
+/// use structured_cooperation::{StepContext, Topic};
+///
+/// #[derive(serde::Serialize)]
+/// struct Order { id: u64 }
+/// const ORDERS: Topic<Order> = Topic::new("orders");
+///
+/// fn place(ctx: &mut StepContext<'_>) -> structured_cooperation::Result<()> {
+///     ctx.emit(ORDERS, &"not an order")?;
+///     Ok(())
+/// }
 /// ```
 pub struct Topic<P: ?Sized> {
     name: &'static str,
