@@ -40,6 +40,19 @@ fn reading_root(
         .unwrap()
 }
 
+/// Starts a runtime with `subscriptions`, launches on `root-topic`, and waits for the tree to
+/// commit.
+fn run_committed(db: &TestDb, subscriptions: Vec<(&str, Saga)>) {
+    let mut builder = db.runtime();
+    for (topic, saga) in subscriptions {
+        builder = builder.subscribe(topic, saga);
+    }
+    let runtime = builder.start().unwrap();
+    let id = runtime.launch("root-topic", &json!({})).unwrap();
+    assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
+    runtime.shutdown().unwrap();
+}
+
 fn values_of(ctx: &mut StepContext<'_>, name: &str) -> Vec<(String, Value)> {
     ctx.child_values::<Value>(name)
         .unwrap()
@@ -124,31 +137,30 @@ fn rv_02_several_child_handlers_each_return_a_value() {
 fn rv_04_different_names_are_independent() {
     let db = TestDb::new("rv_04");
     let log = ExecLog::default();
-    let runtime = db
-        .runtime()
-        .subscribe(
-            "root-topic",
-            reading_root(&log, &["child-topic"], |ctx, log| {
-                for name in ["TestResult", "AnotherResult"] {
-                    log.push(format!("{name}: {:?}", values_of(ctx, name)));
-                }
-                Ok(())
-            }),
-        )
-        .subscribe(
-            "child-topic",
-            storing(
-                "ChildHandler",
-                vec![
-                    ("TestResult", json!({"type": "test"})),
-                    ("AnotherResult", json!({"type": "another"})),
-                ],
+    run_committed(
+        &db,
+        vec![
+            (
+                "root-topic",
+                reading_root(&log, &["child-topic"], |ctx, log| {
+                    for name in ["TestResult", "AnotherResult"] {
+                        log.push(format!("{name}: {:?}", values_of(ctx, name)));
+                    }
+                    Ok(())
+                }),
             ),
-        )
-        .start()
-        .unwrap();
-    let id = runtime.launch("root-topic", &json!({})).unwrap();
-    assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
+            (
+                "child-topic",
+                storing(
+                    "ChildHandler",
+                    vec![
+                        ("TestResult", json!({"type": "test"})),
+                        ("AnotherResult", json!({"type": "another"})),
+                    ],
+                ),
+            ),
+        ],
+    );
     assert_eq!(
         log.entries(),
         [
@@ -196,14 +208,7 @@ fn every_child_run_of_one_handler_returns_its_own_value() {
         })
         .build()
         .unwrap();
-    let runtime = db
-        .runtime()
-        .subscribe("root-topic", root)
-        .subscribe("child-topic", child)
-        .start()
-        .unwrap();
-    let id = runtime.launch("root-topic", &json!({})).unwrap();
-    assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
+    run_committed(&db, vec![("root-topic", root), ("child-topic", child)]);
     assert_eq!(
         log.entries(),
         [
@@ -255,15 +260,14 @@ fn values_of_rolled_back_children_are_visible_with_their_status() {
         })
         .build()
         .unwrap();
-    let runtime = db
-        .runtime()
-        .subscribe("root-topic", root)
-        .subscribe("stores-then-fails", stores_then_fails)
-        .subscribe("fails-while-storing", fails_while_storing)
-        .start()
-        .unwrap();
-    let id = runtime.launch("root-topic", &json!({})).unwrap();
-    assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
+    run_committed(
+        &db,
+        vec![
+            ("root-topic", root),
+            ("stores-then-fails", stores_then_fails),
+            ("fails-while-storing", fails_while_storing),
+        ],
+    );
     assert_eq!(log.entries(), ["stores-then-fails: r-1 (RolledBack)"]);
 }
 
@@ -272,21 +276,11 @@ fn values_of_rolled_back_children_are_visible_with_their_status() {
 fn storing_a_name_twice_is_a_clear_error() {
     let db = TestDb::new("rv_twice");
     let log = ExecLog::default();
-    let root = {
-        let log = log.clone();
-        Saga::builder("root-handler")
-            .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                ctx.emit("child-topic", &json!({}))?;
-                Ok(())
-            })
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                let value = ctx.child_value::<String>("answer", "child-handler")?;
-                log.push(format!("{value:?}"));
-                Ok(())
-            })
-            .build()
-            .unwrap()
-    };
+    let root = reading_root(&log, &["child-topic"], |ctx, log| {
+        let value = ctx.child_value::<String>("answer", "child-handler")?;
+        log.push(format!("{value:?}"));
+        Ok(())
+    });
     let child = {
         let log = log.clone();
         Saga::builder("child-handler")
@@ -302,14 +296,7 @@ fn storing_a_name_twice_is_a_clear_error() {
             .build()
             .unwrap()
     };
-    let runtime = db
-        .runtime()
-        .subscribe("root-topic", root)
-        .subscribe("child-topic", child)
-        .start()
-        .unwrap();
-    let id = runtime.launch("root-topic", &json!({})).unwrap();
-    assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
+    run_committed(&db, vec![("root-topic", root), ("child-topic", child)]);
     assert_eq!(
         log.entries(),
         [
@@ -332,36 +319,25 @@ const PRICE: ReturnName<Price> = ReturnName::new("price");
 fn a_value_of_the_wrong_type_is_a_clear_error() {
     let db = TestDb::new("rv_wrong_type");
     let log = ExecLog::default();
-    let root = {
-        let log = log.clone();
-        Saga::builder("root-handler")
-            .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                ctx.emit("child-topic", &json!({}))?;
-                Ok(())
-            })
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                let err = ctx.child_values(PRICE).unwrap_err();
-                assert!(matches!(err, Error::ReturnValue { .. }));
-                let message = err.to_string();
-                log.push(message[..message.find("(run").unwrap()].to_owned());
-                let raw = ctx.child_value::<Value>("price", "child-handler")?;
-                log.push(format!("{raw:?}"));
-                Ok(())
-            })
-            .build()
-            .unwrap()
-    };
-    let runtime = db
-        .runtime()
-        .subscribe("root-topic", root)
-        .subscribe(
-            "child-topic",
-            storing("child-handler", vec![("price", json!("twelve"))]),
-        )
-        .start()
-        .unwrap();
-    let id = runtime.launch("root-topic", &json!({})).unwrap();
-    assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
+    let root = reading_root(&log, &["child-topic"], |ctx, log| {
+        let err = ctx.child_values(PRICE).unwrap_err();
+        assert!(matches!(err, Error::ReturnValue { .. }));
+        let message = err.to_string();
+        log.push(message[..message.find("(run").unwrap_or(0)].to_owned());
+        let raw = ctx.child_value::<Value>("price", "child-handler")?;
+        log.push(format!("{raw:?}"));
+        Ok(())
+    });
+    run_committed(
+        &db,
+        vec![
+            ("root-topic", root),
+            (
+                "child-topic",
+                storing("child-handler", vec![("price", json!("twelve"))]),
+            ),
+        ],
+    );
     assert_eq!(
         log.entries(),
         [
