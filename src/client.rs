@@ -1,5 +1,7 @@
-//! Talking to the engine without running handlers: launching, inspecting, waiting, and
-//! completing out-of-band handlers.
+//! Talking to the engine without running handlers: launching, inspecting and waiting here;
+//! operators' requests (rollback, cancel, out-of-band completion) in `client/operate.rs`.
+
+mod operate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,16 +10,14 @@ use postgres::{GenericClient, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 use serde::Serialize;
 
-use crate::core::RunStatus;
-use crate::core::decide;
-use crate::error::{Error, Result};
-use crate::failure::Failure;
-use crate::ids::{MessageId, RootId, RunId};
-use crate::inspect::{HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome};
+use crate::error::{Error, Result, from_r2d2};
+use crate::ids::{MessageId, RootId};
+use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome};
 use crate::migrate;
 use crate::options::EmitOptions;
+use crate::proto::{self, Emit, GiveUpCheck, Sql};
+use crate::runtime::exec;
 use crate::saga::Emission;
-use crate::store::{self, Sql};
 use crate::typed::AsTopic;
 use crate::validate;
 
@@ -34,6 +34,20 @@ const CLIENT_WORKER: &str = "client";
 ///
 /// Every [`Runtime`](crate::Runtime) has one ([`Runtime::client`](crate::Runtime::client));
 /// processes that only launch or inspect can build their own with [`Client::builder`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use structured_cooperation::Client;
+///
+/// # fn main() -> structured_cooperation::Result<()> {
+/// let client = Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+/// let root = client.launch("orders", &serde_json::json!({ "id": 7 }))?;
+/// // Some runtime, in this process or another, serves "orders".
+/// let outcome = client.wait_for(root, Duration::from_secs(30))?;
+/// println!("{root}: committed = {}", outcome.is_committed());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -90,6 +104,22 @@ pub(crate) fn build_pool(url: &str, size: u32, connect_timeout: Duration) -> Res
 }
 
 /// Builds a [`Client`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use structured_cooperation::Client;
+///
+/// # fn main() -> structured_cooperation::Result<()> {
+/// let client = Client::builder("postgres://postgres@127.0.0.1/postgres")
+///     .schema("orders_engine")
+///     .pool_size(2)
+///     .connect_timeout(Duration::from_secs(3))
+///     .max_json_bytes(64 * 1024)
+///     .connect()?;
+/// # let _ = client;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct ClientBuilder {
     source: Source,
@@ -141,6 +171,15 @@ impl ClientBuilder {
 
 impl Client {
     /// A builder connecting to `url` (a `postgres://` URL or a `key=value` string).
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// let client = structured_cooperation::Client::builder("host=127.0.0.1 user=postgres")
+    ///     .connect()?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             source: Source::Url(url.into()),
@@ -151,7 +190,22 @@ impl Client {
         }
     }
 
-    /// A client over an existing pool, using `schema`.
+    /// A client over an existing pool, using `schema` (created and migrated if needed).
+    ///
+    /// ```no_run
+    /// use structured_cooperation::{Client, postgres::NoTls, r2d2, r2d2_postgres::PostgresConnectionManager};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager = PostgresConnectionManager::new(
+    ///     "postgres://postgres@127.0.0.1/postgres".parse()?,
+    ///     NoTls,
+    /// );
+    /// let pool = r2d2::Pool::builder().max_size(4).build(manager)?;
+    /// let client = Client::from_pool(pool, "scoop")?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_pool(pool: Pool, schema: impl Into<String>) -> Result<Client> {
         let schema = schema.into();
         validate::schema(&schema)?;
@@ -162,11 +216,12 @@ impl Client {
         if max_json_bytes == 0 {
             return Err(Error::Config("max_json_bytes must be >= 1".to_owned()));
         }
-        let mut conn = pool.get().map_err(|e| Error::Connect(e.to_string()))?;
-        migrate::migrate(&mut *conn, &schema)?;
+        let sql = Sql::new(&schema);
+        let mut conn = pool.get().map_err(from_r2d2)?;
+        migrate::migrate(&mut *conn, &sql, &schema)?;
         Ok(Client {
             inner: Arc::new(Inner {
-                sql: Sql::new(&schema),
+                sql,
                 pool,
                 schema: schema.into(),
                 max_json_bytes,
@@ -175,20 +230,42 @@ impl Client {
     }
 
     /// The schema.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// assert_eq!(client.schema(), structured_cooperation::DEFAULT_SCHEMA);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn schema(&self) -> &str {
         &self.inner.schema
     }
 
-    pub(crate) fn schema_arc(&self) -> Arc<str> {
-        self.inner.schema.clone()
-    }
-
     /// The largest payload, context or return value accepted, in bytes of JSON.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// assert_eq!(client.max_json_bytes(), 2 * 1024 * 1024);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn max_json_bytes(&self) -> usize {
         self.inner.max_json_bytes
     }
 
-    /// The connection pool.
+    /// The connection pool, for the application's own queries (for example to launch inside
+    /// its own transaction with [`launch_in`](Self::launch_in)).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let conn = client.pool().get()?;
+    /// assert!(!conn.is_closed());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
     }
@@ -198,12 +275,27 @@ impl Client {
     }
 
     pub(crate) fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
-        Ok(self.inner.pool.get()?)
+        self.inner.pool.get().map_err(from_r2d2)
+    }
+
+    /// Runs one statement on a pooled connection, outside any transaction.
+    fn run<S: proto::Statement>(&self, s: &S) -> Result<S::Output> {
+        let mut conn = self.conn()?;
+        exec::run(&mut *conn, self.sql(), None, s)
     }
 
     /// Launches `payload` on `topic` (a [`Topic`](crate::Topic), which fixes the payload type,
     /// or a name) on the global scope, in its own transaction, and returns the new root. Every
     /// handler registered for the topic gets a run.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let root = client.launch("orders", &serde_json::json!({ "id": 7, "amount": 42 }))?;
+    /// println!("launched {root}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn launch<P: Serialize + ?Sized>(
         &self,
         topic: impl AsTopic<P>,
@@ -215,6 +307,20 @@ impl Client {
 
     /// Like [`launch`](Self::launch), with deadlines (inherited by every run in the tree) and
     /// a cooperation context for the new root.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use structured_cooperation::{Deadlines, EmitOptions};
+    ///
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let options = EmitOptions::new()
+    ///     .deadlines(Deadlines::new().happy_path_within(Duration::from_secs(60), "checkout"));
+    /// let root = client.launch_with("orders", &serde_json::json!({ "id": 7 }), options)?;
+    /// # let _ = root;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn launch_with<P: Serialize + ?Sized>(
         &self,
         topic: impl AsTopic<P>,
@@ -227,6 +333,21 @@ impl Client {
 
     /// Like [`launch`](Self::launch), but on the caller's connection or transaction, so the
     /// launch commits (and handlers are notified) together with the caller's own writes.
+    ///
+    /// ```no_run
+    /// # use structured_cooperation::postgres::{self, Transaction};
+    /// # fn save_order(_: &mut Transaction<'_>, _: i64) -> Result<(), postgres::Error> { Ok(()) }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let mut conn = client.pool().get()?;
+    /// let mut tx = conn.transaction()?;
+    /// save_order(&mut tx, 7)?; // the application's own write
+    /// let root = client.launch_in(&mut tx, "orders", &serde_json::json!({ "id": 7 }))?;
+    /// tx.commit()?; // the order row and its saga appear together, or neither does
+    /// # let _ = root;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn launch_in<C: GenericClient, P: Serialize + ?Sized>(
         &self,
         client: &mut C,
@@ -237,6 +358,22 @@ impl Client {
     }
 
     /// [`launch_in`](Self::launch_in) with deadlines and context.
+    ///
+    /// ```no_run
+    /// use structured_cooperation::{CooperationContext, EmitOptions};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let mut context = CooperationContext::new();
+    /// context.set_raw("tenant", r#""acme""#)?;
+    /// let mut conn = client.pool().get()?;
+    /// let mut tx = conn.transaction()?;
+    /// let root = client.launch_in_with(&mut tx, "orders", &7, EmitOptions::new().context(context))?;
+    /// tx.commit()?;
+    /// # let _ = root;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn launch_in_with<C: GenericClient, P: Serialize + ?Sized>(
         &self,
         client: &mut C,
@@ -251,23 +388,24 @@ impl Client {
             self.max_json_bytes(),
         )?;
         let id = emission.id;
-        store::emit(
-            client,
-            self.sql(),
-            None,
-            None,
-            &[emission],
-            CLIENT_WORKER,
-            &[],
-            None,
-        )?;
+        let emit = Emit::new(None, vec![emission], CLIENT_WORKER, &[], GiveUpCheck::Skip);
+        exec::run(client, self.sql(), None, &emit)?;
         Ok(RootId::from_uuid(id))
     }
 
     /// A message by id, or `None` if there is no such message.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let root = client.launch("orders", &serde_json::json!({ "id": 7 }))?;
+    /// let message = client.message(root.message_id())?.expect("just launched");
+    /// assert_eq!(message.payload["id"], 7);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn message(&self, id: MessageId) -> Result<Option<Message>> {
-        let mut conn = self.conn()?;
-        store::message(&mut *conn, self.sql(), id)?
+        self.run(&proto::Message::new(id))?
             .map(|m| {
                 Ok(Message {
                     id: m.id,
@@ -281,9 +419,20 @@ impl Client {
     }
 
     /// The root's history, in order.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// # let root = client.launch("orders", &7)?;
+    /// for event in client.history(root)? {
+    ///     println!("{event}"); // EMITTED@-, SEEN@order-saga, SUSPENDED(0)@order-saga, ...
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn history(&self, root: RootId) -> Result<Vec<HistoryEvent>> {
-        let mut conn = self.conn()?;
-        Ok(store::history(&mut *conn, self.sql(), root)?
+        Ok(self
+            .run(&proto::History::new(root))?
             .into_iter()
             .map(|r| HistoryEvent {
                 seq: r.seq,
@@ -300,9 +449,20 @@ impl Client {
     }
 
     /// Every run of the root's tree, parents before their children.
+    ///
+    /// ```no_run
+    /// use structured_cooperation::render_tree;
+    ///
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// # let root = client.launch("orders", &7)?;
+    /// print!("{}", render_tree(&client.tree(root)?));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn tree(&self, root: RootId) -> Result<Vec<RunInfo>> {
-        let mut conn = self.conn()?;
-        Ok(store::tree(&mut *conn, self.sql(), root)?
+        Ok(self
+            .run(&proto::Tree::new(root))?
             .into_iter()
             .map(|r| RunInfo {
                 id: r.id,
@@ -321,9 +481,21 @@ impl Client {
     }
 
     /// The current state of the root's top-level runs.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// # let root = client.launch("orders", &7)?;
+    /// let outcome = client.outcome(root)?;
+    /// if !outcome.is_finished() {
+    ///     println!("still running: {:?}", outcome.runs());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn outcome(&self, root: RootId) -> Result<TreeOutcome> {
-        let mut conn = self.conn()?;
-        let runs = store::root_runs(&mut *conn, self.sql(), root)?
+        let runs = self
+            .run(&proto::RootRuns::new(root))?
             .into_iter()
             .map(|r| RootRun {
                 handler: r.handler,
@@ -335,10 +507,25 @@ impl Client {
         Ok(TreeOutcome::new(root, runs))
     }
 
-    /// Waits until every run of the root's tree has finished, or `timeout` passes.
+    /// Waits until every run of the root's tree has finished, or `timeout` passes
+    /// ([`Error::Timeout`], saying what is still unfinished).
     ///
     /// A [`Runtime`](crate::Runtime) wakes such waiters as soon as it finishes a root run; a
     /// bare client re-reads the state with a backoff of up to 100 ms.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let root = client.launch("orders", &serde_json::json!({ "id": 7 }))?;
+    /// let outcome = client.wait_for(root, Duration::from_secs(30))?;
+    /// for run in outcome.runs() {
+    ///     println!("{}: {}", run.handler, run.status);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait_for(&self, root: RootId, timeout: Duration) -> Result<TreeOutcome> {
         self.wait_for_with(root, timeout, std::thread::sleep)
     }
@@ -367,175 +554,5 @@ impl Client {
             pause(backoff.min(timeout - waited));
             backoff = (backoff * 2).min(Duration::from_millis(100));
         }
-    }
-
-    /// Asks finished work to compensate: every top-level run of a root (`Scope::Root`), or one
-    /// run and its subtree (`Scope::Run`), rolls back as if it had failed after its last step:
-    /// its committed steps are undone newest first, each after its children rolled back.
-    /// `source` and `reason` become the failure the runs roll back for
-    /// (`structured_cooperation::RollbackRequested`).
-    ///
-    /// Refused, with the reason, while any run of the tree (below the target, or above it) is
-    /// still in progress, when there is no such root or run, or when nothing committed is left
-    /// to undo. Nothing changes when it is refused.
-    pub fn rollback(
-        &self,
-        scope: impl Into<Scope>,
-        source: &str,
-        reason: &str,
-    ) -> Result<Requested> {
-        let refuse = |reason: String| Ok(Requested::Refused { reason });
-        let (root, run): (Option<RootId>, Option<RunId>) = match scope.into() {
-            Scope::Root(root) => (Some(root), None),
-            Scope::Run(run) => (None, Some(run)),
-        };
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction()?;
-        let sql = self.sql();
-        let Some(targets) = store::lock_targets(&mut tx, sql, root, run)? else {
-            return refuse("one of its runs is being processed right now".to_owned());
-        };
-        if targets.is_empty() {
-            return refuse(match root {
-                Some(root) => format!("root {root} has no runs"),
-                None => "there is no such run".to_owned(),
-            });
-        }
-        let ids: Vec<RunId> = targets.iter().map(|t| t.id).collect();
-        let busy = store::busy_around(&mut tx, sql, &ids)?;
-        if !busy.is_empty() {
-            let busy: Vec<String> = busy
-                .iter()
-                .map(|(handler, status)| format!("{handler} is {status}"))
-                .collect();
-            return refuse(format!(
-                "the tree is still in progress: {}",
-                busy.join(", ")
-            ));
-        }
-        let committed: Vec<RunId> = targets
-            .iter()
-            .filter(|t| t.status == RunStatus::Committed)
-            .map(|t| t.id)
-            .collect();
-        if committed.is_empty() {
-            let ended: Vec<String> = targets
-                .iter()
-                .map(|t| format!("{} ended {}", t.handler, t.status))
-                .collect();
-            return refuse(format!(
-                "nothing committed to roll back: {}",
-                ended.join(", ")
-            ));
-        }
-        let cause = Failure::rollback_requested(reason, source);
-        let runs = store::request_operator_rollback(&mut tx, sql, &committed, &cause)?;
-        tx.commit()?;
-        Ok(Requested::Recorded { runs })
-    }
-
-    /// Cancels a whole tree (`Scope::Root`) or one run and its subtree (`Scope::Run`): every
-    /// run of it still on its happy path gives up at its next step boundary (a step that is
-    /// running when the cancellation is recorded is discarded if it finishes after) and rolls
-    /// back; sleeping runs wake to do so at once. Rollbacks already under way are not
-    /// affected. The failure the runs roll back for is
-    /// `structured_cooperation::Cancelled`, with `reason` and `source`.
-    ///
-    /// Refused, with the reason, when there is no such root or run or when nothing in its scope
-    /// is on its happy path any more (a finished tree); nothing is recorded then.
-    pub fn cancel(&self, scope: impl Into<Scope>, source: &str, reason: &str) -> Result<Requested> {
-        let refuse = |reason: String| Ok(Requested::Refused { reason });
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction()?;
-        let sql = self.sql();
-        let (root, run, message) = match scope.into() {
-            Scope::Root(root) => {
-                if store::message(&mut tx, sql, root.message_id())?.is_none() {
-                    return refuse(format!("there is no root {root}"));
-                }
-                (root, None, root.message_id())
-            }
-            Scope::Run(run) => match store::run_origin(&mut tx, sql, run)? {
-                Some((root, message)) => (root, Some(run), message),
-                None => return refuse(format!("there is no run {run}")),
-            },
-        };
-        store::lock_root_exclusively(&mut tx, root)?;
-        let runs = store::cancel_scope(&mut tx, sql, root, run)?;
-        if runs.is_empty() {
-            return refuse("nothing to cancel: no run of it is on its happy path".to_owned());
-        }
-        let failure = Failure::cancelled(reason, source);
-        store::record_cancel(&mut tx, sql, root, run, message, &failure, &runs)?;
-        tx.commit()?;
-        Ok(Requested::Recorded {
-            runs: u32::try_from(runs.len()).unwrap_or(u32::MAX),
-        })
-    }
-
-    /// Registers `handler` as a listener of `topic` in the durable topology without starting
-    /// a runtime, so that messages launched from now on get a run of it (which waits until a
-    /// runtime serving the handler starts). Runtimes register their subscriptions themselves
-    /// at start; this is for declaring the topology ahead of deployment or of a backlog.
-    pub fn register_handler(&self, topic: &str, handler: &str) -> Result<()> {
-        validate::name("topic", topic)?;
-        validate::name("handler", handler)?;
-        let mut conn = self.conn()?;
-        store::register(&mut *conn, self.sql(), &[(topic, handler)], "runtime")
-    }
-
-    /// Registers `handler` as an out-of-band listener of `topic`: messages on the topic get a
-    /// run of it, which no runtime executes; parents wait for it until someone calls
-    /// [`complete_external`](Self::complete_external) (a person approving, an external
-    /// system answering).
-    pub fn register_external_handler(&self, topic: &str, handler: &str) -> Result<()> {
-        validate::name("topic", topic)?;
-        validate::name("handler", handler)?;
-        let mut conn = self.conn()?;
-        store::register(&mut *conn, self.sql(), &[(topic, handler)], "external")
-    }
-
-    /// Finishes the run of the external `handler` for `message`: `Ok(())` commits it,
-    /// `Err(failure)` records the failure and rolls it back. Either way its parent is released
-    /// once its other children have finished too.
-    pub fn complete_external(
-        &self,
-        message: MessageId,
-        handler: &str,
-        result: std::result::Result<(), Failure>,
-    ) -> Result<()> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction()?;
-        let refuse = |reason| Error::NotCompletable {
-            handler: handler.to_owned(),
-            message,
-            reason,
-        };
-        let run = store::lock_external(&mut tx, self.sql(), message, handler)?
-            .ok_or_else(|| refuse("there is no such run"))?;
-        if run.kind.as_deref() != Some("external") {
-            return Err(refuse("the handler is not registered as external"));
-        }
-        if run.view.status.is_terminal() || run.pending_children > 0 {
-            return Err(refuse("the run has already finished"));
-        }
-        let t = decide::complete_external(&run.view, !run.seen, result.err());
-        let applied = store::apply(
-            &mut tx,
-            self.sql(),
-            None,
-            run.id,
-            &t,
-            CLIENT_WORKER,
-            &[],
-            None,
-            None,
-        )?;
-        tx.commit()?;
-        if applied.release_pending {
-            // If this fails, the run stays marked and a runtime's sweep releases it.
-            store::release(&mut *conn, self.sql(), None, run.id, &[])?;
-        }
-        Ok(())
     }
 }

@@ -164,25 +164,73 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The runtime has been shut down, or one of its threads died.
-    #[error("the runtime is shut down")]
-    ShutDown,
-
-    /// Shutting down did not go cleanly.
+    /// Shutting down did not go cleanly: a thread panicked, or threads were still running
+    /// when the timeout passed.
     #[error("shutdown finished with errors: {0}")]
-    Shutdown(String),
+    ShutdownFailed(String),
+
+    /// A thread of the runtime could not be started.
+    #[error("could not start a thread: {0}")]
+    Spawn(#[source] std::io::Error),
 
     /// An error reported by PostgreSQL or the connection to it.
     #[error("{}", with_sources(.0))]
     Postgres(#[from] postgres::Error),
 
-    /// An error from the connection pool (usually a connection timeout).
+    /// No connection could be taken from the pool (usually: none became free, or the
+    /// database could not be reached, within the connection timeout).
     #[error(transparent)]
-    Pool(#[from] r2d2::Error),
+    Pool(PoolError),
 
     /// Stored JSON (a failure, a payload) could not be decoded.
     #[error("could not decode stored json: {0}")]
     Decode(#[from] serde_json::Error),
+
+    /// The database holds a value this version of the library does not recognise (a run
+    /// status, an event kind, ...), or lacks a row it relies on. The data was written by
+    /// something else (a newer version, a hand edit); nothing was changed.
+    #[error("unexpected data in the database: {0}")]
+    UnexpectedData(String),
+}
+
+/// Why no connection could be taken from a pool, whichever pool implementation the runtime
+/// uses.
+#[derive(Debug)]
+pub struct PoolError {
+    timeout: bool,
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl PoolError {
+    /// Whether the pool gave up waiting for a connection (the pool was exhausted, or new
+    /// connections could not be opened in time).
+    pub fn is_timeout(&self) -> bool {
+        self.timeout
+    }
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "could not get a connection from the pool: {}",
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for PoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// An r2d2 pool reports nothing but timeouts (carrying the last connection error, if any).
+pub(crate) fn from_r2d2(e: r2d2::Error) -> Error {
+    Error::Pool(PoolError {
+        timeout: true,
+        source: Box::new(e),
+    })
 }
 
 impl Error {

@@ -87,9 +87,9 @@ mod ids;
 mod inspect;
 mod migrate;
 mod options;
+mod proto;
 mod runtime;
 mod saga;
-mod store;
 mod typed;
 mod validate;
 
@@ -97,7 +97,7 @@ pub use crate::client::{Client, ClientBuilder, DEFAULT_SCHEMA, Pool};
 pub use crate::context::{ContextKey, CooperationContext};
 pub use crate::core::{EventKind, Next, RunStatus};
 pub use crate::deadline::{DeadlineKind, Deadlines};
-pub use crate::error::{Error, Result};
+pub use crate::error::{Error, PoolError, Result};
 pub use crate::failure::{Failure, Frame, StepError, StepResult};
 pub use crate::ids::{MessageId, RootId, RunId};
 pub use crate::inspect::{

@@ -1,7 +1,11 @@
 //! What a claimed run does next on its happy path, and what a step's outcome (or a
 //! child-failure handler's) turns into. The rollback path is in [`super::rollback`].
 
-use super::state::{EventKind, Instance, InstanceKind, Next, RunStatus, RunView, StepShape, Wake};
+use std::collections::HashMap;
+
+use super::state::{
+    EventKind, Instance, InstanceKind, Next, RunStatus, RunView, StepShape, Wake, step_name,
+};
 use crate::failure::Failure;
 
 /// What the runtime must do with a run it has just claimed.
@@ -114,10 +118,10 @@ pub(crate) fn next_action(
     if let Some(failure) = give_up {
         if !run.status.is_terminal() {
             let index = (run.step_index as usize).min(steps.len().saturating_sub(1));
-            let step = steps
-                .get(index)
-                .map_or_else(|| format!("#{index}"), |s| s.name.clone());
-            return Action::GiveUp { step, failure };
+            return Action::GiveUp {
+                step: step_name(steps, index),
+                failure,
+            };
         }
     }
     match run.status {
@@ -269,6 +273,8 @@ pub(crate) struct ChildrenOf {
 pub(crate) enum ChildFailurePlan {
     /// Run the step's child-failure handler.
     Run {
+        /// The instance whose children failed (the run's latest).
+        latest: Instance,
         index: usize,
         iteration: u32,
         cfh: u32,
@@ -310,12 +316,39 @@ pub(crate) fn child_failures(
         n => Next::GoTo(n),
     };
     ChildFailurePlan::Run {
+        latest: *latest,
         index: latest.step,
         iteration: latest.iteration,
         cfh: run.cfh_iteration.map_or(0, |k| k + 1),
         next,
         failure,
     }
+}
+
+/// Children of the run's latest step instance failed (`instances` in execution order, how
+/// children ended by instance): what to do. A run without instances cannot have failed
+/// children; its count is corrupt, and the run fails with `InconsistentState` instead of
+/// looping on it.
+pub(crate) fn plan_child_failures(
+    run: &RunView,
+    steps: &[StepShape],
+    instances: &[Instance],
+    children: &HashMap<u32, ChildrenOf>,
+    source: &str,
+) -> ChildFailurePlan {
+    let Some(latest) = instances.last() else {
+        let failure = Failure::new(
+            "structured_cooperation::InconsistentState",
+            "children failed but the run has no step instances",
+            source,
+        );
+        return ChildFailurePlan::Rethrow {
+            step: step_name(steps, 0),
+            failure,
+        };
+    };
+    let of_latest = children.get(&latest.seq).cloned().unwrap_or_default();
+    child_failures(run, steps, latest, &of_latest, source)
 }
 
 /// The child-failure handler of the step of `latest` (invocation `cfh`) returned `next`: it is

@@ -13,7 +13,9 @@
 //!   next, when to stop probing, when timers fire and how far to back off after an
 //!   infrastructure error. Time is passed in as `Instant`s by the caller.
 
+pub(crate) mod attempt;
 pub(crate) mod decide;
+pub(crate) mod operator;
 pub(crate) mod rollback;
 pub(crate) mod schedule;
 mod state;

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::decide::{ChildrenOf, Event, Transition};
-use super::state::{EventKind, Instance, InstanceKind, RunStatus, RunView, StepShape};
+use super::state::{EventKind, Instance, InstanceKind, RunStatus, RunView, StepShape, step_name};
 use crate::failure::{Failure, kinds};
 
 const PREFIX: &str = "Rollback of ";
@@ -59,11 +59,7 @@ fn affixes(steps: &[StepShape]) -> (String, String) {
 /// Builds the plan from the run's instances (in execution order).
 pub(crate) fn plan(instances: &[Instance], steps: &[StepShape]) -> Plan {
     let (prefix, suffix) = affixes(steps);
-    let name_of = |i: usize| {
-        steps
-            .get(i)
-            .map_or_else(|| format!("#{i}"), |s| s.name.clone())
-    };
+    let name_of = |i: usize| step_name(steps, i);
     // `k`: an ordinary execution of X gets X's count so far; a child-failure handler shares the
     // number of the execution of X it handled.
     let mut counts: HashMap<usize, u32> = HashMap::new();
@@ -291,6 +287,26 @@ pub(crate) fn resume(ctx: &Ctx<'_>) -> Advance {
         }
     }
     advance(ctx, cursor, events, true)
+}
+
+/// Why the run rolls back: the cause stored with it, or, if none was recorded (only a hand
+/// edit of the database can do that), a failure saying so.
+pub(crate) fn cause_or_unknown(stored: Option<Failure>, source: &str) -> Failure {
+    stored.unwrap_or_else(|| {
+        Failure::new(
+            "structured_cooperation::UnknownCause",
+            "the run is rolling back but its cause was not recorded",
+            source,
+        )
+    })
+}
+
+/// Whether the step after the one `undone` executed ran after it: try/finally's marker that
+/// its finally already ran, so the compensation of the try step must not run it again.
+pub(crate) fn successor_ran(instances: &[Instance], undone: &Instance) -> bool {
+    instances
+        .iter()
+        .any(|i| i.seq > undone.seq && i.step == undone.step + 1 && i.kind == InstanceKind::Step)
 }
 
 /// A rolling-back run must give up (its rollback or absolute deadline passed): its rollback

@@ -38,6 +38,29 @@ impl Backoff {
     }
 }
 
+/// A small xorshift generator for spreading retries and sweeps over time; not for anything
+/// secret. The runtime seeds it (from a fresh UUID) so that runtimes started together do not
+/// retry in lockstep; tests seed it with a constant.
+#[derive(Clone, Debug)]
+pub(crate) struct Jitter(u64);
+
+impl Jitter {
+    pub(crate) fn new(seed: u64) -> Jitter {
+        // xorshift never leaves zero.
+        Jitter(seed | 1)
+    }
+
+    /// A number in `[0, 1)`.
+    pub(crate) fn next(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// Work handed to a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Task {

@@ -185,6 +185,14 @@ pub(crate) struct StepShape {
     pub(crate) handles_child_failures: bool,
 }
 
+/// The name of step `index`, or `#index` if the saga has no such step (a run whose stored
+/// state does not fit its saga).
+pub(crate) fn step_name(steps: &[StepShape], index: usize) -> String {
+    steps
+        .get(index)
+        .map_or_else(|| format!("#{index}"), |s| s.name.clone())
+}
+
 impl StepShape {
     #[cfg(test)]
     pub(crate) fn plain(name: &str) -> StepShape {

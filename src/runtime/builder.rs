@@ -11,8 +11,8 @@ use super::{
 use crate::client::{Client, DEFAULT_SCHEMA, Source, build_pool};
 use crate::core::schedule::Backoff;
 use crate::error::{Error, Result};
+use crate::proto::Register;
 use crate::saga::Saga;
-use crate::store;
 use crate::typed::{Action, Handler};
 use crate::validate;
 
@@ -250,7 +250,8 @@ impl RuntimeBuilder {
                 .collect();
             if !pairs.is_empty() {
                 let mut conn = client.conn()?;
-                store::register(&mut *conn, client.sql(), &pairs, "runtime")?;
+                let register = Register::new(&pairs, "runtime");
+                super::exec::run(&mut *conn, client.sql(), None, &register)?;
             }
         }
         let by_name = handlers
@@ -292,7 +293,7 @@ impl RuntimeBuilder {
                 "sc-listener".to_owned(),
                 Box::new(move || listener::run(shared, stop_rx, ready_tx)),
             )
-            .map_err(|e| Error::Config(format!("could not spawn a thread: {e}")))?
+            .map_err(Error::Spawn)?
         };
         match ready_rx.recv_timeout(self.connect_timeout + Duration::from_secs(1)) {
             Ok(Ok(())) => {}
@@ -312,7 +313,7 @@ impl RuntimeBuilder {
                     format!("sc-worker-{i}"),
                     Box::new(move || worker::run(shared, tasks)),
                 )
-                .map_err(|e| Error::Config(format!("could not spawn a thread: {e}")))?,
+                .map_err(Error::Spawn)?,
             );
         }
         let dispatcher = {
@@ -325,7 +326,7 @@ impl RuntimeBuilder {
                     dispatcher::run(shared, events_rx, tasks_tx, workers, safety_net, backoff)
                 }),
             )
-            .map_err(|e| Error::Config(format!("could not spawn a thread: {e}")))?
+            .map_err(Error::Spawn)?
         };
         drop(exit_tx);
         log::info!(

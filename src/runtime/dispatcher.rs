@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::Shared;
-use crate::core::schedule::{Backoff, ClaimResult, Scheduler, SweepEntry, Task};
+use crate::core::schedule::{Backoff, ClaimResult, Jitter, Scheduler, SweepEntry, Task};
 
 /// What the dispatcher hears about.
 #[derive(Debug)]
@@ -39,7 +39,8 @@ pub(crate) fn run(
 ) {
     let limits: Vec<usize> = shared.handlers.iter().map(|h| h.concurrency).collect();
     let mut sched = Scheduler::new(&limits, workers, safety_net, backoff, Instant::now());
-    let mut jitter = Jitter::seeded();
+    // Seeded per runtime, so that runtimes started together do not retry in lockstep.
+    let mut jitter = Jitter::new(crate::ids::new_uuid().as_u64_pair().1);
     loop {
         let now = Instant::now();
         while let Some(task) = sched.next_task(now) {
@@ -84,25 +85,5 @@ fn handle(sched: &mut Scheduler, event: Event, jitter: &mut Jitter) {
         Event::SweepDone(found) => sched.on_sweep_done(found.as_deref(), now, jitter.next()),
         Event::SweepRequested => sched.request_sweep(),
         Event::Shutdown => sched.shut_down(),
-    }
-}
-
-/// A small xorshift generator for spreading retries and sweeps; not for anything secret.
-struct Jitter(u64);
-
-impl Jitter {
-    fn seeded() -> Jitter {
-        let bits = crate::ids::new_uuid().as_u64_pair().1;
-        Jitter(bits | 1)
-    }
-
-    /// A number in `[0, 1)`.
-    fn next(&mut self) -> f64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -11,19 +11,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::dispatcher::Event;
-use super::{Shared, bump};
+use super::{Shared, bump, exec};
 use crate::core::schedule::Backoff;
 use crate::error::{Error, Result};
+use crate::proto::{Listen, Unlisten};
 
 /// How often the blocked listener checks whether it should stop. The wait itself sends
 /// nothing to the database.
 const STOP_CHECK: Duration = Duration::from_millis(200);
-
-/// The `application_name` of the listener's connection (useful to find it in
-/// `pg_stat_activity`).
-pub(crate) fn application_name(schema: &str) -> String {
-    format!("sc-listener:{schema}")
-}
 
 pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, ready: Sender<Result<()>>) {
     let mut ready = Some(ready);
@@ -62,7 +57,7 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, ready: Sender<Result<
         match listen(&shared, &mut conn, &stop) {
             Ok(()) => {
                 // Stopping: leave the pooled connection as we found it.
-                let _ = conn.batch_execute("UNLISTEN *; RESET application_name");
+                let _ = exec::run(&mut *conn, shared.client.sql(), None, &Unlisten);
                 return;
             }
             Err(e) => log::warn!("listener: connection lost: {e}"),
@@ -74,11 +69,8 @@ type Conn = r2d2::PooledConnection<r2d2_postgres::PostgresConnectionManager<post
 
 fn connect(shared: &Shared) -> Result<Conn> {
     let mut conn = shared.client.conn()?;
-    conn.batch_execute(&format!(
-        "SET application_name = '{}'; LISTEN {}",
-        application_name(shared.client.schema()),
-        shared.client.sql().channel
-    ))?;
+    // Named `sc-listener:<schema>`, so operators (and tests) find it in pg_stat_activity.
+    exec::run(&mut *conn, shared.client.sql(), None, &Listen)?;
     Ok(conn)
 }
 

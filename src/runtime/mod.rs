@@ -14,7 +14,7 @@
 
 mod builder;
 mod dispatcher;
-mod exec;
+pub(crate) mod exec;
 mod listener;
 mod worker;
 
@@ -32,8 +32,8 @@ use crate::client::{Client, Pool, Source};
 use crate::error::{Error, Result};
 use crate::ids::RootId;
 use crate::inspect::{HistoryEvent, TreeOutcome};
+use crate::proto::Sweep;
 use crate::saga::Saga;
-use crate::store;
 use crate::typed::AsTopic;
 
 pub use builder::RuntimeBuilder;
@@ -192,14 +192,15 @@ impl Runtime {
                     .wait_timeout_while(guard, remaining, |s| !s.quiescent)
                     .unwrap_or_else(|p| p.into_inner());
                 if !guard.quiescent {
-                    return Err(Error::Config(format!("runtime not idle after {timeout:?}")));
+                    return Err(Error::NotIdle { waited: timeout });
                 }
             }
             let mut conn = self.shared.client.conn()?;
-            let due: Vec<usize> = store::sweep(&mut *conn, self.shared.client.sql(), None, &names)?
+            let sweep = Sweep { handlers: &names };
+            let due: Vec<usize> = exec::run(&mut *conn, self.shared.client.sql(), None, &sweep)?
                 .into_iter()
-                .filter(|(_, wait)| wait.is_none())
-                .map(|(h, _)| h)
+                .filter(|row| row.wait.is_none())
+                .map(|row| row.handler)
                 .collect();
             if due.is_empty() {
                 return Ok(());
@@ -251,7 +252,7 @@ impl Runtime {
             ),
         };
         if !all_exited {
-            return Err(Error::Shutdown(format!(
+            return Err(Error::ShutdownFailed(format!(
                 "threads still running after {timeout:?}; their steps are abandoned"
             )));
         }
@@ -268,7 +269,7 @@ impl Runtime {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Shutdown(problems.join("; ")))
+            Err(Error::ShutdownFailed(problems.join("; ")))
         }
     }
 }

@@ -1,25 +1,26 @@
-//! Worker threads: claim a run, ask the core what to do, run user code in the step's
-//! transaction, persist the transition, commit, and tell the dispatcher.
+//! Worker threads: each performs what an attempt ([`crate::core::attempt`]) asks, over a
+//! connection it keeps for life, and tells the dispatcher how its tasks ended.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use postgres::NoTls;
+use postgres::{NoTls, Transaction};
 use r2d2::PooledConnection;
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::dispatcher::Event;
-use super::exec::Exec;
-use super::{Shared, bump};
-use crate::context::CooperationContext;
-use crate::core::decide::{self, Action};
+use super::exec;
+use super::{HandlerEntry, Shared, bump};
+use crate::core::Next;
+use crate::core::attempt::{Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, UserCall};
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
-use crate::ids::RunId;
-use crate::saga::UserStatements;
-use crate::store::{self, StmtCache};
+use crate::proto::{
+    Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
+};
+use crate::saga::{Engine, Saga, StepContext, UserStatements};
 
 /// A worker keeps claiming runs of the handler it was given until none is due, or until it
 /// has run this many (or for `BATCH_TIME`), then goes back to the dispatcher so other
@@ -34,87 +35,311 @@ struct WorkerConn {
     user: UserStatements,
 }
 
-/// How one claim attempt ended.
-enum Processed {
-    Ran,
-    Empty(Option<Duration>),
-}
-
 pub(crate) fn run(shared: Arc<Shared>, tasks: Receiver<Task>) {
     let mut conn: Option<WorkerConn> = None;
     for task in tasks.iter() {
-        match task {
+        // Our own bugs must not kill the thread; the guards tell the dispatcher either way.
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| match task {
             Task::Claim {
                 handler,
                 generation,
             } => {
-                let (announced, result) = drain(&shared, &mut conn, handler, generation);
-                let _ = shared.events.send(Event::Finished {
-                    handler,
-                    claimed: announced,
-                    result,
-                });
+                let mut end = ClaimEnd::new(&shared, handler);
+                end.result = Some(drain(&shared, &mut conn, handler, generation, &mut end));
             }
             Task::Sweep => {
-                bump(&shared.stats.sweeps);
-                let found = match sweep(&shared, &mut conn) {
-                    Ok(found) => Some(found),
-                    Err(e) => {
-                        infra_error(&shared, &mut conn, &e, "sweep");
-                        None
-                    }
+                let mut end = SweepEnd {
+                    shared: &shared,
+                    found: None,
                 };
-                let _ = shared.events.send(Event::SweepDone(found));
+                bump(&shared.stats.sweeps);
+                match sweep(&shared, &mut conn) {
+                    Ok(found) => end.found = Some(found),
+                    Err(e) => infra_error(&shared, &mut conn, &e, "sweep"),
+                }
             }
+        }));
+        if outcome.is_err() {
+            // The transaction was dropped, i.e. rolled back; the run is retried.
+            log::error!("internal panic in a worker; the work is retried");
+            bump(&shared.stats.infra_errors);
+            conn = None;
         }
     }
 }
 
-/// Processes runs of handler `h` one transaction at a time until none is due or the batch is
-/// used up. Returns whether a claim was announced to the dispatcher, and how it ended.
+/// Tells the dispatcher how a claim task ended, however it ends: a task that unwinds before
+/// saying so ended `Failed`.
+struct ClaimEnd<'a> {
+    shared: &'a Shared,
+    handler: usize,
+    /// Whether a claim was announced (the dispatcher counts the worker as busy, not probing).
+    claimed: bool,
+    result: Option<ClaimResult>,
+}
+
+impl<'a> ClaimEnd<'a> {
+    fn new(shared: &'a Shared, handler: usize) -> ClaimEnd<'a> {
+        ClaimEnd {
+            shared,
+            handler,
+            claimed: false,
+            result: None,
+        }
+    }
+}
+
+impl Drop for ClaimEnd<'_> {
+    fn drop(&mut self) {
+        let _ = self.shared.events.send(Event::Finished {
+            handler: self.handler,
+            claimed: self.claimed,
+            result: self.result.take().unwrap_or(ClaimResult::Failed),
+        });
+    }
+}
+
+/// Tells the dispatcher a sweep ended, however it ends (`None`: it failed).
+struct SweepEnd<'a> {
+    shared: &'a Shared,
+    found: Option<Vec<SweepEntry>>,
+}
+
+impl Drop for SweepEnd<'_> {
+    fn drop(&mut self) {
+        let _ = self.shared.events.send(Event::SweepDone(self.found.take()));
+    }
+}
+
+/// Runs attempts at handler `h` until none is due or the batch is used up.
 fn drain(
     shared: &Shared,
     conn: &mut Option<WorkerConn>,
     h: usize,
     generation: u64,
-) -> (bool, ClaimResult) {
+    end: &mut ClaimEnd<'_>,
+) -> ClaimResult {
     let started = Instant::now();
-    let mut announced = false;
     let mut ran = 0;
     loop {
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            process(shared, conn, h, &mut announced)
-        }));
-        match outcome {
-            Ok(Ok(Processed::Ran)) => {
+        match attempt(shared, conn, h, end) {
+            Outcome::Ran => {
                 ran += 1;
                 if ran >= BATCH_STEPS || started.elapsed() >= BATCH_TIME || shared.is_stopping() {
-                    return (announced, ClaimResult::Ran);
+                    return ClaimResult::Ran;
                 }
             }
-            Ok(Ok(Processed::Empty(next_wake))) => {
-                return (
-                    announced,
-                    ClaimResult::Empty {
-                        generation,
-                        next_wake,
-                    },
-                );
+            Outcome::Empty(next_wake) => {
+                return ClaimResult::Empty {
+                    generation,
+                    next_wake,
+                };
             }
-            Ok(Err(e)) => {
+            Outcome::Failed(e) => {
                 infra_error(shared, conn, &e, &shared.handlers[h].name);
-                return (announced, ClaimResult::Failed);
-            }
-            Err(_) => {
-                // Our own bug, not user code (which is caught closer to it). The transaction
-                // was dropped, i.e. rolled back; keep the thread alive.
-                log::error!("internal panic while processing a run; it will be retried");
-                bump(&shared.stats.infra_errors);
-                *conn = None;
-                return (announced, ClaimResult::Failed);
+                return ClaimResult::Failed;
             }
         }
     }
+}
+
+/// One attempt at a due run of handler `h`, and what its report asks of the runtime.
+fn attempt(
+    shared: &Shared,
+    slot: &mut Option<WorkerConn>,
+    h: usize,
+    end: &mut ClaimEnd<'_>,
+) -> Outcome {
+    let entry = &shared.handlers[h];
+    let conn = match connection(shared, slot) {
+        Ok(conn) => conn,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let quiet = shared.quiet_handlers();
+    let handler = HandlerRef {
+        name: &entry.name,
+        source: &entry.source,
+        steps: entry.saga.shapes(),
+    };
+    let mut attempt = Attempt::new(handler, &shared.instance, &quiet);
+    let mut announce = || {
+        if !end.claimed {
+            // Lets the dispatcher put another worker on this handler while this one is busy.
+            end.claimed = true;
+            let _ = shared.events.send(Event::Claimed(h));
+        }
+    };
+    let report = drive(&mut attempt, conn, shared, &entry.saga, &mut announce);
+    settle(shared, entry, conn, report, &quiet)
+}
+
+/// Performs what the attempt asks until it is done.
+fn drive(
+    attempt: &mut Attempt<'_>,
+    conn: &mut WorkerConn,
+    shared: &Shared,
+    saga: &Saga,
+    announce: &mut dyn FnMut(),
+) -> Report {
+    let sql = shared.client.sql();
+    loop {
+        match attempt.poll() {
+            Io::Begin => match conn.client.transaction() {
+                Ok(tx) => {
+                    attempt.handle_output(Ok(Output::Done));
+                    let mut open = Open {
+                        sql,
+                        cache: &mut conn.cache,
+                        user: &mut conn.user,
+                        saga,
+                        max_json_bytes: shared.client.max_json_bytes(),
+                    };
+                    if let Some(report) = open.serve(attempt, tx, announce) {
+                        return report;
+                    }
+                }
+                Err(e) => attempt.handle_output(Err(e.into())),
+            },
+            Io::RunAutocommit(s) => {
+                attempt.handle_output(exec::run(&mut *conn.client, sql, Some(&mut conn.cache), &s))
+            }
+            Io::Done(report) => return report,
+            other => panic!("attempt asked for {other:?} outside its transaction"),
+        }
+    }
+}
+
+/// What serving an open transaction needs.
+struct Open<'a> {
+    sql: &'a Sql,
+    cache: &'a mut StmtCache,
+    user: &'a mut UserStatements,
+    saga: &'a Saga,
+    max_json_bytes: usize,
+}
+
+impl<'a> Open<'a> {
+    /// Serves the attempt while its transaction is open: until it commits or rolls back
+    /// (`None`), or ends (`Some`, the transaction is dropped, i.e. rolled back).
+    fn serve<'t>(
+        &mut self,
+        attempt: &mut Attempt<'_>,
+        mut tx: Transaction<'t>,
+        announce: &mut dyn FnMut(),
+    ) -> Option<Report>
+    where
+        'a: 't,
+    {
+        loop {
+            match attempt.poll() {
+                Io::Run(s) => {
+                    attempt.handle_output(exec::run(&mut tx, self.sql, Some(self.cache), &s))
+                }
+                Io::Announce => {
+                    announce();
+                    attempt.handle_announced();
+                }
+                Io::CallUser(call) => {
+                    let (back, outcome) = self.call(tx, call);
+                    tx = back;
+                    attempt.handle_user(outcome);
+                }
+                Io::RollbackToSavepoint => {
+                    let rolled_back = exec::run(&mut tx, self.sql, None, &RollbackToSavepoint);
+                    attempt.handle_output(rolled_back.map(|()| Output::Done));
+                }
+                Io::Commit => {
+                    attempt.handle_output(tx.commit().map(|()| Output::Done).map_err(Error::from));
+                    return None;
+                }
+                Io::Rollback => {
+                    attempt
+                        .handle_output(tx.rollback().map(|()| Output::Done).map_err(Error::from));
+                    return None;
+                }
+                Io::Done(report) => return Some(report),
+                other => panic!("attempt asked for {other:?} inside its transaction"),
+            }
+        }
+    }
+
+    /// Calls user code with a step context over `tx`, catching panics. The context borrows
+    /// the connection's statement caches for the call.
+    fn call<'t>(
+        &mut self,
+        tx: Transaction<'t>,
+        call: UserCall,
+    ) -> (Transaction<'t>, crate::core::attempt::UserOutcome)
+    where
+        'a: 't,
+    {
+        let UserCall {
+            kind,
+            info,
+            context,
+        } = call;
+        let (saga, index, payload) = (self.saga, info.step_index, info.payload.clone());
+        let engine = Engine {
+            sql: self.sql,
+            cache: std::mem::take(self.cache),
+            statements: std::mem::take(self.user),
+            max_json_bytes: self.max_json_bytes,
+        };
+        let mut ctx = StepContext::new(tx, info, engine, context);
+        let result = panic::catch_unwind(AssertUnwindSafe(|| match &kind {
+            CallKind::Step => saga.run_step(index, &mut ctx, &payload),
+            CallKind::ChildFailures(failures) => {
+                saga.handle_child_failures(index, &mut ctx, &payload, failures)
+            }
+            CallKind::Compensation(cause) => saga
+                .compensate(index, &mut ctx, &payload, cause)
+                .map(|()| Next::Continue),
+        }));
+        let (tx, engine, outcome) = ctx.finish(result);
+        *self.cache = engine.cache;
+        *self.user = engine.statements;
+        (tx, outcome)
+    }
+}
+
+/// Acts on an attempt's report: counters, wake-ups, and the next step of the drain.
+fn settle(
+    shared: &Shared,
+    entry: &HandlerEntry,
+    conn: &mut WorkerConn,
+    report: Report,
+    quiet: &[&str],
+) -> Outcome {
+    let stats = &shared.stats;
+    stats.step_failures.fetch_add(
+        u64::from(report.step_failures),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if report.gave_up_after_step {
+        bump(&stats.gave_up_after_step);
+    }
+    if report.committed {
+        bump(&stats.steps);
+        let woken = report.woken.iter().map(String::as_str);
+        shared.record_notified(woken.clone(), quiet);
+        // Wake local handlers now rather than after the notification's round trip. This
+        // worker goes on claiming for its own handler, so it needs no hint.
+        shared.hint_names(woken.filter(|&name| name != &*entry.name));
+        if report.root_finished {
+            shared.signals.root_finished();
+        }
+    }
+    if let Some((run, e)) = report.release_error {
+        // The run stays marked `release_pending`; a sweep finishes the job.
+        bump(&stats.infra_errors);
+        conn.cache.clear();
+        log::warn!("releasing the parent of run {run}: {e}; a sweep will retry");
+        let _ = shared.events.send(Event::SweepRequested);
+    }
+    if let Outcome::Empty(_) = report.outcome {
+        bump(&stats.empty_claims);
+    }
+    report.outcome
 }
 
 fn infra_error(shared: &Shared, conn: &mut Option<WorkerConn>, e: &Error, what: &str) {
@@ -126,6 +351,7 @@ fn infra_error(shared: &Shared, conn: &mut Option<WorkerConn>, e: &Error, what: 
     }
     if let Some(c) = conn {
         c.cache.clear();
+        c.user = UserStatements::default();
         if c.client.is_closed() {
             *conn = None;
         }
@@ -137,11 +363,7 @@ fn connection<'a>(shared: &Shared, slot: &'a mut Option<WorkerConn>) -> Result<&
         Some(conn) => Ok(conn),
         None => {
             let mut client = shared.client.conn()?;
-            // Lets operators (and tests) find the runtime's connections in pg_stat_activity.
-            client.batch_execute(&format!(
-                "SET application_name = 'sc-worker:{}'",
-                shared.client.schema()
-            ))?;
+            exec::run(&mut *client, shared.client.sql(), None, &WorkerSession)?;
             Ok(slot.insert(WorkerConn {
                 client,
                 cache: StmtCache::default(),
@@ -154,145 +376,25 @@ fn connection<'a>(shared: &Shared, slot: &'a mut Option<WorkerConn>) -> Result<&
 fn sweep(shared: &Shared, slot: &mut Option<WorkerConn>) -> Result<Vec<SweepEntry>> {
     let conn = connection(shared, slot)?;
     let sql = shared.client.sql();
+    let client = &mut *conn.client;
     // Finish releases that a crash or a lost connection interrupted (normally none).
-    for run in store::unreleased(&mut *conn.client, sql)? {
-        let woken = store::release(&mut *conn.client, sql, Some(&mut conn.cache), run, &[])?;
+    for run in exec::run(client, sql, Some(&mut conn.cache), &Unreleased)? {
+        let woken = exec::run(client, sql, Some(&mut conn.cache), &Release::new(run, &[]))?;
         log::info!("sweep: released the parent of run {run}");
         shared.hint_names(woken.as_deref());
     }
     let names: Vec<&str> = shared.handlers.iter().map(|h| &*h.name).collect();
-    let found = store::sweep(&mut *conn.client, sql, Some(&mut conn.cache), &names)?;
+    let found = exec::run(
+        client,
+        sql,
+        Some(&mut conn.cache),
+        &Sweep { handlers: &names },
+    )?;
     Ok(found
         .into_iter()
-        .map(|(h, wait)| match wait {
-            None => SweepEntry::Due(h),
-            Some(wait) => SweepEntry::Wait(h, wait),
+        .map(|row| match row.wait {
+            None => SweepEntry::Due(row.handler),
+            Some(wait) => SweepEntry::Wait(row.handler, wait),
         })
         .collect())
-}
-
-/// Claims and processes at most one run of handler `h`.
-fn process(
-    shared: &Shared,
-    slot: &mut Option<WorkerConn>,
-    h: usize,
-    announced: &mut bool,
-) -> Result<Processed> {
-    let entry = &shared.handlers[h];
-    let sql = shared.client.sql();
-    let WorkerConn {
-        client,
-        cache,
-        user,
-    } = connection(shared, slot)?;
-    let mut tx = client.transaction()?;
-    let Some(run) = store::claim(&mut tx, sql, cache, &entry.name, &shared.instance)? else {
-        tx.rollback()?;
-        bump(&shared.stats.empty_claims);
-        return Ok(Processed::Empty(None));
-    };
-    if !run.due {
-        tx.rollback()?;
-        bump(&shared.stats.empty_claims);
-        return Ok(Processed::Empty(Some(run.wait)));
-    }
-    if !*announced {
-        // Lets the dispatcher put another worker on this handler while this one is busy.
-        *announced = true;
-        let _ = shared.events.send(Event::Claimed(h));
-    }
-
-    let quiet = shared.quiet_handlers();
-    // A parent's rollback request carried its context: it wins over the run's own.
-    let context = CooperationContext::from_stored(run.context.as_deref())?.merged(
-        &CooperationContext::from_stored(run.rollback_context.as_deref())?,
-    );
-    let exec = Exec {
-        shared,
-        entry,
-        run: &run,
-        quiet: &quiet,
-        context,
-    };
-    let shapes = entry.saga.shapes();
-    // In a block of its own, so that nothing borrowing the connection outlives the commit.
-    let done = {
-        let outcome =
-            match decide::next_action(&run.view, shapes, run.give_up.clone(), &entry.source) {
-                Action::RunStep { index, iteration } => {
-                    exec.step(cache, user, tx, index, iteration)
-                }
-                Action::GiveUp { step, failure } => exec.give_up(cache, tx, &step, failure),
-                Action::HandleChildFailures => exec.child_failures(cache, user, tx),
-                Action::Rollback => exec.rollback(cache, user, tx),
-                Action::Commit => exec
-                    .bookkeeping(cache, &mut tx, decide::commit(&run.view, shapes), true)
-                    .map(|done| (done, tx)),
-                Action::Abandon(failure) => {
-                    log::error!("{}: run {}: {failure}", entry.name, run.id);
-                    exec.bookkeeping(cache, &mut tx, decide::abandon(&run.view, failure), false)
-                        .map(|done| (done, tx))
-                }
-                Action::Nothing => {
-                    tx.rollback()?;
-                    return Ok(Processed::Ran);
-                }
-            };
-        match outcome {
-            Ok((done, tx)) => {
-                tx.commit()?;
-                done
-            }
-            Err(e) => {
-                if store::is_give_up(&e).is_some() {
-                    // The run was cancelled (or missed a deadline) while its step ran: the step's
-                    // transaction is discarded, and the run, claimed again, gives up.
-                    bump(&shared.stats.gave_up_after_step);
-                    return Ok(Processed::Ran);
-                }
-                return Err(e);
-            }
-        }
-    };
-    bump(&shared.stats.steps);
-    let woken_parent = if done.applied.release_pending {
-        release(shared, client, cache, run.id, &quiet)
-    } else {
-        None
-    };
-
-    let woken = done
-        .woken
-        .iter()
-        .map(String::as_str)
-        .chain(woken_parent.as_deref());
-    shared.record_notified(woken.clone(), &quiet);
-    // Wake local handlers now rather than after the notification's round trip. This worker
-    // goes on claiming for its own handler, so it needs no hint.
-    shared.hint_names(woken.filter(|&name| name != &*entry.name));
-    if done.applied.is_root && done.transition.status.is_terminal() {
-        shared.signals.root_finished();
-    }
-    Ok(Processed::Ran)
-}
-
-/// Tells a finished run's parent, right after the run's transaction committed. If that fails
-/// the run stays marked `release_pending`, and a sweep (asked for here) finishes the job.
-fn release(
-    shared: &Shared,
-    client: &mut PooledConnection<PostgresConnectionManager<NoTls>>,
-    cache: &mut StmtCache,
-    run: RunId,
-    quiet: &[&str],
-) -> Option<String> {
-    match store::release(&mut **client, shared.client.sql(), Some(cache), run, quiet) {
-        Ok(woken) => woken,
-        Err(e) => {
-            bump(&shared.stats.infra_errors);
-            cache.clear();
-            log::warn!("releasing the parent of run {run}: {e}; a sweep will retry");
-            let _ = shared.events.send(Event::SweepRequested);
-            None
-        }
-    }
 }

@@ -9,11 +9,14 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::context::CooperationContext;
+use crate::core::attempt::{SavepointState, UserOutcome};
 use crate::core::{Next, Wake};
 use crate::error::{Error, Result};
-use crate::failure::{Failure, StepError};
+use crate::failure::{Failure, StepError, StepResult};
 use crate::ids::{MessageId, RootId, RunId, new_uuid};
 use crate::options::EmitOptions;
+use crate::proto::{self, GiveUpReason, Sql, StmtCache};
+use crate::runtime::exec;
 use crate::typed::AsTopic;
 use crate::validate;
 
@@ -77,7 +80,7 @@ impl ChildFailures {
 }
 
 /// Facts about the step being run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StepInfo {
     pub(crate) handler: Arc<str>,
     pub(crate) run_id: RunId,
@@ -94,16 +97,24 @@ pub(crate) struct StepInfo {
     pub(crate) payload: Arc<str>,
     /// In a compensation: whether the step after the one undone ran after it (try/finally).
     pub(crate) successor_ran: bool,
-    /// `SELECT give_up_reason($1, $2, $3)` for this schema.
-    pub(crate) give_up_sql: Arc<str>,
-    /// The engine's schema (for return values).
-    pub(crate) schema: Arc<str>,
+}
+
+/// What step code's helpers use of the runtime: the statements, the worker connection's
+/// caches (lent to the step context for the call, and given back by
+/// [`StepContext::finish`]), and the size limit.
+#[derive(Debug)]
+pub(crate) struct Engine<'c> {
+    pub(crate) sql: &'c Sql,
+    /// The engine's statements prepared on this connection.
+    pub(crate) cache: StmtCache,
+    /// Step code's own, from [`StepContext::prepare_cached`].
+    pub(crate) statements: UserStatements,
     /// Largest payload, context or return value, in bytes of JSON.
     pub(crate) max_json_bytes: usize,
 }
 
 /// A message to be written when the step returns.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Emission {
     pub(crate) id: Uuid,
     pub(crate) topic: String,
@@ -153,16 +164,6 @@ impl Emission {
     }
 }
 
-/// The savepoint taken before user code first touches the transaction.
-enum Savepoint {
-    NotTaken,
-    Taken,
-    Failed(postgres::Error),
-}
-
-/// The name of the savepoint that separates the claim from user code.
-pub(crate) const SAVEPOINT: &str = "structured_cooperation_step";
-
 /// Given to every step closure: the step's open transaction and ways to emit messages.
 ///
 /// Everything done through the context commits atomically with the run's bookkeeping, or not
@@ -170,21 +171,13 @@ pub(crate) const SAVEPOINT: &str = "structured_cooperation_step";
 /// and [`launch`](Self::launch), and the step's completion.
 pub struct StepContext<'c> {
     tx: Transaction<'c>,
-    savepoint: Savepoint,
+    /// Taken before user code first touches the transaction.
+    savepoint: SavepointState,
     info: StepInfo,
     emissions: Vec<Emission>,
-    statements: &'c mut UserStatements,
+    engine: Engine<'c>,
     wake: Wake,
     context: CooperationContext,
-}
-
-/// What a step context leaves behind for the runtime.
-pub(crate) struct Parts<'c> {
-    pub(crate) tx: Transaction<'c>,
-    pub(crate) emissions: Vec<Emission>,
-    pub(crate) savepoint: SavepointState,
-    pub(crate) wake: Wake,
-    pub(crate) context: CooperationContext,
 }
 
 /// Statements prepared by step code with [`StepContext::prepare_cached`], per connection.
@@ -199,15 +192,15 @@ impl<'c> StepContext<'c> {
     pub(crate) fn new(
         tx: Transaction<'c>,
         info: StepInfo,
-        statements: &'c mut UserStatements,
+        engine: Engine<'c>,
         context: CooperationContext,
     ) -> StepContext<'c> {
         StepContext {
             tx,
-            savepoint: Savepoint::NotTaken,
+            savepoint: SavepointState::NotTaken,
             info,
             emissions: Vec::new(),
-            statements,
+            engine,
             wake: Wake::Now,
             context,
         }
@@ -233,15 +226,32 @@ impl<'c> StepContext<'c> {
     /// error (or use a nested savepoint with [`Transaction::transaction`]): an aborted
     /// transaction cannot record the step's completion, and the step is then failed.
     pub fn tx(&mut self) -> &mut Transaction<'c> {
-        if let Savepoint::NotTaken = self.savepoint {
-            // Taken lazily, so steps that never touch the database pay nothing for it. The
-            // claim's row lock predates it and survives a rollback to it.
-            self.savepoint = match self.tx.batch_execute(&format!("SAVEPOINT {SAVEPOINT}")) {
-                Ok(()) => Savepoint::Taken,
-                Err(e) => Savepoint::Failed(e),
+        self.take_savepoint();
+        &mut self.tx
+    }
+
+    /// Taken lazily, so steps that never touch the database pay nothing for it. The claim's
+    /// row lock predates it and survives a rollback to it.
+    fn take_savepoint(&mut self) {
+        if let SavepointState::NotTaken = self.savepoint {
+            let sql = self.engine.sql;
+            self.savepoint = match exec::run(&mut self.tx, sql, None, &proto::Savepoint) {
+                Ok(()) => SavepointState::Taken,
+                Err(e) => SavepointState::Failed(e),
             };
         }
-        &mut self.tx
+    }
+
+    /// Runs an engine statement in the step's transaction (after the savepoint, like step
+    /// code's own statements), prepared once per connection.
+    fn run<S: proto::Statement>(&mut self, s: &S) -> Result<S::Output> {
+        self.take_savepoint();
+        exec::run(
+            &mut self.tx,
+            self.engine.sql,
+            Some(&mut self.engine.cache),
+            s,
+        )
     }
 
     /// Prepares `sql` once per worker connection and returns the statement, for use with
@@ -257,15 +267,16 @@ impl<'c> StepContext<'c> {
     /// }
     /// ```
     pub fn prepare_cached(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
-        if let Some(statement) = self.statements.0.get(sql) {
+        if let Some(statement) = self.engine.statements.0.get(sql) {
             return Ok(statement.clone());
         }
         // Through tx(): a failing Parse aborts the transaction, so the savepoint must exist.
         let statement = self.tx().prepare(sql)?;
-        if self.statements.0.len() >= MAX_USER_STATEMENTS {
-            self.statements.0.clear();
+        let cache = &mut self.engine.statements.0;
+        if cache.len() >= MAX_USER_STATEMENTS {
+            cache.clear();
         }
-        self.statements.0.insert(sql.to_owned(), statement.clone());
+        cache.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
 
@@ -327,7 +338,7 @@ impl<'c> StepContext<'c> {
         scoped: bool,
         options: &EmitOptions,
     ) -> Result<Uuid> {
-        let limit = self.info.max_json_bytes;
+        let limit = self.engine.max_json_bytes;
         let emission = Emission::new(topic, payload, options, limit)?;
         let context = if scoped {
             let context = self.context.clone().merged(&options.context).to_stored();
@@ -390,17 +401,17 @@ impl<'c> StepContext<'c> {
     }
 
     fn give_up_reason(&mut self) -> std::result::Result<Option<Failure>, postgres::Error> {
-        let (sql, root, run) = (
-            self.info.give_up_sql.clone(),
-            self.info.root_id.as_uuid(),
-            self.info.run_id.as_uuid(),
-        );
         let rolling_back = self.info.phase == Phase::Compensation;
-        let text: Option<String> = self
-            .tx()
-            .query_one(&*sql, &[&root, &run, &rolling_back])?
-            .get(0);
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        let stmt = GiveUpReason::new(self.info.root_id, self.info.run_id, rolling_back);
+        self.take_savepoint();
+        // The helpers that ask promise a `postgres::Error`, so this one goes by the rows.
+        let rows = exec::query(
+            &mut self.tx,
+            self.engine.sql,
+            Some(&mut self.engine.cache),
+            &stmt,
+        )?;
+        Ok(proto::Statement::decode(&stmt, rows).ok().flatten())
     }
 
     /// For periodic sagas: how many runs of the chain came before this one (0 for the first).
@@ -459,30 +470,22 @@ impl<'c> StepContext<'c> {
         self.info.phase
     }
 
-    /// Returns the transaction, the buffered emissions, whether (and how) a savepoint was
-    /// taken, when the next step may run, and the context as the code left it.
-    pub(crate) fn into_parts(self) -> Parts<'c> {
-        let savepoint = match self.savepoint {
-            Savepoint::NotTaken => SavepointState::NotTaken,
-            Savepoint::Taken => SavepointState::Taken,
-            Savepoint::Failed(e) => SavepointState::Failed(e),
-        };
-        Parts {
-            tx: self.tx,
+    /// Gives back the transaction, and what the code left for the attempt: its `result`,
+    /// the buffered emissions, whether (and how) the savepoint was taken, when the next step
+    /// may run, and the context as the code left it.
+    pub(crate) fn finish(
+        self,
+        result: std::thread::Result<StepResult<Next>>,
+    ) -> (Transaction<'c>, Engine<'c>, UserOutcome) {
+        let outcome = UserOutcome {
+            result,
             emissions: self.emissions,
-            savepoint,
+            savepoint: self.savepoint,
             wake: self.wake,
             context: self.context,
-        }
+        };
+        (self.tx, self.engine, outcome)
     }
-}
-
-/// Whether user code touched the transaction, seen from the runtime.
-#[derive(Debug)]
-pub(crate) enum SavepointState {
-    NotTaken,
-    Taken,
-    Failed(postgres::Error),
 }
 
 impl fmt::Debug for StepContext<'_> {

@@ -16,7 +16,7 @@ use crate::failure::{Failure, StepError, StepResult};
 use crate::validate;
 
 pub use context::{ChildFailures, Phase, StepContext};
-pub(crate) use context::{Emission, Parts, SAVEPOINT, SavepointState, StepInfo, UserStatements};
+pub(crate) use context::{Emission, Engine, StepInfo, UserStatements};
 
 type Decoded<P> = std::result::Result<P, StepError>;
 /// A type-erased step body: decodes the payload and runs the user's closure.

@@ -4,10 +4,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::StepContext;
-use crate::core::RunStatus;
 use crate::error::{Error, Result};
-use crate::ids::{MessageId, RunId};
+use crate::ids::MessageId;
 use crate::options::EmitOptions;
+use crate::proto::{ChildValues, StoreValue};
 use crate::typed::{AsReturnName, AsTopic, ChildValue, Request};
 use crate::validate;
 
@@ -38,19 +38,10 @@ impl StepContext<'_> {
         validate::size(
             || format!("the return value {name:?}"),
             &json,
-            self.info.max_json_bytes,
+            self.engine.max_json_bytes,
         )?;
-        let schema = self.info.schema.clone();
-        let insert = self.prepare_cached(&format!(
-            "INSERT INTO {schema}.return_values (run_id, name, parent_id, handler, value) \
-             SELECT r.id, $2, r.parent_id, r.handler, $3 FROM {schema}.runs r WHERE r.id = $1 \
-             ON CONFLICT (run_id, name) DO NOTHING"
-        ))?;
         let run = self.info.run_id;
-        let stored = self
-            .tx()
-            .execute(&insert, &[&run.as_uuid(), &name, &json])?;
-        if stored == 0 {
+        if !self.run(&StoreValue::new(run, name, &json))? {
             return Err(Error::ReturnValueExists {
                 run,
                 handler: self.info.handler.to_string(),
@@ -73,33 +64,21 @@ impl StepContext<'_> {
         name: impl AsReturnName<T>,
     ) -> Result<Vec<ChildValue<T>>> {
         let name = name.return_name().to_owned();
-        let schema = self.info.schema.clone();
-        let select = self.prepare_cached(&format!(
-            "SELECT v.run_id, v.handler, v.value, r.status FROM {schema}.return_values v \
-             JOIN {schema}.runs r ON r.id = v.run_id \
-             WHERE v.parent_id = $1 AND v.name = $2 ORDER BY v.created_at, v.run_id"
-        ))?;
-        let run = self.info.run_id.as_uuid();
-        let rows = self.tx().query(&select, &[&run, &name])?;
-        rows.iter()
+        let rows = self.run(&ChildValues::new(self.info.run_id, &name))?;
+        rows.into_iter()
             .map(|row| {
-                let run = RunId::from_uuid(row.try_get("run_id")?);
-                let handler: String = row.try_get("handler")?;
-                let json: &str = row.try_get("value")?;
-                let status: &str = row.try_get("status")?;
-                let value = serde_json::from_str(json).map_err(|source| Error::ReturnValue {
-                    name: name.clone(),
-                    handler: handler.clone(),
-                    run,
-                    expected: std::any::type_name::<T>(),
-                    source,
-                })?;
+                let value =
+                    serde_json::from_str(&row.json).map_err(|source| Error::ReturnValue {
+                        name: name.clone(),
+                        handler: row.handler.clone(),
+                        run: row.run,
+                        expected: std::any::type_name::<T>(),
+                        source,
+                    })?;
                 Ok(ChildValue {
-                    run,
-                    status: RunStatus::parse(status).ok_or_else(|| {
-                        Error::Config(format!("unknown run status {status:?} in the database"))
-                    })?,
-                    handler,
+                    run: row.run,
+                    status: row.status,
+                    handler: row.handler,
                     value,
                 })
             })

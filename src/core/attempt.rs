@@ -1,0 +1,357 @@
+//! One attempt at a handler's next run, as a state machine with no I/O: claim a run, decide
+//! what it does, have user code called if it must, persist the outcome, commit, and release
+//! a finished run's parent. Every runtime drives the same machine; only the I/O differs.
+
+mod code;
+mod io;
+mod run;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::decide::{ChildrenOf, Transition};
+use super::rollback::{Compensation, Plan};
+use super::state::{Instance, Next, StepShape, Wake};
+use crate::context::CooperationContext;
+use crate::error::Result;
+use crate::failure::Failure;
+use crate::proto::{Applied, Claim, Claimed, Fault, GiveUpCheck};
+use crate::saga::Phase;
+
+pub(crate) use io::{
+    CallKind, Io, Outcome, Output, Report, SavepointState, Stmt, UserCall, UserOutcome,
+};
+
+/// The handler an attempt is for, as the machine needs to know it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HandlerRef<'h> {
+    pub(crate) name: &'h Arc<str>,
+    /// `handler[instance]`: the source of the failures its code raises.
+    pub(crate) source: &'h str,
+    /// The saga's steps.
+    pub(crate) steps: &'h [StepShape],
+}
+
+/// What stays the same for the whole attempt.
+#[derive(Clone, Copy, Debug)]
+struct Env<'h> {
+    handler: HandlerRef<'h>,
+    /// Who is working, for the history.
+    worker: &'h str,
+    /// Handlers not to notify: the runtime wakes them itself.
+    quiet: &'h [&'h str],
+}
+
+/// One attempt at the next due run of a handler, from `BEGIN` to the release after `COMMIT`.
+///
+/// # Calling contract
+///
+/// The driver (a runtime's worker) repeats: call [`poll`](Self::poll), do exactly what the
+/// returned [`Io`] says, and report the result with the matching `handle_*` method, until
+/// `poll` returns [`Io::Done`]. Never call `poll` twice without an answer in between; never
+/// answer what was not asked. The answers:
+///
+/// * [`Io::Begin`], [`Io::Run`], [`Io::RollbackToSavepoint`], [`Io::Commit`],
+///   [`Io::Rollback`], [`Io::RunAutocommit`]: [`handle_output`](Self::handle_output) with the
+///   statement's decoded output (`Output::Done` for the others), or the error as it came
+///   from the database. Errors are classified here, not by the driver: a failed give-up
+///   check ends the attempt and discards the step, an aborted transaction after user code
+///   that took the savepoint is the user's failure (and is recorded as such), anything else
+///   ends the attempt as an infrastructure failure to be retried.
+/// * [`Io::Announce`]: tell the scheduler a run was claimed, then
+///   [`handle_announced`](Self::handle_announced).
+/// * [`Io::CallUser`]: call the user code it names inside the open transaction, catching
+///   panics, and answer [`handle_user`](Self::handle_user) with what the code left behind.
+/// * [`Io::Done`]: stop; drop a transaction that is still open (it only is after an error),
+///   which rolls it back, and act on the [`Report`].
+///
+/// The machine reads no clock (every time is the database's) and does no I/O, so a driver
+/// may be blocking or asynchronous; dropping it at any point is a crash at that point, which
+/// the protocol tolerates.
+#[derive(Debug)]
+pub(crate) struct Attempt<'h> {
+    env: Env<'h>,
+    next: Option<Io<'h>>,
+    state: State,
+    report: Report,
+}
+
+#[derive(Debug)]
+enum State {
+    Begin,
+    Claim,
+    /// Nothing due: rolling back, then done.
+    Empty(Option<std::time::Duration>),
+    Claimed(Box<Run>),
+    Over,
+}
+
+impl<'h> Attempt<'h> {
+    /// An attempt at `handler`'s next due run, by `worker`, not notifying `quiet` handlers.
+    pub(crate) fn new(
+        handler: HandlerRef<'h>,
+        worker: &'h str,
+        quiet: &'h [&'h str],
+    ) -> Attempt<'h> {
+        Attempt {
+            env: Env {
+                handler,
+                worker,
+                quiet,
+            },
+            next: Some(Io::Begin),
+            state: State::Begin,
+            report: Report::new(),
+        }
+    }
+
+    /// What to do next.
+    ///
+    /// # Panics
+    ///
+    /// When called again before the previous [`Io`] was answered (a driver bug).
+    pub(crate) fn poll(&mut self) -> Io<'h> {
+        self.next
+            .take()
+            .expect("Attempt::poll called twice without an answer in between")
+    }
+
+    /// Answers [`Io::Begin`], [`Io::Run`], [`Io::RollbackToSavepoint`], [`Io::Commit`],
+    /// [`Io::Rollback`] and [`Io::RunAutocommit`].
+    pub(crate) fn handle_output(&mut self, result: Result<Output>) {
+        match result {
+            Ok(output) => self.on_output(output),
+            Err(e) => self.handle_fault(Fault::from(e)),
+        }
+    }
+
+    /// Like an error given to [`handle_output`](Self::handle_output), already classified.
+    pub(crate) fn handle_fault(&mut self, fault: Fault) {
+        let io = match &mut self.state {
+            State::Claimed(run) => run.on_fault(self.env, &mut self.report, fault),
+            _ => done(&mut self.report, Outcome::Failed(fault.into_error())),
+        };
+        self.set_next(io);
+    }
+
+    /// Answers [`Io::Announce`].
+    pub(crate) fn handle_announced(&mut self) {
+        let io = match &mut self.state {
+            State::Claimed(run) => run.on_announced(self.env, &mut self.report),
+            other => unexpected("handle_announced", other),
+        };
+        self.set_next(io);
+    }
+
+    /// Answers [`Io::CallUser`].
+    pub(crate) fn handle_user(&mut self, outcome: UserOutcome) {
+        let io = match &mut self.state {
+            State::Claimed(run) => run.on_user(self.env, &mut self.report, outcome),
+            other => unexpected("handle_user", other),
+        };
+        self.set_next(io);
+    }
+
+    fn on_output(&mut self, output: Output) {
+        let env = self.env;
+        let io = match (std::mem::replace(&mut self.state, State::Over), output) {
+            (State::Begin, Output::Done) => {
+                self.state = State::Claim;
+                Io::Run(Stmt::Claim(Claim {
+                    handler: env.handler.name,
+                    worker: env.worker,
+                }))
+            }
+            (State::Claim, Output::Claimed(None)) => {
+                self.state = State::Empty(None);
+                Io::Rollback
+            }
+            (State::Claim, Output::Claimed(Some(run))) if !run.due => {
+                self.state = State::Empty(Some(run.wait));
+                Io::Rollback
+            }
+            (State::Claim, Output::Claimed(Some(run))) => {
+                self.state = State::Claimed(Box::new(Run::new(*run)));
+                Io::Announce
+            }
+            (State::Empty(wait), Output::Done) => done(&mut self.report, Outcome::Empty(wait)),
+            (State::Claimed(mut run), output) => {
+                let io = run.on_output(env, &mut self.report, output);
+                self.state = State::Claimed(run);
+                io
+            }
+            (state, output) => unexpected(&format!("{output:?}"), &state),
+        };
+        self.set_next(io);
+    }
+
+    fn set_next(&mut self, io: Io<'h>) {
+        if matches!(io, Io::Done(_)) {
+            self.state = State::Over;
+        }
+        self.next = Some(io);
+    }
+}
+
+/// An answer that does not fit the question: the driver broke the contract.
+fn unexpected(answer: &str, state: &State) -> ! {
+    panic!("attempt protocol violated: got {answer} while in {state:?}")
+}
+
+/// Ends the attempt.
+fn done<'h>(report: &mut Report, outcome: Outcome) -> Io<'h> {
+    report.outcome = outcome;
+    Io::Done(std::mem::replace(report, Report::new()))
+}
+
+/// A claimed, due run being processed.
+#[derive(Debug)]
+struct Run {
+    claimed: Claimed,
+    payload: Arc<str>,
+    /// The run's context, with the context of a pending rollback request merged in.
+    context: CooperationContext,
+    /// The run's step instances and how their children ended, read when needed.
+    facts: Facts,
+    instances: Vec<Instance>,
+    children: HashMap<u32, ChildrenOf>,
+    wait: Await,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Facts {
+    Unread,
+    InstancesRead,
+    Read,
+}
+
+/// What the machine waits for while a run is claimed.
+#[derive(Debug)]
+enum Await {
+    Announce,
+    Instances(Then),
+    Children(Then),
+    User(Code),
+    Emit {
+        ran: Box<Ran>,
+        next: Next,
+    },
+    /// Rolling back to the savepoint after user code failed.
+    Discard {
+        ran: Box<Ran>,
+        failure: Failure,
+    },
+    RequestRollback(Box<Persist>),
+    Finish {
+        terminal: bool,
+        /// The code whose results are being written, when a transaction it left aborted is
+        /// its own failure.
+        blame: Option<Box<Ran>>,
+    },
+    Commit {
+        applied: Applied,
+        terminal: bool,
+    },
+    Release,
+    /// Rolling back a transaction that is to leave no trace, then done.
+    Rollback,
+    /// Between two states.
+    Nothing,
+}
+
+/// What to do once the run's instances and children are read.
+#[derive(Debug)]
+enum Then {
+    ChildFailures,
+    Rollback,
+    GiveUpRollingBack(Failure),
+    /// Start the rollback: the run failed in `step`, after code that left `ran` (if any).
+    Fail {
+        step: String,
+        failure: Failure,
+        ran: Option<Box<Ran>>,
+    },
+}
+
+/// The rollback a run is on: its plan and why.
+#[derive(Debug)]
+struct Rolling {
+    plan: Plan,
+    cause: Failure,
+}
+
+/// Which user code runs.
+#[derive(Debug)]
+enum Code {
+    Step(usize),
+    ChildFailures { latest: Instance, cfh: u32 },
+    Compensation(Box<Compensating>),
+}
+
+/// A compensating action that runs, within the rollback it is part of.
+#[derive(Debug)]
+struct Compensating {
+    pending: Compensation,
+    rolling: Rolling,
+}
+
+impl Code {
+    fn index(&self) -> usize {
+        match self {
+            Code::Step(index) => *index,
+            Code::ChildFailures { latest, .. } => latest.step,
+            Code::Compensation(c) => c.pending.instance.step,
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        match self {
+            Code::Step(_) => Phase::Step,
+            Code::ChildFailures { .. } => Phase::ChildFailures,
+            Code::Compensation(_) => Phase::Compensation,
+        }
+    }
+}
+
+/// What user code left behind, until its outcome is written.
+#[derive(Debug)]
+struct Ran {
+    code: Code,
+    /// The name its history entries carry: the step's, or the compensation sub-step's.
+    step: String,
+    savepoint: bool,
+    wake: Wake,
+    context: CooperationContext,
+    /// Its child messages, recorded with the instance it becomes.
+    messages: Vec<Uuid>,
+}
+
+/// A transition on its way to the database.
+#[derive(Debug)]
+struct Persist {
+    t: Transition,
+    check: GiveUpCheck,
+    /// The code whose outcome this is, if code ran: its context is saved.
+    code: Option<Ran>,
+    /// Whether a transaction found aborted is the code's failure (only when writing the
+    /// results of code that succeeded).
+    blame: bool,
+}
+
+impl Persist {
+    fn bookkeeping(t: Transition, check: GiveUpCheck) -> Persist {
+        Persist {
+            t,
+            check,
+            code: None,
+            blame: false,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "attempt_tests.rs"]
+mod tests;

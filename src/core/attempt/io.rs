@@ -1,0 +1,205 @@
+//! The attempt's vocabulary with its driver: what it asks for ([`Io`]), and what the driver
+//! answers ([`Output`], [`UserOutcome`]) and finally hears ([`Report`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use postgres::Row;
+use postgres::types::ToSql;
+
+use crate::context::CooperationContext;
+use crate::core::decide::ChildrenOf;
+use crate::core::{Instance, Next, Wake};
+use crate::error::{Error, Result};
+use crate::failure::{Failure, StepResult};
+use crate::ids::RunId;
+use crate::proto::{
+    Applied, Children, Claim, Claimed, Emit, Emitted, Finish, Instances, Release, RequestRollback,
+    Requested, Statement, StmtId,
+};
+use crate::saga::{ChildFailures, Emission, StepInfo};
+
+/// What the attempt asks its driver to do next. Each is answered with exactly one call (see
+/// [`Attempt`](super::Attempt)), except `Done`, which ends the attempt.
+#[derive(Debug)]
+pub(crate) enum Io<'h> {
+    /// Open the transaction. Answer: `handle_output(Ok(Output::Done))` or the error.
+    Begin,
+    /// Run this statement inside the transaction. Answer: `handle_output` with what the
+    /// statement decoded into (`Statement::decode` of this very value gives it).
+    Run(Stmt<'h>),
+    /// A run was claimed: tell the scheduler (so it can put another worker on the handler),
+    /// then `handle_announced()`.
+    Announce,
+    /// Run user code inside the transaction (a step body, a child-failure handler or a
+    /// compensating action), catching panics. Answer: `handle_user`.
+    CallUser(UserCall),
+    /// Roll back to the savepoint user code took (discarding what it wrote, keeping the
+    /// claim's row lock). Answer: `handle_output(Ok(Output::Done))` or the error.
+    RollbackToSavepoint,
+    /// Commit the transaction. Answer: `handle_output(Ok(Output::Done))` or the error.
+    Commit,
+    /// Roll the transaction back. Answer: `handle_output(Ok(Output::Done))` or the error.
+    Rollback,
+    /// Run this statement on its own, outside any transaction (autocommit): the release of a
+    /// finished run's parent, after the run's commit. Answer: `handle_output`.
+    RunAutocommit(Stmt<'h>),
+    /// The attempt is over. A transaction still open (only after an error) is to be dropped,
+    /// which rolls it back.
+    Done(Report),
+}
+
+/// A statement an attempt runs.
+#[derive(Debug)]
+pub(crate) enum Stmt<'h> {
+    Claim(Claim<'h>),
+    Instances(Instances),
+    Children(Children),
+    Emit(Emit<'h>),
+    RequestRollback(RequestRollback<'h>),
+    Finish(Finish<'h>),
+    Release(Release<'h>),
+}
+
+/// What the driver reports back for everything but user code.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// `Begin`, `RollbackToSavepoint`, `Commit` and `Rollback` succeeded.
+    Done,
+    Claimed(Option<Box<Claimed>>),
+    Instances(Vec<Instance>),
+    Children(HashMap<u32, ChildrenOf>),
+    Emitted(Emitted),
+    Requested(Requested),
+    Applied(Applied),
+    Released(Option<String>),
+}
+
+impl Statement for Stmt<'_> {
+    type Output = Output;
+
+    fn id(&self) -> StmtId {
+        match self {
+            Stmt::Claim(s) => s.id(),
+            Stmt::Instances(s) => s.id(),
+            Stmt::Children(s) => s.id(),
+            Stmt::Emit(s) => s.id(),
+            Stmt::RequestRollback(s) => s.id(),
+            Stmt::Finish(s) => s.id(),
+            Stmt::Release(s) => s.id(),
+        }
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        match self {
+            Stmt::Claim(s) => s.params(),
+            Stmt::Instances(s) => s.params(),
+            Stmt::Children(s) => s.params(),
+            Stmt::Emit(s) => s.params(),
+            Stmt::RequestRollback(s) => s.params(),
+            Stmt::Finish(s) => s.params(),
+            Stmt::Release(s) => s.params(),
+        }
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Output> {
+        Ok(match self {
+            Stmt::Claim(s) => Output::Claimed(s.decode(rows)?.map(Box::new)),
+            Stmt::Instances(s) => Output::Instances(s.decode(rows)?),
+            Stmt::Children(s) => Output::Children(s.decode(rows)?),
+            Stmt::Emit(s) => Output::Emitted(s.decode(rows)?),
+            Stmt::RequestRollback(s) => Output::Requested(s.decode(rows)?),
+            Stmt::Finish(s) => Output::Applied(s.decode(rows)?),
+            Stmt::Release(s) => Output::Released(s.decode(rows)?),
+        })
+    }
+}
+
+/// Which user code to call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CallKind {
+    /// The step body of `info.step_index`.
+    Step,
+    /// The step's child-failure handler, with the failures.
+    ChildFailures(ChildFailures),
+    /// The step's compensating action, with the rollback's cause.
+    Compensation(Failure),
+}
+
+/// User code to call, and everything its step context starts from.
+#[derive(Debug)]
+pub(crate) struct UserCall {
+    pub(crate) kind: CallKind,
+    pub(crate) info: StepInfo,
+    /// The run's cooperation context as the code starts with it.
+    pub(crate) context: CooperationContext,
+}
+
+/// Whether user code touched the transaction, which is when its savepoint is taken.
+#[derive(Debug)]
+pub(crate) enum SavepointState {
+    NotTaken,
+    Taken,
+    /// Taking it failed: the connection or transaction is broken, not the user's doing.
+    Failed(Error),
+}
+
+/// How user code ended, with what it left behind in its step context.
+#[derive(Debug)]
+pub(crate) struct UserOutcome {
+    /// What it returned (a compensation's `Ok(())` as `Next::Continue`), or its panic.
+    pub(crate) result: std::thread::Result<StepResult<Next>>,
+    /// Messages it emitted or launched, to be written if it succeeded.
+    pub(crate) emissions: Vec<Emission>,
+    pub(crate) savepoint: SavepointState,
+    /// When the run's next step may start, as the code asked.
+    pub(crate) wake: Wake,
+    /// The context as the code left it.
+    pub(crate) context: CooperationContext,
+}
+
+/// How an attempt ended, for the scheduler.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Nothing was due; `Some` says how long until the handler's earliest run wakes.
+    Empty(Option<Duration>),
+    /// A run was processed (its transition committed, or it was discarded to be retried).
+    Ran,
+    /// An infrastructure error ended the attempt; the run is untouched and is retried from
+    /// its last committed state.
+    Failed(Error),
+}
+
+/// What the driver needs to know once the attempt is over.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) outcome: Outcome,
+    /// A transition committed.
+    pub(crate) committed: bool,
+    /// User code that failed (an error, a panic, a transaction it left aborted).
+    pub(crate) step_failures: u32,
+    /// The post-step check found the run must give up: its step was discarded.
+    pub(crate) gave_up_after_step: bool,
+    /// Handlers that got runs (emissions, rollback requests, a parent made runnable): wake
+    /// those served locally.
+    pub(crate) woken: Vec<String>,
+    /// A top-level run reached a terminal state: wake whoever waits for roots.
+    pub(crate) root_finished: bool,
+    /// The release of this run's parent after the commit failed; the run stays marked and a
+    /// sweep finishes it.
+    pub(crate) release_error: Option<(RunId, Error)>,
+}
+
+impl Report {
+    pub(super) fn new() -> Report {
+        Report {
+            outcome: Outcome::Ran,
+            committed: false,
+            step_failures: 0,
+            gave_up_after_step: false,
+            woken: Vec::new(),
+            root_finished: false,
+            release_error: None,
+        }
+    }
+}

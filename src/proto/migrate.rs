@@ -1,0 +1,180 @@
+//! The embedded migrations and the statements that apply them (see `crate::migrate`).
+
+use postgres::Row;
+use postgres::types::ToSql;
+
+use super::{Sql, Statement, StmtId, one};
+use crate::error::Result;
+
+/// `(version, name, sql)`, in order. Each script runs with `search_path` set to the target
+/// schema, so its names are unqualified. A shipped migration never changes: new changes go
+/// into a new one.
+pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        "rollback",
+        include_str!("../../migrations/0002_rollback.sql"),
+    ),
+    (
+        3,
+        "time_and_cancellation",
+        include_str!("../../migrations/0003_time_and_cancellation.sql"),
+    ),
+    (
+        4,
+        "context_and_return_values",
+        include_str!("../../migrations/0004_context_and_return_values.sql"),
+    ),
+];
+
+/// The highest migration version this library ships.
+pub(crate) const LATEST_MIGRATION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Serializes migrators of one schema, for the rest of the transaction.
+#[derive(Debug)]
+pub(crate) struct MigrationLock {
+    key: String,
+}
+
+impl MigrationLock {
+    pub(crate) fn new(schema: &str) -> MigrationLock {
+        MigrationLock {
+            key: format!("structured-cooperation migrations {schema}"),
+        }
+    }
+
+    pub(crate) const SQL: &'static str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+}
+
+impl Statement for MigrationLock {
+    type Output = ();
+
+    fn id(&self) -> StmtId {
+        StmtId::MigrationLock
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.key]
+    }
+
+    fn decode(&self, _rows: Vec<Row>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Creates the schema and its migrations table if needed, and points the transaction's
+/// `search_path` at the schema.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MigrationSetup;
+
+impl MigrationSetup {
+    pub(crate) const SQL: &'static str = "
+CREATE SCHEMA IF NOT EXISTS __S__;
+SET LOCAL search_path TO __S__;
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);";
+}
+
+impl Statement for MigrationSetup {
+    type Output = ();
+
+    fn id(&self) -> StmtId {
+        StmtId::MigrationSetup
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        Vec::new()
+    }
+
+    fn decode(&self, _rows: Vec<Row>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The highest applied version (0 for a new schema). Runs after [`MigrationSetup`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MigrationVersion;
+
+impl MigrationVersion {
+    pub(crate) const SQL: &'static str =
+        "SELECT coalesce(max(version), 0) AS version FROM schema_migrations";
+}
+
+impl Statement for MigrationVersion {
+    type Output = i32;
+
+    fn id(&self) -> StmtId {
+        StmtId::MigrationVersion
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        Vec::new()
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<i32> {
+        Ok(one(rows)?.try_get("version")?)
+    }
+}
+
+/// Runs one migration script (`MIGRATIONS[index]`). Runs after [`MigrationSetup`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ApplyMigration {
+    pub(crate) index: usize,
+}
+
+impl ApplyMigration {
+    /// The scripts carry their own text.
+    pub(crate) const SQL: &'static str = "";
+}
+
+impl Statement for ApplyMigration {
+    type Output = ();
+
+    fn id(&self) -> StmtId {
+        StmtId::ApplyMigration
+    }
+
+    fn text<'s>(&self, _sql: &'s Sql) -> &'s str {
+        MIGRATIONS[self.index].2
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        Vec::new()
+    }
+
+    fn decode(&self, _rows: Vec<Row>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Records an applied migration. Runs after [`MigrationSetup`].
+#[derive(Debug)]
+pub(crate) struct RecordMigration {
+    pub(crate) version: i32,
+    pub(crate) name: &'static str,
+}
+
+impl RecordMigration {
+    pub(crate) const SQL: &'static str =
+        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)";
+}
+
+impl Statement for RecordMigration {
+    type Output = ();
+
+    fn id(&self) -> StmtId {
+        StmtId::RecordMigration
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.version, &self.name]
+    }
+
+    fn decode(&self, _rows: Vec<Row>) -> Result<()> {
+        Ok(())
+    }
+}

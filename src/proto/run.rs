@@ -1,0 +1,719 @@
+//! The happy path's statements: claiming a run, writing what its step emitted, persisting its
+//! transition, telling a finished run's parent, and finding work.
+
+use std::time::{Duration, SystemTime};
+
+use postgres::Row;
+use postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{
+    ContextWrite, GiveUpCheck, Statement, StmtId, failure_col, failure_json, millis_col, one,
+    run_view, u32_col,
+};
+use crate::core::decide::Transition;
+use crate::core::{RunView, Wake};
+use crate::error::{Error, Result};
+use crate::failure::Failure;
+use crate::ids::{MessageId, RootId, RunId};
+use crate::saga::Emission;
+
+/// Claims the oldest runnable run of a handler.
+#[derive(Debug)]
+pub(crate) struct Claim<'a> {
+    pub(crate) handler: &'a str,
+    /// Who claims, for the `SEEN` history entry.
+    pub(crate) worker: &'a str,
+}
+
+impl Claim<'_> {
+    /// A run is runnable when it is not terminal and none of its latest step's children are
+    /// unfinished; `runs_runnable` indexes exactly those rows, so the cost does not depend on
+    /// how much finished work the table holds. The earliest row is returned even when its
+    /// `wake_at` is still in the future (`due` is then false and the caller rolls back): that
+    /// tells the runtime when to try again without a second query. `FOR UPDATE SKIP LOCKED`
+    /// makes concurrent workers (in any process) take different runs; the lock is held until
+    /// the step commits. The first claim of a run writes its `SEEN`.
+    pub(crate) const SQL: &'static str = "
+WITH clock AS (SELECT clock_timestamp() AS t),
+c AS (
+    SELECT r.id, r.root_id, r.message_id, r.topic, r.status, r.step_index,
+           r.step_iteration, r.instances, r.failed_children, r.started_at IS NOT NULL AS seen,
+           r.wake_at, r.cfh_iteration, r.rollback_cursor, r.waited_instance, r.rollback_seen,
+           r.failure, r.happy_deadline, r.rollback_deadline, r.absolute_deadline,
+           r.context, r.rollback_context
+    FROM __S__.runs r
+    WHERE r.handler = $1 AND r.status IN ('active', 'rolling_back') AND r.pending_children = 0
+    ORDER BY r.wake_at, r.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+),
+seen AS (
+    INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, worker)
+    SELECT c.root_id, c.id, c.message_id, 'SEEN', $1, $2
+    FROM c, clock
+    WHERE NOT c.seen AND c.wake_at <= clock.t
+)
+SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
+       c.step_iteration, c.instances, c.failed_children, c.cfh_iteration, c.rollback_cursor,
+       c.waited_instance, c.rollback_seen, c.failure::text AS failure,
+       c.wake_at <= clock.t AS due,
+       greatest(0, ceil(extract(epoch FROM c.wake_at - clock.t) * 1000))::int8 AS wait_ms,
+       m.payload::text AS payload, m.run_count, c.context, c.rollback_context,
+       -- Whether the run must give up (cancelled, a deadline passed). The guard keeps the
+       -- common case (no deadlines, no cancellation in the tree) to one index probe.
+       CASE WHEN c.happy_deadline IS NULL AND c.rollback_deadline IS NULL
+                 AND c.absolute_deadline IS NULL
+                 AND NOT EXISTS (SELECT 1 FROM __S__.cancellations k WHERE k.root_id = c.root_id)
+            THEN NULL
+            ELSE __S__.give_up_reason(c.root_id, c.id, c.status = 'rolling_back')::text
+       END AS give_up
+FROM c CROSS JOIN clock JOIN __S__.messages m ON m.id = c.message_id";
+}
+
+/// A claimed run, as [`Claim`] read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Claimed {
+    pub(crate) id: RunId,
+    pub(crate) root_id: RootId,
+    pub(crate) message_id: MessageId,
+    pub(crate) topic: String,
+    pub(crate) view: RunView,
+    /// Its `wake_at` has passed; otherwise `wait` says how long until it does.
+    pub(crate) due: bool,
+    pub(crate) wait: Duration,
+    pub(crate) payload: String,
+    /// The run's rollback cause, as stored (decoded only on the rollback path).
+    pub(crate) failure: Option<String>,
+    /// Why the run must give up now, if it must (a cancellation, a missed deadline).
+    pub(crate) give_up: Option<Failure>,
+    /// For periodic sagas: how many runs of the chain came before this one.
+    pub(crate) run_count: u32,
+    /// The run's cooperation context, as stored (`None` = empty).
+    pub(crate) context: Option<String>,
+    /// The context a parent's rollback request carried, not merged in yet.
+    pub(crate) rollback_context: Option<String>,
+}
+
+impl Statement for Claim<'_> {
+    type Output = Option<Claimed>;
+
+    fn id(&self) -> StmtId {
+        StmtId::Claim
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.handler, &self.worker]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Option<Claimed>> {
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok(Some(Claimed {
+            id: RunId::from_uuid(row.try_get("id")?),
+            root_id: RootId::from_uuid(row.try_get("root_id")?),
+            message_id: MessageId::from_uuid(row.try_get("message_id")?),
+            topic: row.try_get("topic")?,
+            view: run_view(&row)?,
+            due: row.try_get("due")?,
+            wait: millis_col(&row, "wait_ms")?,
+            payload: row.try_get("payload")?,
+            failure: row.try_get("failure")?,
+            give_up: failure_col(&row, "give_up")?,
+            run_count: u32_col(&row, "run_count")?,
+            context: row.try_get("context")?,
+            rollback_context: row.try_get("rollback_context")?,
+        }))
+    }
+}
+
+/// Who emits: the run, its step instance, and names for the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Emitter<'a> {
+    pub(crate) root_id: RootId,
+    pub(crate) run_id: RunId,
+    pub(crate) instance: u32,
+    pub(crate) handler: &'a str,
+    pub(crate) step: String,
+}
+
+/// Writes emitted messages: children of a run (`scoped`), launches on the global scope from a
+/// step, or launches from outside (no emitter).
+#[derive(Debug)]
+pub(crate) struct Emit<'a> {
+    ids: Vec<Uuid>,
+    topics: Vec<String>,
+    payloads: Vec<String>,
+    scoped: Vec<bool>,
+    root: Option<Uuid>,
+    run: Option<Uuid>,
+    instance: Option<i32>,
+    handler: Option<&'a str>,
+    step: Option<String>,
+    worker: &'a str,
+    deadlines: Vec<Option<String>>,
+    run_counts: Vec<i32>,
+    check: Option<bool>,
+    /// Handlers that get runs but no notification (the calling runtime wakes them itself).
+    quiet: &'a [&'a str],
+    contexts: Vec<Option<String>>,
+}
+
+impl<'a> Emit<'a> {
+    /// Writes `emissions` (children of `emitter`, or global launches without one). With a
+    /// check, the emitter's give-up check runs first.
+    pub(crate) fn new(
+        emitter: Option<Emitter<'a>>,
+        emissions: Vec<Emission>,
+        worker: &'a str,
+        quiet: &'a [&'a str],
+        check: GiveUpCheck,
+    ) -> Emit<'a> {
+        let n = emissions.len();
+        let mut emit = Emit {
+            ids: Vec::with_capacity(n),
+            topics: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            scoped: Vec::with_capacity(n),
+            root: emitter.as_ref().map(|e| e.root_id.as_uuid()),
+            run: emitter.as_ref().map(|e| e.run_id.as_uuid()),
+            instance: emitter.as_ref().map(|e| e.instance as i32),
+            handler: emitter.as_ref().map(|e| e.handler),
+            worker,
+            deadlines: Vec::with_capacity(n),
+            run_counts: Vec::with_capacity(n),
+            check: check.param(),
+            quiet,
+            contexts: Vec::with_capacity(n),
+            step: emitter.map(|e| e.step),
+        };
+        for e in emissions {
+            emit.ids.push(e.id);
+            emit.topics.push(e.topic);
+            emit.payloads.push(e.payload);
+            emit.scoped.push(e.scoped && emit.run.is_some());
+            emit.deadlines.push(e.deadlines);
+            emit.run_counts.push(e.run_count as i32);
+            emit.contexts.push(e.context);
+        }
+        emit
+    }
+
+    /// One run per registered handler of each topic, `EMITTED` history, and a notification
+    /// for each handler that got a run (but those in `$14`). Returns how many child runs the
+    /// emitting run (`$6`) got and which handlers got runs; the count comes from the statement
+    /// that inserts the runs, so a handler registering concurrently cannot make it disagree
+    /// with the rows. With `$13` set, the emitter's give-up check runs before anything is
+    /// written (see `check_give_up`).
+    pub(crate) const SQL: &'static str = "
+WITH checked AS MATERIALIZED (
+    SELECT CASE WHEN $13::bool IS NULL THEN true
+                ELSE __S__.check_give_up($5::uuid, $6::uuid, $13::bool) END AS ok
+),
+e AS (
+    SELECT e.* FROM checked,
+        unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $11::text[], $12::int4[],
+               $15::text[])
+        WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, context, ord)
+    WHERE checked.ok
+),
+ed AS MATERIALIZED (
+    -- Deadlines: a child inherits its emitter's, the earliest of each kind wins (see
+    -- child_deadlines). Computed only when the emission gives some or the emitter has some.
+    SELECT e.id, d.happy, d.rollback, d.absolute, d.trace
+    FROM e LEFT JOIN LATERAL (
+        SELECT * FROM __S__.child_deadlines(CASE WHEN e.scoped THEN $6::uuid END,
+                                            e.deadlines::jsonb)
+        WHERE e.deadlines IS NOT NULL
+           OR (e.scoped AND EXISTS (SELECT 1 FROM __S__.runs r
+                                    WHERE r.id = $6::uuid AND r.deadline_trace IS NOT NULL))
+    ) d ON true
+),
+msg AS (
+    INSERT INTO __S__.messages (id, root_id, topic, payload, parent_run_id, parent_instance,
+                                run_count)
+    SELECT e.id, CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, e.topic, e.payload::jsonb,
+           CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
+           coalesce(e.run_count, 0)
+    FROM e
+),
+child AS (
+    INSERT INTO __S__.runs (id, root_id, parent_id, parent_instance, message_id, handler, topic,
+                            happy_deadline, rollback_deadline, absolute_deadline, deadline_trace,
+                            wake_at, context)
+    SELECT __S__.uuid_v7(), CASE WHEN e.scoped THEN $5::uuid ELSE e.id END,
+           CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
+           e.id, h.handler, e.topic, d.happy, d.rollback, d.absolute, d.trace, clock_timestamp(),
+           e.context
+    FROM e JOIN ed d ON d.id = e.id JOIN __S__.handlers h ON h.topic = e.topic
+    RETURNING parent_id, handler
+),
+hist AS (
+    INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, step, worker)
+    SELECT CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, CASE WHEN e.scoped THEN $6::uuid END,
+           e.id, 'EMITTED', CASE WHEN e.scoped THEN $8::text END,
+           CASE WHEN e.scoped THEN $9::text END, $10::text
+    FROM e
+    ORDER BY e.ord
+),
+woken AS (SELECT DISTINCT handler FROM child),
+notified AS MATERIALIZED (
+    SELECT pg_notify('__S___wake', w.handler) FROM woken w WHERE w.handler <> ALL($14::text[])
+)
+SELECT (SELECT count(*) FROM child WHERE parent_id IS NOT NULL)::int4 AS children,
+       coalesce((SELECT array_agg(handler) FROM woken), '{}') AS woken,
+       (SELECT count(*) FROM notified)::int4 AS notified";
+}
+
+/// What an emission created.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Emitted {
+    /// Child runs created for the emitting run.
+    pub(crate) children: u32,
+    /// Handlers that got new runs.
+    pub(crate) handlers: Vec<String>,
+}
+
+impl Statement for Emit<'_> {
+    type Output = Emitted;
+
+    fn id(&self) -> StmtId {
+        StmtId::Emit
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ids,
+            &self.topics,
+            &self.payloads,
+            &self.scoped,
+            &self.root,
+            &self.run,
+            &self.instance,
+            &self.handler,
+            &self.step,
+            &self.worker,
+            &self.deadlines,
+            &self.run_counts,
+            &self.check,
+            &self.quiet,
+            &self.contexts,
+        ]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Emitted> {
+        let row = one(rows)?;
+        Ok(Emitted {
+            children: u32_col(&row, "children")?,
+            handlers: row.try_get("woken")?,
+        })
+    }
+}
+
+/// Persists a transition of a run: its new state, the step instance it executed (if any),
+/// and its history entries in order.
+#[derive(Debug)]
+pub(crate) struct Finish<'a> {
+    run: Uuid,
+    status: &'static str,
+    step_index: i32,
+    step_iteration: i32,
+    instances: i32,
+    pending_children: i32,
+    failure: Option<String>,
+    rollback_failure: Option<String>,
+    cfh_iteration: Option<i32>,
+    rollback_cursor: Option<i32>,
+    waited_instance: Option<i32>,
+    worker: &'a str,
+    instance_seq: Option<i32>,
+    instance_step: Option<i32>,
+    instance_iteration: Option<i32>,
+    instance_cfh: Option<i32>,
+    instance_kind: Option<&'static str>,
+    event_kinds: Vec<&'static str>,
+    event_steps: Vec<Option<String>>,
+    event_next_steps: Vec<Option<i32>>,
+    event_failures: Vec<Option<String>>,
+    event_messages: Vec<Option<Uuid>>,
+    /// The child messages emitted by the instance the transition records.
+    messages: Vec<Uuid>,
+    wake_at: Option<SystemTime>,
+    wake_in_us: Option<i64>,
+    check: Option<bool>,
+    write_context: bool,
+    context: Option<String>,
+}
+
+impl<'a> Finish<'a> {
+    /// Persists `t` for `run`. `messages` are the child messages of the instance `t` records.
+    pub(crate) fn new(
+        run: RunId,
+        t: &Transition,
+        worker: &'a str,
+        messages: Vec<Uuid>,
+        check: GiveUpCheck,
+        context: ContextWrite<'_>,
+    ) -> Result<Finish<'a>> {
+        let int = |v: u32| v as i32;
+        let instance = t.new_instance.as_ref();
+        let (wake_at, wake_in_us) = match t.wake {
+            Wake::Now => (None, None),
+            Wake::After(d) => (None, Some(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))),
+            Wake::At(at) => (Some(at), None),
+        };
+        let (write_context, context) = match context {
+            ContextWrite::Keep => (false, None),
+            ContextWrite::Set(c) => (true, c.map(str::to_owned)),
+        };
+        Ok(Finish {
+            run: run.as_uuid(),
+            status: t.status.as_str(),
+            step_index: int(t.step_index),
+            step_iteration: int(t.step_iteration),
+            instances: int(t.instances),
+            pending_children: int(t.pending_children),
+            failure: failure_json(t.failure.as_ref())?,
+            rollback_failure: failure_json(t.rollback_failure.as_ref())?,
+            cfh_iteration: t.cfh_iteration.map(int),
+            rollback_cursor: t.rollback_cursor.map(int),
+            waited_instance: t.waited_instance.map(int),
+            worker,
+            instance_seq: instance.map(|i| int(i.seq)),
+            instance_step: instance.map(|i| i.step as i32),
+            instance_iteration: instance.map(|i| int(i.iteration)),
+            instance_cfh: instance.and_then(|i| i.cfh.map(int)),
+            instance_kind: instance.map(|i| i.kind.as_str()),
+            event_kinds: t.events.iter().map(|e| e.kind.as_str()).collect(),
+            event_steps: t.events.iter().map(|e| e.step.clone()).collect(),
+            event_next_steps: t.events.iter().map(|e| e.next_step).collect(),
+            event_failures: t
+                .events
+                .iter()
+                .map(|e| failure_json(e.failure.as_ref()))
+                .collect::<Result<_>>()?,
+            event_messages: t.events.iter().map(|e| e.message).collect(),
+            messages,
+            wake_at,
+            wake_in_us,
+            check: check.param(),
+            write_context,
+            context,
+        })
+    }
+
+    /// A run that reaches a terminal state while its parent counts it among its unfinished
+    /// children is marked `release_pending`; the parent's bookkeeping follows in [`Release`],
+    /// after this transaction committed. With `$26` set, the post-step give-up check runs
+    /// before anything is written; with `$27`, the context becomes `$28` (which includes any
+    /// pending rollback context) and the pending one is cleared.
+    pub(crate) const SQL: &'static str = "
+WITH checked AS MATERIALIZED (
+    SELECT CASE WHEN $26::bool IS NULL THEN true
+                ELSE __S__.check_give_up((SELECT root_id FROM __S__.runs WHERE id = $1), $1,
+                                         $26::bool) END AS ok
+),
+run AS (
+    UPDATE __S__.runs SET
+        status = $2, step_index = $3, step_iteration = $4, instances = $5,
+        pending_children = $6, failed_children = 0,
+        failure = coalesce($7::text::jsonb, failure),
+        rollback_failure = coalesce($8::text::jsonb, rollback_failure),
+        cfh_iteration = $9, rollback_cursor = $10, waited_instance = $11,
+        rollback_seen = true,
+        context = CASE WHEN $27::bool THEN $28::text ELSE context END,
+        rollback_context = CASE WHEN $27::bool THEN NULL ELSE rollback_context END,
+        -- `$24` not before a time, `$25` microseconds from now; a sleeping run still wakes
+        -- for its deadlines (to give up).
+        wake_at = least(
+            CASE WHEN $24::timestamptz IS NOT NULL THEN greatest($24::timestamptz, clock_timestamp())
+                 WHEN $25::int8 IS NOT NULL THEN clock_timestamp() + $25::int8 * interval '1 microsecond'
+                 ELSE clock_timestamp() END,
+            CASE WHEN $2 = 'active' THEN least(happy_deadline, absolute_deadline) END),
+        release_pending = parent_id IS NOT NULL AND awaited
+                          AND $2 IN ('committed', 'rolled_back', 'rollback_failed'),
+        started_at = coalesce(started_at, clock_timestamp()),
+        finished_at = CASE WHEN $2 IN ('committed', 'rolled_back', 'rollback_failed')
+                           THEN clock_timestamp() END,
+        updated_at = clock_timestamp()
+    WHERE id = $1 AND (SELECT ok FROM checked)
+    RETURNING root_id, parent_id, message_id, handler, release_pending
+),
+instance AS (
+    INSERT INTO __S__.step_instances (run_id, seq, step, iteration, cfh, kind, messages)
+    SELECT $1, $13::int4, $14::int4, $15::int4, $16::int4, $17::text, $23::uuid[]
+    WHERE $13::int4 IS NOT NULL
+),
+hist AS (
+    INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, step, next_step,
+                               failure, worker)
+    SELECT run.root_id, $1, coalesce(e.message, run.message_id), e.event, run.handler, e.step,
+           e.next_step, e.failure::jsonb, $12
+    FROM run, unnest($18::text[], $19::text[], $20::int4[], $21::text[], $22::uuid[])
+        WITH ORDINALITY AS e(event, step, next_step, failure, message, ord)
+    ORDER BY e.ord
+)
+SELECT parent_id, release_pending FROM run";
+}
+
+/// What persisting a transition revealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// The run is a top-level run of its root.
+    pub(crate) is_root: bool,
+    /// The run finished and its parent must be told, with [`Release`], once this commits.
+    pub(crate) release_pending: bool,
+}
+
+impl Statement for Finish<'_> {
+    type Output = Applied;
+
+    fn id(&self) -> StmtId {
+        StmtId::Finish
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.run,
+            &self.status,
+            &self.step_index,
+            &self.step_iteration,
+            &self.instances,
+            &self.pending_children,
+            &self.failure,
+            &self.rollback_failure,
+            &self.cfh_iteration,
+            &self.rollback_cursor,
+            &self.waited_instance,
+            &self.worker,
+            &self.instance_seq,
+            &self.instance_step,
+            &self.instance_iteration,
+            &self.instance_cfh,
+            &self.instance_kind,
+            &self.event_kinds,
+            &self.event_steps,
+            &self.event_next_steps,
+            &self.event_failures,
+            &self.event_messages,
+            &self.messages,
+            &self.wake_at,
+            &self.wake_in_us,
+            &self.check,
+            &self.write_context,
+            &self.context,
+        ]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Applied> {
+        // No row: the run does not exist (the check fails loudly instead of returning none).
+        let row = rows.into_iter().next().ok_or_else(|| {
+            Error::UnexpectedData(format!(
+                "run {} is gone: its transition was not applied",
+                self.run
+            ))
+        })?;
+        let parent: Option<Uuid> = row.try_get("parent_id")?;
+        Ok(Applied {
+            is_root: parent.is_none(),
+            release_pending: row.try_get("release_pending")?,
+        })
+    }
+}
+
+/// Tells the parent of a finished run (whose transaction committed) that one more child
+/// finished. Must run outside a transaction block.
+#[derive(Debug)]
+pub(crate) struct Release<'a> {
+    run: Uuid,
+    /// Handlers not to notify (the calling runtime wakes them itself).
+    quiet: &'a [&'a str],
+}
+
+impl<'a> Release<'a> {
+    pub(crate) fn new(run: RunId, quiet: &'a [&'a str]) -> Release<'a> {
+        Release {
+            run: run.as_uuid(),
+            quiet,
+        }
+    }
+
+    /// One fewer unfinished child (and one more failed one if it did not commit); at zero the
+    /// parent is runnable again and its handler is notified unless it is in `$2`. The child's
+    /// `release_pending` flag, cleared in the same statement, makes this happen exactly once.
+    ///
+    /// It runs as a single statement in its own transaction (autocommit) right after the
+    /// child's commit, and asks for an asynchronous commit of that transaction
+    /// (`set_config(..., true)` lasts until its end): siblings finishing together queue on
+    /// their parent's row only for this statement, not through each other's commit flushes.
+    /// Losing it in a crash loses nothing: the flag is still set and a sweep performs the
+    /// release. (Any later synchronous commit, such as the parent's next step, flushes the WAL
+    /// that contains it.)
+    ///
+    /// Lock order: the child's row, then its parent's. Every transaction that waits for a row
+    /// lock holds only rows of descendants of the row it waits for, so none can deadlock.
+    pub(crate) const SQL: &'static str = "
+WITH async AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting),
+child AS (
+    UPDATE __S__.runs SET release_pending = false, awaited = false
+    WHERE id = $1 AND release_pending
+    RETURNING parent_id, status
+),
+parent AS (
+    UPDATE __S__.runs p SET
+        pending_children = p.pending_children - 1,
+        failed_children = p.failed_children + (child.status <> 'committed')::int4,
+        wake_at = CASE WHEN p.pending_children = 1 THEN clock_timestamp() ELSE p.wake_at END,
+        updated_at = clock_timestamp()
+    FROM child
+    WHERE p.id = child.parent_id
+    RETURNING p.handler, p.pending_children
+),
+woke AS (SELECT handler FROM parent WHERE pending_children = 0),
+notified AS MATERIALIZED (
+    SELECT pg_notify('__S___wake', handler) FROM woke WHERE handler <> ALL($2::text[])
+)
+SELECT (SELECT handler FROM woke) AS woken_parent, (SELECT count(*) FROM notified)::int4 AS notified,
+       (SELECT setting FROM async) AS commit_mode";
+}
+
+impl Statement for Release<'_> {
+    /// The parent's handler, if the parent became runnable.
+    type Output = Option<String>;
+
+    fn id(&self) -> StmtId {
+        StmtId::Release
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.run, &self.quiet]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Option<String>> {
+        Ok(one(rows)?.try_get("woken_parent")?)
+    }
+}
+
+/// Finished runs whose release never happened (a crash or a lost connection in between).
+#[derive(Debug)]
+pub(crate) struct Unreleased;
+
+impl Unreleased {
+    pub(crate) const SQL: &'static str = "
+SELECT id FROM __S__.runs WHERE release_pending LIMIT 1000";
+}
+
+impl Statement for Unreleased {
+    type Output = Vec<RunId>;
+
+    fn id(&self) -> StmtId {
+        StmtId::Unreleased
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        Vec::new()
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Vec<RunId>> {
+        rows.iter()
+            .map(|row| Ok(RunId::from_uuid(row.try_get("id")?)))
+            .collect()
+    }
+}
+
+/// For each of some handlers, whether it has a due run, or how long until its earliest
+/// runnable run wakes.
+#[derive(Debug)]
+pub(crate) struct Sweep<'a> {
+    pub(crate) handlers: &'a [&'a str],
+}
+
+impl Sweep<'_> {
+    /// Handlers with nothing runnable are omitted; `i` is the 1-based position in `$1`.
+    pub(crate) const SQL: &'static str = "
+SELECT h.i::int8, w.wake_at <= clock_timestamp() AS due,
+       greatest(0, ceil(extract(epoch FROM w.wake_at - clock_timestamp()) * 1000))::int8 AS wait_ms
+FROM unnest($1::text[]) WITH ORDINALITY AS h(name, i)
+CROSS JOIN LATERAL (
+    SELECT r.wake_at FROM __S__.runs r
+    WHERE r.handler = h.name AND r.status IN ('active', 'rolling_back')
+      AND r.pending_children = 0
+    ORDER BY r.wake_at
+    LIMIT 1
+) w";
+}
+
+/// What a sweep found for one handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SweepRow {
+    /// Index into the swept handlers.
+    pub(crate) handler: usize,
+    /// `None` if it has a due run, else how long until its earliest one wakes.
+    pub(crate) wait: Option<Duration>,
+}
+
+impl Statement for Sweep<'_> {
+    type Output = Vec<SweepRow>;
+
+    fn id(&self) -> StmtId {
+        StmtId::Sweep
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.handlers]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Vec<SweepRow>> {
+        rows.iter()
+            .map(|row| {
+                let position: i64 = row.try_get("i")?;
+                let due: bool = row.try_get("due")?;
+                let wait = millis_col(row, "wait_ms")?;
+                Ok(SweepRow {
+                    handler: usize::try_from(position - 1).unwrap_or(0),
+                    wait: (!due).then_some(wait),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Adds (topic, handler) pairs of a kind (`runtime` or `external`) to the durable topology.
+#[derive(Debug)]
+pub(crate) struct Register<'a> {
+    topics: Vec<&'a str>,
+    handlers: Vec<&'a str>,
+    kind: &'static str,
+}
+
+impl<'a> Register<'a> {
+    pub(crate) fn new(pairs: &[(&'a str, &'a str)], kind: &'static str) -> Register<'a> {
+        Register {
+            topics: pairs.iter().map(|p| p.0).collect(),
+            handlers: pairs.iter().map(|p| p.1).collect(),
+            kind,
+        }
+    }
+
+    pub(crate) const SQL: &'static str = "
+INSERT INTO __S__.handlers (topic, handler, kind)
+SELECT t.topic, t.handler, $3 FROM unnest($1::text[], $2::text[]) AS t(topic, handler)
+ON CONFLICT (topic, handler) DO UPDATE SET kind = excluded.kind, last_started_at = clock_timestamp()";
+}
+
+impl Statement for Register<'_> {
+    type Output = ();
+
+    fn id(&self) -> StmtId {
+        StmtId::Register
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.topics, &self.handlers, &self.kind]
+    }
+
+    fn decode(&self, _rows: Vec<Row>) -> Result<()> {
+        Ok(())
+    }
+}
