@@ -1,1 +1,741 @@
+//! Scripted attempts: every answer a database or user code could give, fed by hand. No
+//! PostgreSQL is involved; each test checks the exact I/O the machine asks for.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::core::decide::ChildrenOf;
+use crate::core::{InstanceKind, RunStatus, RunView};
+use crate::error::Error;
+use crate::failure::{StepError, StepResult};
+use crate::ids::{MessageId, RootId, RunId, new_uuid};
+use crate::options::EmitOptions;
+use crate::proto::{Emitted, Requested};
+use crate::saga::Emission;
+
+/// A handler named `h` with the given steps (`+c`: compensates, `+f`: handles child failures).
+struct Fixture {
+    name: Arc<str>,
+    steps: Vec<StepShape>,
+}
+
+impl Fixture {
+    fn new(steps: &[&str]) -> Fixture {
+        Fixture {
+            name: Arc::from("h"),
+            steps: steps
+                .iter()
+                .map(|s| {
+                    let mut parts = s.split('+');
+                    let name = parts.next().unwrap_or_default();
+                    let flags: Vec<&str> = parts.collect();
+                    StepShape {
+                        name: name.to_owned(),
+                        compensates: flags.contains(&"c"),
+                        handles_child_failures: flags.contains(&"f"),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn attempt(&self) -> Attempt<'_> {
+        let handler = HandlerRef {
+            name: &self.name,
+            source: "h[1]",
+            steps: &self.steps,
+        };
+        Attempt::new(handler, "worker-1", &[])
+    }
+}
+
+fn claimed(view: RunView) -> Claimed {
+    Claimed {
+        id: RunId::from_uuid(new_uuid()),
+        root_id: RootId::from_uuid(new_uuid()),
+        message_id: MessageId::from_uuid(new_uuid()),
+        topic: "t".to_owned(),
+        view,
+        due: true,
+        wait: Duration::ZERO,
+        payload: r#"{"order":7}"#.to_owned(),
+        failure: None,
+        give_up: None,
+        run_count: 0,
+        context: None,
+        rollback_context: None,
+    }
+}
+
+fn ok(a: &mut Attempt<'_>) {
+    a.handle_output(Ok(Output::Done));
+}
+
+/// Begins, claims `run`, and answers the announcement: the attempt's next question is
+/// whatever the run's state leads to.
+fn claim(a: &mut Attempt<'_>, run: &Claimed) {
+    assert!(matches!(a.poll(), Io::Begin));
+    ok(a);
+    match a.poll() {
+        Io::Run(Stmt::Claim(c)) => assert_eq!((c.handler, c.worker), ("h", "worker-1")),
+        other => panic!("{other:?}"),
+    }
+    a.handle_output(Ok(Output::Claimed(Some(Box::new(run.clone())))));
+    assert!(matches!(a.poll(), Io::Announce));
+    a.handle_announced();
+}
+
+/// What user code returns, having touched the transaction or not, emitting nothing.
+fn returned(result: StepResult<Next>, touched: bool) -> UserOutcome {
+    UserOutcome {
+        result: Ok(result),
+        emissions: Vec::new(),
+        savepoint: if touched {
+            SavepointState::Taken
+        } else {
+            SavepointState::NotTaken
+        },
+        wake: Wake::Now,
+        context: CooperationContext::new(),
+    }
+}
+
+fn child(topic: &str) -> Emission {
+    let mut e = Emission::new(topic, &json!({"n": 1}), &EmitOptions::new(), 1 << 20).unwrap();
+    e.scoped = true;
+    e
+}
+
+fn user_call(a: &mut Attempt<'_>) -> UserCall {
+    match a.poll() {
+        Io::CallUser(call) => call,
+        other => panic!("expected user code, got {other:?}"),
+    }
+}
+
+fn finish<'h>(a: &mut Attempt<'h>) -> crate::proto::Finish<'h> {
+    match a.poll() {
+        Io::Run(Stmt::Finish(f)) => f,
+        other => panic!("expected the transition, got {other:?}"),
+    }
+}
+
+/// Answers the reads of the run's instances and children.
+fn facts(a: &mut Attempt<'_>, instances: Vec<Instance>, children: HashMap<u32, ChildrenOf>) {
+    assert!(matches!(a.poll(), Io::Run(Stmt::Instances(_))));
+    a.handle_output(Ok(Output::Instances(instances)));
+    assert!(matches!(a.poll(), Io::Run(Stmt::Children(_))));
+    a.handle_output(Ok(Output::Children(children)));
+}
+
+/// Answers the transition, the commit, and (if asked) the release; returns the report.
+fn commit(a: &mut Attempt<'_>, applied: Applied, released: Option<&str>) -> Report {
+    a.handle_output(Ok(Output::Applied(applied)));
+    assert!(matches!(a.poll(), Io::Commit));
+    ok(a);
+    if applied.release_pending {
+        assert!(matches!(a.poll(), Io::RunAutocommit(Stmt::Release(_))));
+        a.handle_output(Ok(Output::Released(released.map(str::to_owned))));
+    }
+    done(a)
+}
+
+fn done(a: &mut Attempt<'_>) -> Report {
+    match a.poll() {
+        Io::Done(report) => report,
+        other => panic!("expected the end, got {other:?}"),
+    }
+}
+
+const CHILD: Applied = Applied {
+    is_root: false,
+    release_pending: false,
+};
+
+fn step_instance(seq: u32, step: usize) -> Instance {
+    Instance {
+        seq,
+        step,
+        iteration: 0,
+        cfh: None,
+        kind: InstanceKind::Step,
+    }
+}
+
+#[test]
+fn a_happy_step_writes_its_emissions_then_its_transition() {
+    let f = Fixture::new(&["a", "b"]);
+    let mut a = f.attempt();
+    let run = claimed(RunView::default());
+    claim(&mut a, &run);
+    let call = user_call(&mut a);
+    assert_eq!(call.kind, CallKind::Step);
+    assert_eq!(
+        (
+            call.info.step_index,
+            call.info.step_name.as_str(),
+            call.info.phase
+        ),
+        (0, "a", Phase::Step)
+    );
+    assert_eq!(&*call.info.payload, r#"{"order":7}"#);
+    let emissions = vec![child("payments"), child("shipping")];
+    let ids: Vec<_> = emissions.iter().map(|e| e.id).collect();
+    let mut outcome = returned(Ok(Next::Continue), true);
+    outcome.emissions = emissions;
+    outcome.wake = Wake::After(Duration::from_secs(5));
+    a.handle_user(outcome);
+    match a.poll() {
+        Io::Run(Stmt::Emit(e)) => {
+            assert_eq!(e.ids, ids);
+            assert_eq!(
+                e.check,
+                Some(false),
+                "the happy path's give-up check runs first"
+            );
+            assert_eq!(e.step.as_deref(), Some("a"));
+            assert_eq!(e.run, Some(run.id.as_uuid()));
+        }
+        other => panic!("{other:?}"),
+    }
+    a.handle_output(Ok(Output::Emitted(Emitted {
+        children: 3,
+        handlers: vec!["pay".to_owned(), "ship".to_owned()],
+    })));
+    let t = finish(&mut a);
+    assert_eq!(
+        (t.status, t.step_index, t.pending_children),
+        ("active", 1, 3)
+    );
+    assert_eq!(t.event_kinds, ["SUSPENDED"]);
+    assert_eq!(t.messages, ids);
+    assert_eq!(t.wake_in_us, Some(5_000_000));
+    assert_eq!((t.check, t.write_context), (Some(false), true));
+    assert_eq!(t.instance_kind, Some("step"));
+    let report = commit(&mut a, CHILD, None);
+    assert!(matches!(report.outcome, Outcome::Ran));
+    assert!(report.committed && !report.root_finished);
+    assert_eq!(report.woken, ["pay", "ship"]);
+    assert_eq!(report.step_failures, 0);
+}
+
+#[test]
+fn a_finished_child_releases_its_parent_after_the_commit() {
+    let f = Fixture::new(&["only"]);
+    let mut a = f.attempt();
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    a.handle_user(returned(Ok(Next::Continue), false));
+    let t = finish(&mut a);
+    assert_eq!(t.status, "committed");
+    assert_eq!(t.event_kinds, ["SUSPENDED", "COMMITTED"]);
+    let applied = Applied {
+        is_root: false,
+        release_pending: true,
+    };
+    let report = commit(&mut a, applied, Some("parent"));
+    assert_eq!(report.woken, ["parent"]);
+    assert!(report.committed && report.release_error.is_none());
+}
+
+#[test]
+fn the_release_failing_after_the_commit_is_left_to_a_sweep() {
+    let f = Fixture::new(&["only"]);
+    let mut a = f.attempt();
+    let run = claimed(RunView::default());
+    claim(&mut a, &run);
+    user_call(&mut a);
+    a.handle_user(returned(Ok(Next::Continue), false));
+    finish(&mut a);
+    a.handle_output(Ok(Output::Applied(Applied {
+        is_root: false,
+        release_pending: true,
+    })));
+    assert!(matches!(a.poll(), Io::Commit));
+    ok(&mut a);
+    assert!(matches!(a.poll(), Io::RunAutocommit(Stmt::Release(_))));
+    a.handle_output(Err(Error::Connect("connection reset".to_owned())));
+    let report = done(&mut a);
+    assert!(
+        matches!(report.outcome, Outcome::Ran),
+        "the step itself committed"
+    );
+    assert!(report.committed);
+    let (released, error) = report.release_error.expect("reported");
+    assert_eq!(released, run.id);
+    assert!(error.to_string().contains("connection reset"));
+}
+
+#[test]
+fn a_transaction_left_aborted_by_user_code_is_its_failure() {
+    let f = Fixture::new(&["a", "b"]);
+    let mut a = f.attempt();
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    // The code ran a statement that failed, ignored the error, and returned success.
+    a.handle_user(returned(Ok(Next::Continue), true));
+    finish(&mut a);
+    a.handle_fault(Fault::Aborted(Error::Connect(
+        "current transaction is aborted".to_owned(),
+    )));
+    assert!(matches!(a.poll(), Io::RollbackToSavepoint));
+    ok(&mut a);
+    facts(&mut a, Vec::new(), HashMap::new());
+    let t = finish(&mut a);
+    assert_eq!(t.status, "rolled_back");
+    assert_eq!(t.event_kinds, ["ROLLING_BACK", "ROLLED_BACK"]);
+    let failure = t.failure.expect("recorded");
+    assert!(
+        failure.contains("structured_cooperation::TransactionAborted"),
+        "{failure}"
+    );
+    assert_eq!(t.check, None);
+    let report = commit(&mut a, CHILD, None);
+    assert_eq!(report.step_failures, 1);
+}
+
+#[test]
+fn an_aborted_transaction_without_user_writes_is_the_engines() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt();
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    a.handle_user(returned(Ok(Next::Continue), false));
+    finish(&mut a);
+    a.handle_fault(Fault::Aborted(Error::Connect("aborted".to_owned())));
+    let report = done(&mut a);
+    assert!(matches!(report.outcome, Outcome::Failed(_)));
+    assert_eq!(report.step_failures, 0);
+}
+
+#[test]
+fn a_panicking_step_fails_the_run_with_the_panic() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt();
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    let mut outcome = returned(Ok(Next::Continue), false);
+    outcome.result = Err(Box::new("the step blew up"));
+    outcome.emissions = vec![child("never-written")];
+    a.handle_user(outcome);
+    // Nothing it emitted is written, and there is no savepoint to roll back to.
+    facts(&mut a, Vec::new(), HashMap::new());
+    let t = finish(&mut a);
+    assert_eq!(t.event_kinds, ["ROLLING_BACK", "ROLLED_BACK"]);
+    assert!(t.messages.is_empty());
+    let failure = t.failure.expect("recorded");
+    assert!(failure.contains("the step blew up"), "{failure}");
+    let report = commit(&mut a, CHILD, None);
+    assert_eq!(report.step_failures, 1);
+    assert!(report.woken.is_empty());
+}
+
+#[test]
+fn a_failing_step_rolls_back_to_its_savepoint_and_undoes_earlier_steps() {
+    let f = Fixture::new(&["a+c", "b"]);
+    let mut a = f.attempt();
+    let run = claimed(RunView {
+        step_index: 1,
+        instances: 1,
+        ..RunView::default()
+    });
+    claim(&mut a, &run);
+    let call = user_call(&mut a);
+    assert_eq!(call.info.step_index, 1);
+    a.handle_user(returned(Err(StepError::msg("card declined")), true));
+    assert!(matches!(a.poll(), Io::RollbackToSavepoint));
+    ok(&mut a);
+    facts(&mut a, vec![step_instance(0, 0)], HashMap::new());
+    let t = finish(&mut a);
+    // Step a's compensation runs in a transaction of its own.
+    assert_eq!((t.status, t.rollback_cursor), ("rolling_back", Some(1)));
+    assert_eq!(t.event_kinds, ["ROLLING_BACK", "SUSPENDED"]);
+    assert_eq!(t.event_steps[0].as_deref(), Some("b"));
+    commit(&mut a, CHILD, None);
+}
+
+#[test]
+fn an_invalid_goto_fails_the_step_before_its_emissions_are_written() {
+    let f = Fixture::new(&["a", "b"]);
+    let mut a = f.attempt();
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    let mut outcome = returned(Ok(Next::GoTo(9)), false);
+    outcome.emissions = vec![child("x")];
+    a.handle_user(outcome);
+    facts(&mut a, Vec::new(), HashMap::new());
+    let t = finish(&mut a);
+    let failure = t.failure.expect("recorded");
+    assert!(failure.contains("InvalidGoTo"), "{failure}");
+}
+
+#[test]
+fn a_child_failure_handler_returning_next_carries_on() {
+    let f = Fixture::new(&["a+f", "b"]);
+    let mut a = f.attempt();
+    let run = claimed(RunView {
+        step_index: 1,
+        instances: 1,
+        failed_children: 1,
+        ..RunView::default()
+    });
+    claim(&mut a, &run);
+    let broke = Failure::new("x::Broke", "child broke", "c[2]");
+    let children = HashMap::from([(
+        0,
+        ChildrenOf {
+            rolled_back: vec![broke.clone()],
+            ..ChildrenOf::default()
+        },
+    )]);
+    facts(&mut a, vec![step_instance(0, 0)], children);
+    let call = user_call(&mut a);
+    let CallKind::ChildFailures(failures) = &call.kind else {
+        panic!("{:?}", call.kind)
+    };
+    assert_eq!(failures.children(), [broke]);
+    assert_eq!((failures.next(), failures.iteration()), (Next::Continue, 0));
+    assert_eq!(call.info.phase, Phase::ChildFailures);
+    // The handler retries the step.
+    a.handle_user(returned(Ok(Next::Repeat), false));
+    let t = finish(&mut a);
+    assert_eq!((t.status, t.step_index, t.step_iteration), ("active", 0, 1));
+    assert_eq!(
+        (t.instance_kind, t.cfh_iteration),
+        (Some("child_failures"), Some(0))
+    );
+    assert_eq!(t.check, Some(false));
+    let report = commit(&mut a, CHILD, None);
+    assert!(report.committed);
+}
+
+#[test]
+fn children_that_failed_without_a_handler_fail_the_run() {
+    let f = Fixture::new(&["a", "b"]);
+    let mut a = f.attempt();
+    let run = claimed(RunView {
+        step_index: 1,
+        instances: 1,
+        failed_children: 1,
+        ..RunView::default()
+    });
+    claim(&mut a, &run);
+    let children = HashMap::from([(
+        0,
+        ChildrenOf {
+            rolled_back: vec![Failure::new("x::Broke", "child broke", "c[2]")],
+            ..ChildrenOf::default()
+        },
+    )]);
+    facts(&mut a, vec![step_instance(0, 0)], children);
+    // No user code: the run fails in step a, with the facts already read.
+    let t = finish(&mut a);
+    assert_eq!(
+        t.event_kinds,
+        ["ROLLING_BACK", "SUSPENDED", "SUSPENDED", "ROLLED_BACK"]
+    );
+    assert!(t.failure.expect("recorded").contains("ChildRolledBack"));
+}
+
+#[test]
+fn children_failing_a_run_that_has_no_instances_is_an_inconsistency_not_a_loop() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt();
+    let run = claimed(RunView {
+        failed_children: 1,
+        ..RunView::default()
+    });
+    claim(&mut a, &run);
+    facts(&mut a, Vec::new(), HashMap::new());
+    let t = finish(&mut a);
+    assert!(t.failure.expect("recorded").contains("InconsistentState"));
+}
+
+/// A run rolling back whose only step (which compensates) is next to be undone.
+fn rolling_back() -> Claimed {
+    let mut run = claimed(RunView {
+        status: RunStatus::RollingBack,
+        step_index: 1,
+        instances: 1,
+        rollback_cursor: Some(1),
+        rollback_seen: true,
+        ..RunView::default()
+    });
+    let cause = Failure::new("x::Declined", "card declined", "pay[1]");
+    run.failure = Some(serde_json::to_string(&cause).unwrap());
+    run
+}
+
+#[test]
+fn a_compensation_that_fails_ends_the_rollback_failed() {
+    let f = Fixture::new(&["a+c"]);
+    let mut a = f.attempt();
+    claim(&mut a, &rolling_back());
+    facts(&mut a, vec![step_instance(0, 0)], HashMap::new());
+    let call = user_call(&mut a);
+    let CallKind::Compensation(cause) = &call.kind else {
+        panic!("{:?}", call.kind)
+    };
+    assert_eq!(cause.message(), "card declined");
+    assert_eq!(
+        (call.info.phase, call.info.successor_ran),
+        (Phase::Compensation, false)
+    );
+    let mut outcome = returned(Err(StepError::msg("refund failed")), true);
+    outcome.emissions = vec![child("never-written")];
+    a.handle_user(outcome);
+    assert!(matches!(a.poll(), Io::RollbackToSavepoint));
+    ok(&mut a);
+    let t = finish(&mut a);
+    assert_eq!(t.status, "rollback_failed");
+    assert_eq!(t.event_kinds, ["ROLLBACK_FAILED"]);
+    assert_eq!(t.event_steps[0].as_deref(), Some("Rollback of a[0,]"));
+    assert!(
+        t.rollback_failure
+            .expect("recorded")
+            .contains("refund failed")
+    );
+    assert!(t.messages.is_empty());
+    let report = commit(&mut a, CHILD, None);
+    assert_eq!(report.step_failures, 1);
+}
+
+#[test]
+fn a_compensation_that_succeeds_finishes_the_rollback() {
+    let f = Fixture::new(&["a+c"]);
+    let mut a = f.attempt();
+    claim(&mut a, &rolling_back());
+    facts(&mut a, vec![step_instance(0, 0)], HashMap::new());
+    user_call(&mut a);
+    let mut outcome = returned(Ok(Next::Continue), true);
+    outcome.emissions = vec![child("refunds")];
+    a.handle_user(outcome);
+    match a.poll() {
+        Io::Run(Stmt::Emit(e)) => {
+            assert_eq!(e.check, Some(true), "the rollback path's check");
+            assert_eq!(e.step.as_deref(), Some("Rollback of a[0,]"));
+        }
+        other => panic!("{other:?}"),
+    }
+    a.handle_output(Ok(Output::Emitted(Emitted {
+        children: 1,
+        handlers: vec!["refund".to_owned()],
+    })));
+    let t = finish(&mut a);
+    // The rollback waits for the refund the compensation emitted.
+    assert_eq!((t.status, t.pending_children), ("rolling_back", 1));
+    assert_eq!(t.instance_kind, Some("compensation"));
+    assert_eq!(t.check, Some(true));
+    let report = commit(&mut a, CHILD, None);
+    assert_eq!(report.woken, ["refund"]);
+}
+
+#[test]
+fn committed_children_are_asked_to_roll_back_before_the_transition() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt();
+    let mut run = rolling_back();
+    run.view.rollback_cursor = Some(0);
+    run.rollback_context = Some(r#"{"tenant":"acme"}"#.to_owned());
+    claim(&mut a, &run);
+    let children = HashMap::from([(
+        0,
+        ChildrenOf {
+            messages: vec![new_uuid()],
+            committed: 2,
+            ..ChildrenOf::default()
+        },
+    )]);
+    facts(&mut a, vec![step_instance(0, 0)], children);
+    match a.poll() {
+        Io::Run(Stmt::RequestRollback(r)) => {
+            assert_eq!(r.instance, 0);
+            assert_eq!(r.context.as_deref(), Some(r#"{"tenant":"acme"}"#));
+        }
+        other => panic!("{other:?}"),
+    }
+    a.handle_output(Ok(Output::Requested(Requested {
+        children: 2,
+        handlers: vec!["pay".to_owned()],
+    })));
+    let t = finish(&mut a);
+    assert_eq!((t.status, t.pending_children), ("rolling_back", 2));
+    assert_eq!(t.event_kinds, ["ROLLBACK_EMITTED", "SUSPENDED"]);
+    // The merged rollback context is saved (and the pending one cleared).
+    assert_eq!(
+        (t.write_context, t.context.as_deref()),
+        (true, Some(r#"{"tenant":"acme"}"#))
+    );
+    let report = commit(&mut a, CHILD, None);
+    assert_eq!(report.woken, ["pay"]);
+}
+
+#[test]
+fn a_give_up_raised_by_the_end_of_step_check_discards_the_step() {
+    let f = Fixture::new(&["a", "b"]);
+    let mut a = f.attempt();
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    let mut outcome = returned(Ok(Next::Continue), true);
+    outcome.emissions = vec![child("payments")];
+    a.handle_user(outcome);
+    assert!(matches!(a.poll(), Io::Run(Stmt::Emit(_))));
+    a.handle_fault(Fault::GiveUp(Failure::new(
+        "structured_cooperation::Cancelled",
+        "the customer left",
+        "ui",
+    )));
+    assert!(matches!(a.poll(), Io::Rollback));
+    ok(&mut a);
+    let report = done(&mut a);
+    assert!(matches!(report.outcome, Outcome::Ran));
+    assert!(report.gave_up_after_step && !report.committed);
+    assert_eq!(report.step_failures, 0);
+}
+
+#[test]
+fn a_run_that_must_give_up_before_its_step_starts_its_rollback() {
+    let f = Fixture::new(&["a", "b"]);
+    let mut a = f.attempt();
+    let mut run = claimed(RunView {
+        step_index: 1,
+        instances: 1,
+        ..RunView::default()
+    });
+    run.give_up = Some(Failure::new(
+        "structured_cooperation::MissedDeadline",
+        "too late",
+        "x",
+    ));
+    claim(&mut a, &run);
+    facts(&mut a, vec![step_instance(0, 0)], HashMap::new());
+    let t = finish(&mut a);
+    assert_eq!(t.event_kinds[0], "ROLLING_BACK");
+    assert_eq!(t.event_steps[0].as_deref(), Some("b"));
+    assert!(t.failure.expect("recorded").contains("too late"));
+    assert!(
+        !t.write_context,
+        "no code ran and no rollback context is pending"
+    );
+}
+
+#[test]
+fn infrastructure_errors_before_user_code_end_the_attempt() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt();
+    assert!(matches!(a.poll(), Io::Begin));
+    a.handle_output(Err(Error::Connect("refused".to_owned())));
+    assert!(matches!(done(&mut a).outcome, Outcome::Failed(_)));
+
+    let mut a = f.attempt();
+    assert!(matches!(a.poll(), Io::Begin));
+    ok(&mut a);
+    assert!(matches!(a.poll(), Io::Run(Stmt::Claim(_))));
+    a.handle_output(Err(Error::Connect("reset".to_owned())));
+    let report = done(&mut a);
+    assert!(matches!(report.outcome, Outcome::Failed(Error::Connect(_))));
+    assert!(!report.committed);
+}
+
+#[test]
+fn infrastructure_errors_after_user_code_are_not_the_users() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt();
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    a.handle_user(returned(Ok(Next::Continue), true));
+    finish(&mut a);
+    a.handle_output(Err(Error::Connect("connection reset".to_owned())));
+    // No rollback to the savepoint, no recorded failure: the run is retried as it was.
+    let report = done(&mut a);
+    assert!(matches!(report.outcome, Outcome::Failed(_)));
+    assert_eq!(report.step_failures, 0);
+
+    let mut a = f.attempt();
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    let mut outcome = returned(Ok(Next::Continue), false);
+    outcome.savepoint = SavepointState::Failed(Error::Connect("gone".to_owned()));
+    a.handle_user(outcome);
+    assert!(matches!(done(&mut a).outcome, Outcome::Failed(_)));
+}
+
+#[test]
+fn nothing_due_rolls_back_and_says_when_to_come_back() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt();
+    assert!(matches!(a.poll(), Io::Begin));
+    ok(&mut a);
+    a.poll();
+    a.handle_output(Ok(Output::Claimed(None)));
+    assert!(matches!(a.poll(), Io::Rollback));
+    ok(&mut a);
+    assert!(matches!(done(&mut a).outcome, Outcome::Empty(None)));
+
+    let mut a = f.attempt();
+    a.poll();
+    ok(&mut a);
+    a.poll();
+    let mut run = claimed(RunView::default());
+    run.due = false;
+    run.wait = Duration::from_millis(250);
+    a.handle_output(Ok(Output::Claimed(Some(Box::new(run)))));
+    assert!(matches!(a.poll(), Io::Rollback));
+    ok(&mut a);
+    match done(&mut a).outcome {
+        Outcome::Empty(Some(wait)) => assert_eq!(wait, Duration::from_millis(250)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_last_step_done_and_children_finished_commits_without_user_code() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt();
+    claim(
+        &mut a,
+        &claimed(RunView {
+            step_index: 1,
+            instances: 1,
+            ..RunView::default()
+        }),
+    );
+    let t = finish(&mut a);
+    assert_eq!((t.status, t.check), ("committed", Some(false)));
+    let root = Applied {
+        is_root: true,
+        release_pending: false,
+    };
+    let report = commit(&mut a, root, None);
+    assert!(report.root_finished);
+}
+
+#[test]
+fn a_stale_claim_of_a_finished_run_leaves_no_trace() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt();
+    claim(
+        &mut a,
+        &claimed(RunView {
+            status: RunStatus::Committed,
+            ..RunView::default()
+        }),
+    );
+    assert!(matches!(a.poll(), Io::Rollback));
+    ok(&mut a);
+    let report = done(&mut a);
+    assert!(matches!(report.outcome, Outcome::Ran) && !report.committed);
+}
+
+#[test]
+#[should_panic(expected = "poll called twice")]
+fn polling_twice_without_an_answer_is_a_driver_bug() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt();
+    a.poll();
+    a.poll();
+}

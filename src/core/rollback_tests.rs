@@ -414,3 +414,37 @@ fn a_missed_rollback_deadline_fails_the_rollback_where_it_stands() {
         ["ROLLBACK_FAILED(Rollback of 0[0,] (rolling back child scopes))"]
     );
 }
+
+#[test]
+fn a_missing_cause_becomes_unknown_cause() {
+    let stored = Failure::new("x::Y", "why", "h[1]");
+    assert_eq!(cause_or_unknown(Some(stored.clone()), "h[2]"), stored);
+    let unknown = cause_or_unknown(None, "h[2]");
+    assert_eq!(unknown.kind(), "structured_cooperation::UnknownCause");
+    assert_eq!(unknown.source(), "h[2]");
+}
+
+#[test]
+fn the_successor_ran_when_the_next_step_executed_after_the_undone_one() {
+    let inst = |seq, step, kind| Instance {
+        seq,
+        step,
+        iteration: 0,
+        cfh: None,
+        kind,
+    };
+    let try_step = inst(0, 0, InstanceKind::Step);
+    // The finally step (index 1) ran after the try step.
+    let ran = [try_step, inst(1, 1, InstanceKind::Step)];
+    assert!(successor_ran(&ran, &try_step));
+    // Only the try step ran, or its child-failure handler after it: finally did not.
+    assert!(!successor_ran(&[try_step], &try_step));
+    let handled = [try_step, inst(1, 0, InstanceKind::ChildFailures)];
+    assert!(!successor_ran(&handled, &try_step));
+    // A later execution of the try step is undone before the earlier finally mattered.
+    let looped = [
+        inst(0, 1, InstanceKind::Step),
+        inst(1, 0, InstanceKind::Step),
+    ];
+    assert!(!successor_ran(&looped, &looped[1]));
+}

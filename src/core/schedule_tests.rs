@@ -230,3 +230,17 @@ fn a_failed_sweep_is_retried_soon() {
     s.on_sweep_done(None, t0, 1.0);
     assert_eq!(s.next_deadline(), Some(t0 + Backoff::default().base));
 }
+
+#[test]
+fn jitter_stays_in_the_unit_interval_and_depends_on_its_seed() {
+    let mut a = Jitter::new(42);
+    let mut b = Jitter::new(42);
+    let mut c = Jitter::new(1_000);
+    let xs: Vec<f64> = (0..1000).map(|_| a.next()).collect();
+    assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+    assert_eq!(xs[..10], (0..10).map(|_| b.next()).collect::<Vec<_>>()[..]);
+    assert_ne!(xs[0], c.next());
+    // A zero seed does not get stuck at zero.
+    let mut z = Jitter::new(0);
+    assert!((0..10).map(|_| z.next()).any(|x| x > 0.0));
+}

@@ -134,13 +134,13 @@ impl Statement for Children {
 /// Asks the committed children of one step instance of a run to roll back.
 #[derive(Debug)]
 pub(crate) struct RequestRollback<'a> {
-    run: Uuid,
-    instance: i32,
-    cause: String,
+    pub(crate) run: Uuid,
+    pub(crate) instance: i32,
+    pub(crate) cause: String,
     /// Handlers not to notify (the calling runtime wakes them itself).
-    quiet: &'a [&'a str],
+    pub(crate) quiet: &'a [&'a str],
     /// The parent's context, for the children's rollback.
-    context: Option<String>,
+    pub(crate) context: Option<String>,
 }
 
 impl<'a> RequestRollback<'a> {

@@ -142,22 +142,22 @@ pub(crate) struct Emitter<'a> {
 /// step, or launches from outside (no emitter).
 #[derive(Debug)]
 pub(crate) struct Emit<'a> {
-    ids: Vec<Uuid>,
-    topics: Vec<String>,
-    payloads: Vec<String>,
-    scoped: Vec<bool>,
-    root: Option<Uuid>,
-    run: Option<Uuid>,
-    instance: Option<i32>,
-    handler: Option<&'a str>,
-    step: Option<String>,
-    worker: &'a str,
-    deadlines: Vec<Option<String>>,
-    run_counts: Vec<i32>,
-    check: Option<bool>,
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) topics: Vec<String>,
+    pub(crate) payloads: Vec<String>,
+    pub(crate) scoped: Vec<bool>,
+    pub(crate) root: Option<Uuid>,
+    pub(crate) run: Option<Uuid>,
+    pub(crate) instance: Option<i32>,
+    pub(crate) handler: Option<&'a str>,
+    pub(crate) step: Option<String>,
+    pub(crate) worker: &'a str,
+    pub(crate) deadlines: Vec<Option<String>>,
+    pub(crate) run_counts: Vec<i32>,
+    pub(crate) check: Option<bool>,
     /// Handlers that get runs but no notification (the calling runtime wakes them itself).
-    quiet: &'a [&'a str],
-    contexts: Vec<Option<String>>,
+    pub(crate) quiet: &'a [&'a str],
+    pub(crate) contexts: Vec<Option<String>>,
 }
 
 impl<'a> Emit<'a> {
@@ -315,35 +315,35 @@ impl Statement for Emit<'_> {
 /// and its history entries in order.
 #[derive(Debug)]
 pub(crate) struct Finish<'a> {
-    run: Uuid,
-    status: &'static str,
-    step_index: i32,
-    step_iteration: i32,
-    instances: i32,
-    pending_children: i32,
-    failure: Option<String>,
-    rollback_failure: Option<String>,
-    cfh_iteration: Option<i32>,
-    rollback_cursor: Option<i32>,
-    waited_instance: Option<i32>,
-    worker: &'a str,
-    instance_seq: Option<i32>,
-    instance_step: Option<i32>,
-    instance_iteration: Option<i32>,
-    instance_cfh: Option<i32>,
-    instance_kind: Option<&'static str>,
-    event_kinds: Vec<&'static str>,
-    event_steps: Vec<Option<String>>,
-    event_next_steps: Vec<Option<i32>>,
-    event_failures: Vec<Option<String>>,
-    event_messages: Vec<Option<Uuid>>,
+    pub(crate) run: Uuid,
+    pub(crate) status: &'static str,
+    pub(crate) step_index: i32,
+    pub(crate) step_iteration: i32,
+    pub(crate) instances: i32,
+    pub(crate) pending_children: i32,
+    pub(crate) failure: Option<String>,
+    pub(crate) rollback_failure: Option<String>,
+    pub(crate) cfh_iteration: Option<i32>,
+    pub(crate) rollback_cursor: Option<i32>,
+    pub(crate) waited_instance: Option<i32>,
+    pub(crate) worker: &'a str,
+    pub(crate) instance_seq: Option<i32>,
+    pub(crate) instance_step: Option<i32>,
+    pub(crate) instance_iteration: Option<i32>,
+    pub(crate) instance_cfh: Option<i32>,
+    pub(crate) instance_kind: Option<&'static str>,
+    pub(crate) event_kinds: Vec<&'static str>,
+    pub(crate) event_steps: Vec<Option<String>>,
+    pub(crate) event_next_steps: Vec<Option<i32>>,
+    pub(crate) event_failures: Vec<Option<String>>,
+    pub(crate) event_messages: Vec<Option<Uuid>>,
     /// The child messages emitted by the instance the transition records.
-    messages: Vec<Uuid>,
-    wake_at: Option<SystemTime>,
-    wake_in_us: Option<i64>,
-    check: Option<bool>,
-    write_context: bool,
-    context: Option<String>,
+    pub(crate) messages: Vec<Uuid>,
+    pub(crate) wake_at: Option<SystemTime>,
+    pub(crate) wake_in_us: Option<i64>,
+    pub(crate) check: Option<bool>,
+    pub(crate) write_context: bool,
+    pub(crate) context: Option<String>,
 }
 
 impl<'a> Finish<'a> {
@@ -526,9 +526,9 @@ impl Statement for Finish<'_> {
 /// finished. Must run outside a transaction block.
 #[derive(Debug)]
 pub(crate) struct Release<'a> {
-    run: Uuid,
+    pub(crate) run: Uuid,
     /// Handlers not to notify (the calling runtime wakes them itself).
-    quiet: &'a [&'a str],
+    pub(crate) quiet: &'a [&'a str],
 }
 
 impl<'a> Release<'a> {
