@@ -59,11 +59,16 @@
 //!
 //! ## Implementation
 //!
-//! * a **pure core** (`core`) decides what a claimed run does next and how the dispatcher
-//!   schedules work; it has no database, threads or clock and is tested on its own;
-//! * a **store** (`store`) holds every SQL statement and row decoder;
-//! * the **blocking runtime** is a few thin loops: a dispatcher, workers and a `LISTEN`
-//!   connection, connected by `crossbeam-channel`.
+//! * a **pure core** (`core`) decides what a claimed run does next (`decide`, `rollback`),
+//!   what operators may do (`operator`), and how the dispatcher schedules work (`schedule`);
+//!   `core::attempt` is one claimed run as a state machine that says which I/O to do next and
+//!   is told what happened. None of it touches a database, a thread or a clock, and all of it
+//!   is tested on its own;
+//! * **statements as data** (`proto`): one type per SQL statement, holding its text, its
+//!   parameters and its row decoder side by side; no SQL lives anywhere else;
+//! * the **blocking runtime** is glue: an executor that runs any statement over
+//!   `postgres::GenericClient`, workers that perform what an attempt asks, a dispatcher and a
+//!   `LISTEN` connection, connected by `crossbeam-channel`.
 //!
 //! One row per run holds its state, including its count of unfinished children; claiming is an
 //! indexed `FOR UPDATE SKIP LOCKED` lookup that does not slow down as history grows, and the
@@ -116,6 +121,27 @@ pub use postgres;
 pub use r2d2;
 /// The `r2d2_postgres` crate, re-exported for building a [`Pool`].
 pub use r2d2_postgres;
+
+/// The public handles cross threads: a runtime's client goes to other threads, sagas and
+/// failures are shared by workers. Checked at compile time so that no change takes it away.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Runtime>();
+    assert_send_sync::<RuntimeBuilder>();
+    assert_send_sync::<Client>();
+    assert_send_sync::<ClientBuilder>();
+    assert_send_sync::<Saga>();
+    assert_send_sync::<SagaBuilder<serde_json::Value>>();
+    assert_send_sync::<Failure>();
+    assert_send_sync::<StepError>();
+    assert_send_sync::<Error>();
+    assert_send_sync::<CooperationContext>();
+    assert_send_sync::<Deadlines>();
+    assert_send_sync::<EmitOptions>();
+    assert_send_sync::<TreeOutcome>();
+    assert_send_sync::<HistoryEvent>();
+    assert_send_sync::<RuntimeStats>();
+};
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

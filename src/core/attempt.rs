@@ -355,3 +355,7 @@ impl Persist {
 #[cfg(test)]
 #[path = "attempt_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "attempt_rollback_tests.rs"]
+mod rollback_tests;

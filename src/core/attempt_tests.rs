@@ -14,17 +14,17 @@ use crate::error::Error;
 use crate::failure::{StepError, StepResult};
 use crate::ids::{MessageId, RootId, RunId, new_uuid};
 use crate::options::EmitOptions;
-use crate::proto::{Emitted, Requested};
+use crate::proto::Emitted;
 use crate::saga::Emission;
 
 /// A handler named `h` with the given steps (`+c`: compensates, `+f`: handles child failures).
-struct Fixture {
+pub(super) struct Fixture {
     name: Arc<str>,
     steps: Vec<StepShape>,
 }
 
 impl Fixture {
-    fn new(steps: &[&str]) -> Fixture {
+    pub(super) fn new(steps: &[&str]) -> Fixture {
         Fixture {
             name: Arc::from("h"),
             steps: steps
@@ -43,7 +43,7 @@ impl Fixture {
         }
     }
 
-    fn attempt(&self) -> Attempt<'_> {
+    pub(super) fn attempt(&self) -> Attempt<'_> {
         let handler = HandlerRef {
             name: &self.name,
             source: "h[1]",
@@ -53,7 +53,7 @@ impl Fixture {
     }
 }
 
-fn claimed(view: RunView) -> Claimed {
+pub(super) fn claimed(view: RunView) -> Claimed {
     Claimed {
         id: RunId::from_uuid(new_uuid()),
         root_id: RootId::from_uuid(new_uuid()),
@@ -71,13 +71,13 @@ fn claimed(view: RunView) -> Claimed {
     }
 }
 
-fn ok(a: &mut Attempt<'_>) {
+pub(super) fn ok(a: &mut Attempt<'_>) {
     a.handle_output(Ok(Output::Done));
 }
 
 /// Begins, claims `run`, and answers the announcement: the attempt's next question is
 /// whatever the run's state leads to.
-fn claim(a: &mut Attempt<'_>, run: &Claimed) {
+pub(super) fn claim(a: &mut Attempt<'_>, run: &Claimed) {
     assert!(matches!(a.poll(), Io::Begin));
     ok(a);
     match a.poll() {
@@ -90,7 +90,7 @@ fn claim(a: &mut Attempt<'_>, run: &Claimed) {
 }
 
 /// What user code returns, having touched the transaction or not, emitting nothing.
-fn returned(result: StepResult<Next>, touched: bool) -> UserOutcome {
+pub(super) fn returned(result: StepResult<Next>, touched: bool) -> UserOutcome {
     UserOutcome {
         result: Ok(result),
         emissions: Vec::new(),
@@ -104,20 +104,20 @@ fn returned(result: StepResult<Next>, touched: bool) -> UserOutcome {
     }
 }
 
-fn child(topic: &str) -> Emission {
+pub(super) fn child(topic: &str) -> Emission {
     let mut e = Emission::new(topic, &json!({"n": 1}), &EmitOptions::new(), 1 << 20).unwrap();
     e.scoped = true;
     e
 }
 
-fn user_call(a: &mut Attempt<'_>) -> UserCall {
+pub(super) fn user_call(a: &mut Attempt<'_>) -> UserCall {
     match a.poll() {
         Io::CallUser(call) => call,
         other => panic!("expected user code, got {other:?}"),
     }
 }
 
-fn finish<'h>(a: &mut Attempt<'h>) -> crate::proto::Finish<'h> {
+pub(super) fn finish<'h>(a: &mut Attempt<'h>) -> crate::proto::Finish<'h> {
     match a.poll() {
         Io::Run(Stmt::Finish(f)) => f,
         other => panic!("expected the transition, got {other:?}"),
@@ -125,7 +125,11 @@ fn finish<'h>(a: &mut Attempt<'h>) -> crate::proto::Finish<'h> {
 }
 
 /// Answers the reads of the run's instances and children.
-fn facts(a: &mut Attempt<'_>, instances: Vec<Instance>, children: HashMap<u32, ChildrenOf>) {
+pub(super) fn facts(
+    a: &mut Attempt<'_>,
+    instances: Vec<Instance>,
+    children: HashMap<u32, ChildrenOf>,
+) {
     assert!(matches!(a.poll(), Io::Run(Stmt::Instances(_))));
     a.handle_output(Ok(Output::Instances(instances)));
     assert!(matches!(a.poll(), Io::Run(Stmt::Children(_))));
@@ -133,7 +137,7 @@ fn facts(a: &mut Attempt<'_>, instances: Vec<Instance>, children: HashMap<u32, C
 }
 
 /// Answers the transition, the commit, and (if asked) the release; returns the report.
-fn commit(a: &mut Attempt<'_>, applied: Applied, released: Option<&str>) -> Report {
+pub(super) fn commit(a: &mut Attempt<'_>, applied: Applied, released: Option<&str>) -> Report {
     a.handle_output(Ok(Output::Applied(applied)));
     assert!(matches!(a.poll(), Io::Commit));
     ok(a);
@@ -144,19 +148,19 @@ fn commit(a: &mut Attempt<'_>, applied: Applied, released: Option<&str>) -> Repo
     done(a)
 }
 
-fn done(a: &mut Attempt<'_>) -> Report {
+pub(super) fn done(a: &mut Attempt<'_>) -> Report {
     match a.poll() {
         Io::Done(report) => report,
         other => panic!("expected the end, got {other:?}"),
     }
 }
 
-const CHILD: Applied = Applied {
+pub(super) const CHILD: Applied = Applied {
     is_root: false,
     release_pending: false,
 };
 
-fn step_instance(seq: u32, step: usize) -> Instance {
+pub(super) fn step_instance(seq: u32, step: usize) -> Instance {
     Instance {
         seq,
         step,
@@ -371,207 +375,6 @@ fn an_invalid_goto_fails_the_step_before_its_emissions_are_written() {
     let t = finish(&mut a);
     let failure = t.failure.expect("recorded");
     assert!(failure.contains("InvalidGoTo"), "{failure}");
-}
-
-#[test]
-fn a_child_failure_handler_returning_next_carries_on() {
-    let f = Fixture::new(&["a+f", "b"]);
-    let mut a = f.attempt();
-    let run = claimed(RunView {
-        step_index: 1,
-        instances: 1,
-        failed_children: 1,
-        ..RunView::default()
-    });
-    claim(&mut a, &run);
-    let broke = Failure::new("x::Broke", "child broke", "c[2]");
-    let children = HashMap::from([(
-        0,
-        ChildrenOf {
-            rolled_back: vec![broke.clone()],
-            ..ChildrenOf::default()
-        },
-    )]);
-    facts(&mut a, vec![step_instance(0, 0)], children);
-    let call = user_call(&mut a);
-    let CallKind::ChildFailures(failures) = &call.kind else {
-        panic!("{:?}", call.kind)
-    };
-    assert_eq!(failures.children(), [broke]);
-    assert_eq!((failures.next(), failures.iteration()), (Next::Continue, 0));
-    assert_eq!(call.info.phase, Phase::ChildFailures);
-    // The handler retries the step.
-    a.handle_user(returned(Ok(Next::Repeat), false));
-    let t = finish(&mut a);
-    assert_eq!((t.status, t.step_index, t.step_iteration), ("active", 0, 1));
-    assert_eq!(
-        (t.instance_kind, t.cfh_iteration),
-        (Some("child_failures"), Some(0))
-    );
-    assert_eq!(t.check, Some(false));
-    let report = commit(&mut a, CHILD, None);
-    assert!(report.committed);
-}
-
-#[test]
-fn children_that_failed_without_a_handler_fail_the_run() {
-    let f = Fixture::new(&["a", "b"]);
-    let mut a = f.attempt();
-    let run = claimed(RunView {
-        step_index: 1,
-        instances: 1,
-        failed_children: 1,
-        ..RunView::default()
-    });
-    claim(&mut a, &run);
-    let children = HashMap::from([(
-        0,
-        ChildrenOf {
-            rolled_back: vec![Failure::new("x::Broke", "child broke", "c[2]")],
-            ..ChildrenOf::default()
-        },
-    )]);
-    facts(&mut a, vec![step_instance(0, 0)], children);
-    // No user code: the run fails in step a, with the facts already read.
-    let t = finish(&mut a);
-    assert_eq!(
-        t.event_kinds,
-        ["ROLLING_BACK", "SUSPENDED", "SUSPENDED", "ROLLED_BACK"]
-    );
-    assert!(t.failure.expect("recorded").contains("ChildRolledBack"));
-}
-
-#[test]
-fn children_failing_a_run_that_has_no_instances_is_an_inconsistency_not_a_loop() {
-    let f = Fixture::new(&["a"]);
-    let mut a = f.attempt();
-    let run = claimed(RunView {
-        failed_children: 1,
-        ..RunView::default()
-    });
-    claim(&mut a, &run);
-    facts(&mut a, Vec::new(), HashMap::new());
-    let t = finish(&mut a);
-    assert!(t.failure.expect("recorded").contains("InconsistentState"));
-}
-
-/// A run rolling back whose only step (which compensates) is next to be undone.
-fn rolling_back() -> Claimed {
-    let mut run = claimed(RunView {
-        status: RunStatus::RollingBack,
-        step_index: 1,
-        instances: 1,
-        rollback_cursor: Some(1),
-        rollback_seen: true,
-        ..RunView::default()
-    });
-    let cause = Failure::new("x::Declined", "card declined", "pay[1]");
-    run.failure = Some(serde_json::to_string(&cause).unwrap());
-    run
-}
-
-#[test]
-fn a_compensation_that_fails_ends_the_rollback_failed() {
-    let f = Fixture::new(&["a+c"]);
-    let mut a = f.attempt();
-    claim(&mut a, &rolling_back());
-    facts(&mut a, vec![step_instance(0, 0)], HashMap::new());
-    let call = user_call(&mut a);
-    let CallKind::Compensation(cause) = &call.kind else {
-        panic!("{:?}", call.kind)
-    };
-    assert_eq!(cause.message(), "card declined");
-    assert_eq!(
-        (call.info.phase, call.info.successor_ran),
-        (Phase::Compensation, false)
-    );
-    let mut outcome = returned(Err(StepError::msg("refund failed")), true);
-    outcome.emissions = vec![child("never-written")];
-    a.handle_user(outcome);
-    assert!(matches!(a.poll(), Io::RollbackToSavepoint));
-    ok(&mut a);
-    let t = finish(&mut a);
-    assert_eq!(t.status, "rollback_failed");
-    assert_eq!(t.event_kinds, ["ROLLBACK_FAILED"]);
-    assert_eq!(t.event_steps[0].as_deref(), Some("Rollback of a[0,]"));
-    assert!(
-        t.rollback_failure
-            .expect("recorded")
-            .contains("refund failed")
-    );
-    assert!(t.messages.is_empty());
-    let report = commit(&mut a, CHILD, None);
-    assert_eq!(report.step_failures, 1);
-}
-
-#[test]
-fn a_compensation_that_succeeds_finishes_the_rollback() {
-    let f = Fixture::new(&["a+c"]);
-    let mut a = f.attempt();
-    claim(&mut a, &rolling_back());
-    facts(&mut a, vec![step_instance(0, 0)], HashMap::new());
-    user_call(&mut a);
-    let mut outcome = returned(Ok(Next::Continue), true);
-    outcome.emissions = vec![child("refunds")];
-    a.handle_user(outcome);
-    match a.poll() {
-        Io::Run(Stmt::Emit(e)) => {
-            assert_eq!(e.check, Some(true), "the rollback path's check");
-            assert_eq!(e.step.as_deref(), Some("Rollback of a[0,]"));
-        }
-        other => panic!("{other:?}"),
-    }
-    a.handle_output(Ok(Output::Emitted(Emitted {
-        children: 1,
-        handlers: vec!["refund".to_owned()],
-    })));
-    let t = finish(&mut a);
-    // The rollback waits for the refund the compensation emitted.
-    assert_eq!((t.status, t.pending_children), ("rolling_back", 1));
-    assert_eq!(t.instance_kind, Some("compensation"));
-    assert_eq!(t.check, Some(true));
-    let report = commit(&mut a, CHILD, None);
-    assert_eq!(report.woken, ["refund"]);
-}
-
-#[test]
-fn committed_children_are_asked_to_roll_back_before_the_transition() {
-    let f = Fixture::new(&["a"]);
-    let mut a = f.attempt();
-    let mut run = rolling_back();
-    run.view.rollback_cursor = Some(0);
-    run.rollback_context = Some(r#"{"tenant":"acme"}"#.to_owned());
-    claim(&mut a, &run);
-    let children = HashMap::from([(
-        0,
-        ChildrenOf {
-            messages: vec![new_uuid()],
-            committed: 2,
-            ..ChildrenOf::default()
-        },
-    )]);
-    facts(&mut a, vec![step_instance(0, 0)], children);
-    match a.poll() {
-        Io::Run(Stmt::RequestRollback(r)) => {
-            assert_eq!(r.instance, 0);
-            assert_eq!(r.context.as_deref(), Some(r#"{"tenant":"acme"}"#));
-        }
-        other => panic!("{other:?}"),
-    }
-    a.handle_output(Ok(Output::Requested(Requested {
-        children: 2,
-        handlers: vec!["pay".to_owned()],
-    })));
-    let t = finish(&mut a);
-    assert_eq!((t.status, t.pending_children), ("rolling_back", 2));
-    assert_eq!(t.event_kinds, ["ROLLBACK_EMITTED", "SUSPENDED"]);
-    // The merged rollback context is saved (and the pending one cleared).
-    assert_eq!(
-        (t.write_context, t.context.as_deref()),
-        (true, Some(r#"{"tenant":"acme"}"#))
-    );
-    let report = commit(&mut a, CHILD, None);
-    assert_eq!(report.woken, ["pay"]);
 }
 
 #[test]

@@ -107,6 +107,25 @@ struct Slot {
 }
 
 /// The dispatcher's state.
+///
+/// # Calling contract
+///
+/// * **Events in.** [`hint`](Self::hint), [`request_sweep`](Self::request_sweep),
+///   [`shut_down`](Self::shut_down) and the `on_*` methods report what happened; they never
+///   hand out work themselves.
+/// * **Tasks out.** After any of them (and when a deadline passes), call
+///   [`next_task`](Self::next_task) until it returns `None`, handing each task to an idle
+///   worker. The scheduler counts workers: it never returns more tasks than it was told
+///   there are workers, minus those it knows to be busy.
+/// * **Answers.** Every task handed out is answered exactly once: a `Task::Claim` by
+///   [`on_finished`](Self::on_finished), preceded by at most one
+///   [`on_claimed`](Self::on_claimed) once the worker holds a run (and `on_finished`'s
+///   `claimed` says whether it was sent); a `Task::Sweep` by
+///   [`on_sweep_done`](Self::on_sweep_done).
+/// * **Sleep.** With nothing to hand out, wait for the next event or until
+///   [`next_deadline`](Self::next_deadline) (forever if `None`), whichever comes first.
+/// * **Time.** Every `now` is a monotonic clock reading (`Instant`), and never goes
+///   backwards from one call to the next. Jitter is a number in `[0, 1)` (see [`Jitter`]).
 #[derive(Debug)]
 pub(crate) struct Scheduler {
     slots: Vec<Slot>,

@@ -11,8 +11,10 @@
 //! `postgres` re-exports, so a second runtime on tokio-postgres runs the very same statements;
 //! only the executor (`runtime::exec` for the blocking runtime) differs.
 
+mod emit;
 mod inspect;
 mod migrate;
+mod operator;
 mod rollback;
 mod run;
 mod session;
@@ -27,18 +29,18 @@ use crate::core::{RunStatus, RunView};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 
+pub(crate) use emit::{Emit, Emitted, Emitter, Register};
 pub(crate) use inspect::{ExternalRun, History, LockExternal, Message, RootRuns, Tree};
 pub(crate) use migrate::{
     ApplyMigration, LATEST_MIGRATION, MIGRATIONS, MigrationLock, MigrationSetup, MigrationVersion,
     RecordMigration,
 };
-pub(crate) use rollback::{
-    BusyAround, CancelScope, Children, Instances, LockRoot, LockTargets, RecordCancel,
-    RequestOperatorRollback, RequestRollback, Requested, RunOrigin, TargetRun,
+pub(crate) use operator::{
+    BusyAround, CancelScope, LockRoot, LockTargets, RecordCancel, RequestOperatorRollback,
+    RunOrigin, TargetRun,
 };
-pub(crate) use run::{
-    Applied, Claim, Claimed, Emit, Emitted, Emitter, Finish, Register, Release, Sweep, Unreleased,
-};
+pub(crate) use rollback::{Children, Instances, RequestRollback, Requested};
+pub(crate) use run::{Applied, Claim, Claimed, Finish, Release, Sweep, Unreleased};
 pub(crate) use session::{Listen, RollbackToSavepoint, Savepoint, Unlisten, WorkerSession};
 pub(crate) use values::{ChildValues, GiveUpReason, StoreValue};
 
@@ -374,43 +376,4 @@ pub(super) fn one(rows: Vec<Row>) -> Result<Row> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_template_names_the_schema_placeholder_or_needs_none() {
-        let sql = Sql::new("myschema");
-        for &id in StmtId::ALL {
-            let text = sql.text(id);
-            assert!(!text.contains("__S__"), "{id:?}");
-            if id.is_simple() {
-                assert!(!text.contains('$'), "{id:?} is simple but has parameters");
-            }
-        }
-        for id in [StmtId::Emit, StmtId::Release, StmtId::RequestRollback] {
-            assert!(sql.text(id).contains("pg_notify('myschema_wake'"), "{id:?}");
-        }
-        assert!(sql.text(StmtId::Listen).ends_with("LISTEN myschema_wake"));
-    }
-
-    #[test]
-    fn the_cache_fills_by_id_and_clears() {
-        let mut cache = StmtCache::default();
-        assert!(cache.lookup(StmtId::Finish).is_none());
-        cache.clear();
-        assert!(cache.lookup(StmtId::RecordMigration).is_none());
-    }
-
-    #[test]
-    fn give_up_checks_as_parameters() {
-        assert_eq!(GiveUpCheck::Skip.param(), None);
-        assert_eq!(GiveUpCheck::HappyPath.param(), Some(false));
-        assert_eq!(GiveUpCheck::RollbackPath.param(), Some(true));
-    }
-
-    #[test]
-    fn errors_that_are_not_postgres_errors_are_other_faults() {
-        let fault = Fault::from(Error::UnexpectedData("x".to_owned()));
-        assert!(matches!(fault, Fault::Other(Error::UnexpectedData(_))));
-    }
-}
+mod tests;

@@ -1,0 +1,232 @@
+//! Writing messages (children of a run, launches) and the durable topology they fan out to.
+
+use postgres::Row;
+use postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{GiveUpCheck, Statement, StmtId, one, u32_col};
+use crate::error::Result;
+use crate::ids::{RootId, RunId};
+use crate::saga::Emission;
+
+/// Who emits: the run, its step instance, and names for the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Emitter<'a> {
+    pub(crate) root_id: RootId,
+    pub(crate) run_id: RunId,
+    pub(crate) instance: u32,
+    pub(crate) handler: &'a str,
+    pub(crate) step: String,
+}
+
+/// Writes emitted messages: children of a run (`scoped`), launches on the global scope from a
+/// step, or launches from outside (no emitter).
+#[derive(Debug)]
+pub(crate) struct Emit<'a> {
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) topics: Vec<String>,
+    pub(crate) payloads: Vec<String>,
+    pub(crate) scoped: Vec<bool>,
+    pub(crate) root: Option<Uuid>,
+    pub(crate) run: Option<Uuid>,
+    pub(crate) instance: Option<i32>,
+    pub(crate) handler: Option<&'a str>,
+    pub(crate) step: Option<String>,
+    pub(crate) worker: &'a str,
+    pub(crate) deadlines: Vec<Option<String>>,
+    pub(crate) run_counts: Vec<i32>,
+    pub(crate) check: Option<bool>,
+    /// Handlers that get runs but no notification (the calling runtime wakes them itself).
+    pub(crate) quiet: &'a [&'a str],
+    pub(crate) contexts: Vec<Option<String>>,
+}
+
+impl<'a> Emit<'a> {
+    /// Writes `emissions` (children of `emitter`, or global launches without one). With a
+    /// check, the emitter's give-up check runs first.
+    pub(crate) fn new(
+        emitter: Option<Emitter<'a>>,
+        emissions: Vec<Emission>,
+        worker: &'a str,
+        quiet: &'a [&'a str],
+        check: GiveUpCheck,
+    ) -> Emit<'a> {
+        let n = emissions.len();
+        let mut emit = Emit {
+            ids: Vec::with_capacity(n),
+            topics: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            scoped: Vec::with_capacity(n),
+            root: emitter.as_ref().map(|e| e.root_id.as_uuid()),
+            run: emitter.as_ref().map(|e| e.run_id.as_uuid()),
+            instance: emitter.as_ref().map(|e| e.instance as i32),
+            handler: emitter.as_ref().map(|e| e.handler),
+            worker,
+            deadlines: Vec::with_capacity(n),
+            run_counts: Vec::with_capacity(n),
+            check: check.param(),
+            quiet,
+            contexts: Vec::with_capacity(n),
+            step: emitter.map(|e| e.step),
+        };
+        for e in emissions {
+            emit.ids.push(e.id);
+            emit.topics.push(e.topic);
+            emit.payloads.push(e.payload);
+            emit.scoped.push(e.scoped && emit.run.is_some());
+            emit.deadlines.push(e.deadlines);
+            emit.run_counts.push(e.run_count as i32);
+            emit.contexts.push(e.context);
+        }
+        emit
+    }
+
+    /// One run per registered handler of each topic, `EMITTED` history, and a notification
+    /// for each handler that got a run (but those in `$14`). Returns how many child runs the
+    /// emitting run (`$6`) got and which handlers got runs; the count comes from the statement
+    /// that inserts the runs, so a handler registering concurrently cannot make it disagree
+    /// with the rows. With `$13` set, the emitter's give-up check runs before anything is
+    /// written (see `check_give_up`).
+    pub(crate) const SQL: &'static str = "
+WITH checked AS MATERIALIZED (
+    SELECT CASE WHEN $13::bool IS NULL THEN true
+                ELSE __S__.check_give_up($5::uuid, $6::uuid, $13::bool) END AS ok
+),
+e AS (
+    SELECT e.* FROM checked,
+        unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $11::text[], $12::int4[],
+               $15::text[])
+        WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, context, ord)
+    WHERE checked.ok
+),
+ed AS MATERIALIZED (
+    -- Deadlines: a child inherits its emitter's, the earliest of each kind wins (see
+    -- child_deadlines). Computed only when the emission gives some or the emitter has some.
+    SELECT e.id, d.happy, d.rollback, d.absolute, d.trace
+    FROM e LEFT JOIN LATERAL (
+        SELECT * FROM __S__.child_deadlines(CASE WHEN e.scoped THEN $6::uuid END,
+                                            e.deadlines::jsonb)
+        WHERE e.deadlines IS NOT NULL
+           OR (e.scoped AND EXISTS (SELECT 1 FROM __S__.runs r
+                                    WHERE r.id = $6::uuid AND r.deadline_trace IS NOT NULL))
+    ) d ON true
+),
+msg AS (
+    INSERT INTO __S__.messages (id, root_id, topic, payload, parent_run_id, parent_instance,
+                                run_count)
+    SELECT e.id, CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, e.topic, e.payload::jsonb,
+           CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
+           coalesce(e.run_count, 0)
+    FROM e
+),
+child AS (
+    INSERT INTO __S__.runs (id, root_id, parent_id, parent_instance, message_id, handler, topic,
+                            happy_deadline, rollback_deadline, absolute_deadline, deadline_trace,
+                            wake_at, context)
+    SELECT __S__.uuid_v7(), CASE WHEN e.scoped THEN $5::uuid ELSE e.id END,
+           CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
+           e.id, h.handler, e.topic, d.happy, d.rollback, d.absolute, d.trace, clock_timestamp(),
+           e.context
+    FROM e JOIN ed d ON d.id = e.id JOIN __S__.handlers h ON h.topic = e.topic
+    RETURNING parent_id, handler
+),
+hist AS (
+    INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, step, worker)
+    SELECT CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, CASE WHEN e.scoped THEN $6::uuid END,
+           e.id, 'EMITTED', CASE WHEN e.scoped THEN $8::text END,
+           CASE WHEN e.scoped THEN $9::text END, $10::text
+    FROM e
+    ORDER BY e.ord
+),
+woken AS (SELECT DISTINCT handler FROM child),
+notified AS MATERIALIZED (
+    SELECT pg_notify('__S___wake', w.handler) FROM woken w WHERE w.handler <> ALL($14::text[])
+)
+SELECT (SELECT count(*) FROM child WHERE parent_id IS NOT NULL)::int4 AS children,
+       coalesce((SELECT array_agg(handler) FROM woken), '{}') AS woken,
+       (SELECT count(*) FROM notified)::int4 AS notified";
+}
+
+/// What an emission created.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Emitted {
+    /// Child runs created for the emitting run.
+    pub(crate) children: u32,
+    /// Handlers that got new runs.
+    pub(crate) handlers: Vec<String>,
+}
+
+impl Statement for Emit<'_> {
+    type Output = Emitted;
+
+    fn id(&self) -> StmtId {
+        StmtId::Emit
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.ids,
+            &self.topics,
+            &self.payloads,
+            &self.scoped,
+            &self.root,
+            &self.run,
+            &self.instance,
+            &self.handler,
+            &self.step,
+            &self.worker,
+            &self.deadlines,
+            &self.run_counts,
+            &self.check,
+            &self.quiet,
+            &self.contexts,
+        ]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Emitted> {
+        let row = one(rows)?;
+        Ok(Emitted {
+            children: u32_col(&row, "children")?,
+            handlers: row.try_get("woken")?,
+        })
+    }
+}
+
+/// Adds (topic, handler) pairs of a kind (`runtime` or `external`) to the durable topology.
+#[derive(Debug)]
+pub(crate) struct Register<'a> {
+    topics: Vec<&'a str>,
+    handlers: Vec<&'a str>,
+    kind: &'static str,
+}
+
+impl<'a> Register<'a> {
+    pub(crate) fn new(pairs: &[(&'a str, &'a str)], kind: &'static str) -> Register<'a> {
+        Register {
+            topics: pairs.iter().map(|p| p.0).collect(),
+            handlers: pairs.iter().map(|p| p.1).collect(),
+            kind,
+        }
+    }
+
+    pub(crate) const SQL: &'static str = "
+INSERT INTO __S__.handlers (topic, handler, kind)
+SELECT t.topic, t.handler, $3 FROM unnest($1::text[], $2::text[]) AS t(topic, handler)
+ON CONFLICT (topic, handler) DO UPDATE SET kind = excluded.kind, last_started_at = clock_timestamp()";
+}
+
+impl Statement for Register<'_> {
+    type Output = ();
+
+    fn id(&self) -> StmtId {
+        StmtId::Register
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.topics, &self.handlers, &self.kind]
+    }
+
+    fn decode(&self, _rows: Vec<Row>) -> Result<()> {
+        Ok(())
+    }
+}
