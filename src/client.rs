@@ -217,7 +217,9 @@ impl Client {
             return Err(Error::Config("max_json_bytes must be >= 1".to_owned()));
         }
         let sql = Sql::new(&schema);
-        let mut conn = pool.get().map_err(from_r2d2)?;
+        // The first connection is where an unreachable database shows, as when building the
+        // pool from a URL.
+        let mut conn = pool.get().map_err(|e| Error::Connect(e.to_string()))?;
         migrate::migrate(&mut *conn, &sql, &schema)?;
         Ok(Client {
             inner: Arc::new(Inner {

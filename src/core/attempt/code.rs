@@ -2,8 +2,8 @@
 
 use super::io::{CallKind, Io, Outcome, Report, SavepointState, Stmt, UserCall, UserOutcome};
 use super::{Await, Code, Env, Persist, Ran, Run, done};
-use crate::core::decide::{self};
-use crate::core::rollback::{self};
+use crate::core::decide;
+use crate::core::rollback;
 use crate::core::state::{Next, step_name};
 use crate::failure::Failure;
 use crate::proto::{Emit, Emitted, Emitter, GiveUpCheck};

@@ -28,10 +28,6 @@ impl Run {
         }
     }
 
-    pub(super) fn source<'h>(env: Env<'h>) -> &'h str {
-        env.handler.source
-    }
-
     pub(super) fn on_announced<'h>(&mut self, env: Env<'h>, report: &mut Report) -> Io<'h> {
         match std::mem::replace(&mut self.wait, Await::Nothing) {
             Await::Announce => {}

@@ -167,7 +167,7 @@ impl Run {
                          leaving its transaction aborted ({e}); return the statement's error, \
                          or run it inside a nested savepoint"
                     ),
-                    Self::source(env),
+                    env.handler.source,
                 )
                 .with_step(ran.step.as_str());
                 self.fail_after_code(env, report, ran, failure)
