@@ -110,7 +110,7 @@ pub use crate::inspect::{
 };
 pub use crate::options::EmitOptions;
 pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};
-pub use crate::saga::{ChildFailures, Phase, Saga, SagaBuilder, StepContext};
+pub use crate::saga::{Blocking, ChildFailures, Flavor, Phase, Saga, SagaBuilder, StepContext};
 pub use crate::typed::{
     Action, AsReturnName, AsTopic, ChildValue, Handler, Request, ReturnName, Topic,
 };

@@ -42,7 +42,7 @@ pub(crate) use operator::{
 pub(crate) use rollback::{Children, Instances, RequestRollback, Requested};
 pub(crate) use run::{Applied, Claim, Claimed, Finish, Release, Sweep, Unreleased};
 pub(crate) use session::{Listen, RollbackToSavepoint, Savepoint, Unlisten, WorkerSession};
-pub(crate) use values::{ChildValues, GiveUpReason, StoreValue};
+pub(crate) use values::{ChildValueRow, ChildValues, GiveUpReason, StoreValue};
 
 /// An engine statement: what to execute and how to read what comes back.
 ///

@@ -4,22 +4,25 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use postgres::{Statement, Transaction};
+use postgres::Statement;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::context::CooperationContext;
 use crate::core::attempt::{SavepointState, UserOutcome};
+use super::flavor::{Blocking, Flavor};
 use crate::core::{Next, Wake};
 use crate::error::{Error, Result};
 use crate::failure::{Failure, StepError, StepResult};
 use crate::ids::{MessageId, RootId, RunId, new_uuid};
 use crate::options::EmitOptions;
-use crate::proto::{self, GiveUpReason, Sql, StmtCache};
-use crate::runtime::exec;
+use crate::proto::{Sql, StmtCache};
 use crate::typed::AsTopic;
 use crate::validate;
 
+mod blocking;
+#[cfg(feature = "tokio")]
+mod tokio;
 mod values;
 
 /// What kind of user code a [`StepContext`] is given to.
@@ -169,8 +172,8 @@ impl Emission {
 /// Everything done through the context commits atomically with the run's bookkeeping, or not
 /// at all: the user's own writes on [`tx`](Self::tx), the messages from [`emit`](Self::emit)
 /// and [`launch`](Self::launch), and the step's completion.
-pub struct StepContext<'c> {
-    tx: Transaction<'c>,
+pub struct StepContext<'c, X: Flavor = Blocking> {
+    tx: X::Tx<'c>,
     /// Taken before user code first touches the transaction.
     savepoint: SavepointState,
     info: StepInfo,
@@ -186,15 +189,15 @@ pub(crate) struct UserStatements(std::collections::HashMap<String, Statement>);
 
 /// Beyond this many distinct statements the cache starts over (step code that builds SQL
 /// dynamically must not grow it without bound).
-const MAX_USER_STATEMENTS: usize = 256;
+pub(super) const MAX_USER_STATEMENTS: usize = 256;
 
-impl<'c> StepContext<'c> {
+impl<'c, X: Flavor> StepContext<'c, X> {
     pub(crate) fn new(
-        tx: Transaction<'c>,
+        tx: X::Tx<'c>,
         info: StepInfo,
         engine: Engine<'c>,
         context: CooperationContext,
-    ) -> StepContext<'c> {
+    ) -> StepContext<'c, X> {
         StepContext {
             tx,
             savepoint: SavepointState::NotTaken,
@@ -217,67 +220,6 @@ impl<'c> StepContext<'c> {
     /// afterwards in this step receive them.
     pub fn context_mut(&mut self) -> &mut CooperationContext {
         &mut self.context
-    }
-
-    /// The step's open transaction. Write your business data here: it commits together with
-    /// the step, and is discarded if the step fails.
-    ///
-    /// Do not commit or roll it back yourself. If one of your statements fails, return the
-    /// error (or use a nested savepoint with [`Transaction::transaction`]): an aborted
-    /// transaction cannot record the step's completion, and the step is then failed.
-    pub fn tx(&mut self) -> &mut Transaction<'c> {
-        self.take_savepoint();
-        &mut self.tx
-    }
-
-    /// Taken lazily, so steps that never touch the database pay nothing for it. The claim's
-    /// row lock predates it and survives a rollback to it.
-    fn take_savepoint(&mut self) {
-        if let SavepointState::NotTaken = self.savepoint {
-            let sql = self.engine.sql;
-            self.savepoint = match exec::run(&mut self.tx, sql, None, &proto::Savepoint) {
-                Ok(()) => SavepointState::Taken,
-                Err(e) => SavepointState::Failed(e),
-            };
-        }
-    }
-
-    /// Runs an engine statement in the step's transaction (after the savepoint, like step
-    /// code's own statements), prepared once per connection.
-    fn run<S: proto::Statement>(&mut self, s: &S) -> Result<S::Output> {
-        self.take_savepoint();
-        exec::run(
-            &mut self.tx,
-            self.engine.sql,
-            Some(&mut self.engine.cache),
-            s,
-        )
-    }
-
-    /// Prepares `sql` once per worker connection and returns the statement, for use with
-    /// [`tx`](Self::tx)'s `query`/`execute`. Saves the round trip that preparing an ad-hoc
-    /// `&str` query costs on every call.
-    ///
-    /// ```no_run
-    /// # use structured_cooperation::{StepContext, StepResult};
-    /// fn record(ctx: &mut StepContext<'_>, amount: i64) -> StepResult {
-    ///     let insert = ctx.prepare_cached("INSERT INTO payments (amount) VALUES ($1)")?;
-    ///     ctx.tx().execute(&insert, &[&amount])?;
-    ///     Ok(())
-    /// }
-    /// ```
-    pub fn prepare_cached(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
-        if let Some(statement) = self.engine.statements.0.get(sql) {
-            return Ok(statement.clone());
-        }
-        // Through tx(): a failing Parse aborts the transaction, so the savepoint must exist.
-        let statement = self.tx().prepare(sql)?;
-        let cache = &mut self.engine.statements.0;
-        if cache.len() >= MAX_USER_STATEMENTS {
-            cache.clear();
-        }
-        cache.insert(sql.to_owned(), statement.clone());
-        Ok(statement)
     }
 
     /// Emits a child message on `topic` (a [`Topic`](crate::Topic), which fixes the payload
@@ -384,36 +326,6 @@ impl<'c> StepContext<'c> {
         self.wake = Wake::At(at);
     }
 
-    /// Whether the run should stop: it was cancelled (on the happy path) or one of its
-    /// deadlines passed. A long step can ask now and then, and return early; the runtime also
-    /// checks before and after every step.
-    pub fn should_give_up(&mut self) -> std::result::Result<bool, postgres::Error> {
-        Ok(self.give_up_reason()?.is_some())
-    }
-
-    /// Fails the step with the reason the run should stop (see
-    /// [`should_give_up`](Self::should_give_up)), if there is one.
-    pub fn give_up_if_necessary(&mut self) -> crate::failure::StepResult<()> {
-        match self.give_up_reason()? {
-            Some(failure) => Err(StepError::from_failure(failure)),
-            None => Ok(()),
-        }
-    }
-
-    fn give_up_reason(&mut self) -> std::result::Result<Option<Failure>, postgres::Error> {
-        let rolling_back = self.info.phase == Phase::Compensation;
-        let stmt = GiveUpReason::new(self.info.root_id, self.info.run_id, rolling_back);
-        self.take_savepoint();
-        // The helpers that ask promise a `postgres::Error`, so this one goes by the rows.
-        let rows = exec::query(
-            &mut self.tx,
-            self.engine.sql,
-            Some(&mut self.engine.cache),
-            &stmt,
-        )?;
-        Ok(proto::Statement::decode(&stmt, rows).ok().flatten())
-    }
-
     /// For periodic sagas: how many runs of the chain came before this one (0 for the first).
     pub fn run_count(&self) -> u32 {
         self.info.run_count
@@ -476,7 +388,7 @@ impl<'c> StepContext<'c> {
     pub(crate) fn finish(
         self,
         result: std::thread::Result<StepResult<Next>>,
-    ) -> (Transaction<'c>, Engine<'c>, UserOutcome) {
+    ) -> (X::Tx<'c>, Engine<'c>, UserOutcome) {
         let outcome = UserOutcome {
             result,
             emissions: self.emissions,
@@ -488,7 +400,7 @@ impl<'c> StepContext<'c> {
     }
 }
 
-impl fmt::Debug for StepContext<'_> {
+impl<X: Flavor> fmt::Debug for StepContext<'_, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StepContext")
             .field("info", &self.info)

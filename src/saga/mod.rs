@@ -1,7 +1,13 @@
 //! Saga definitions: a named handler with ordered steps, their compensating actions and their
-//! child-failure handlers.
+//! child-failure handlers. `Saga`, `SagaBuilder` and `StepContext` are written once for both
+//! runtimes, parameterised by a [`Flavor`]; the closures each flavor takes are added in
+//! `blocking.rs` and `tokio.rs`.
 
+mod blocking;
 mod context;
+mod flavor;
+#[cfg(feature = "tokio")]
+mod tokio;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -12,37 +18,36 @@ use serde::de::DeserializeOwned;
 
 use crate::core::{Next, StepShape};
 use crate::error::{Error, Result};
-use crate::failure::{Failure, StepError, StepResult};
+use crate::failure::{StepError, StepResult};
 use crate::validate;
 
 pub use context::{ChildFailures, Phase, StepContext};
 pub(crate) use context::{Emission, Engine, StepInfo, UserStatements};
+#[cfg(feature = "tokio")]
+pub use flavor::Tokio;
+pub use flavor::{Blocking, Flavor};
 
 type Decoded<P> = std::result::Result<P, StepError>;
-/// A type-erased step body: decodes the payload and runs the user's closure.
-type BodyFn = Box<dyn Fn(&mut StepContext<'_>, &str) -> StepResult<Next> + Send + Sync>;
-type CompensateFn =
-    Box<dyn Fn(&mut StepContext<'_>, &str, &Failure) -> StepResult<()> + Send + Sync>;
-type ChildFailuresFn =
-    Box<dyn Fn(&mut StepContext<'_>, &str, &ChildFailures) -> StepResult<Next> + Send + Sync>;
 
-struct StepDef {
+struct StepDef<X: Flavor> {
     name: Option<String>,
-    body: BodyFn,
-    compensate: Option<CompensateFn>,
-    child_failures: Option<ChildFailuresFn>,
+    body: X::Body,
+    compensate: Option<X::Compensate>,
+    child_failures: Option<X::OnChildFailures>,
 }
 
 /// A handler: a name and an ordered list of steps, each run in its own transaction.
 ///
 /// Build one with [`Saga::builder`], then subscribe it to a topic with
-/// [`RuntimeBuilder::subscribe`](crate::RuntimeBuilder::subscribe).
-pub struct Saga {
+/// [`RuntimeBuilder::subscribe`](crate::RuntimeBuilder::subscribe). The flavor `X` says which
+/// runtime runs it: [`Blocking`] (the default) or, with the `tokio` feature, `Tokio`
+/// (`structured_cooperation::tokio::Saga`).
+pub struct Saga<X: Flavor = Blocking> {
     name: String,
     payload_type: &'static str,
     shapes: Vec<StepShape>,
     step_names: Vec<String>,
-    steps: Vec<StepDef>,
+    steps: Vec<StepDef<X>>,
 }
 
 impl Saga {
@@ -76,14 +81,11 @@ impl Saga {
     /// assert_eq!(saga.step_names(), ["0", "ship"]);
     /// ```
     pub fn builder<P: DeserializeOwned + 'static>(name: impl Into<String>) -> SagaBuilder<P> {
-        SagaBuilder {
-            name: name.into(),
-            steps: Vec::new(),
-            misplaced: None,
-            _payload: PhantomData,
-        }
+        SagaBuilder::new(name.into())
     }
+}
 
+impl<X: Flavor> Saga<X> {
     /// The handler name.
     pub fn name(&self) -> &str {
         &self.name
@@ -102,50 +104,9 @@ impl Saga {
     pub(crate) fn shapes(&self) -> &[StepShape] {
         &self.shapes
     }
-
-    pub(crate) fn run_step(
-        &self,
-        index: usize,
-        ctx: &mut StepContext<'_>,
-        payload: &str,
-    ) -> StepResult<Next> {
-        (self.steps[index].body)(ctx, payload)
-    }
-
-    /// Runs step `index`'s compensating action; a step without one compensates nothing.
-    pub(crate) fn compensate(
-        &self,
-        index: usize,
-        ctx: &mut StepContext<'_>,
-        payload: &str,
-        cause: &Failure,
-    ) -> StepResult<()> {
-        match self.steps.get(index).and_then(|s| s.compensate.as_ref()) {
-            Some(compensate) => compensate(ctx, payload, cause),
-            None => Ok(()),
-        }
-    }
-
-    /// Runs step `index`'s child-failure handler; without one, the failure is rethrown.
-    pub(crate) fn handle_child_failures(
-        &self,
-        index: usize,
-        ctx: &mut StepContext<'_>,
-        payload: &str,
-        failures: &ChildFailures,
-    ) -> StepResult<Next> {
-        match self
-            .steps
-            .get(index)
-            .and_then(|s| s.child_failures.as_ref())
-        {
-            Some(handle) => handle(ctx, payload, failures),
-            None => Err(failures.rethrow()),
-        }
-    }
 }
 
-impl fmt::Debug for Saga {
+impl<X: Flavor> fmt::Debug for Saga<X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Saga")
             .field("name", &self.name)
@@ -156,15 +117,15 @@ impl fmt::Debug for Saga {
 }
 
 /// Builds a [`Saga`]; see [`Saga::builder`].
-pub struct SagaBuilder<P> {
+pub struct SagaBuilder<P, X: Flavor = Blocking> {
     name: String,
-    steps: Vec<StepDef>,
+    steps: Vec<StepDef<X>>,
     /// A modifier called before any step exists (reported by `build`).
     misplaced: Option<&'static str>,
     _payload: PhantomData<fn(&P)>,
 }
 
-fn decode<P: DeserializeOwned>(ctx: &StepContext<'_>, raw: &str) -> Decoded<P> {
+fn decode<P: DeserializeOwned, X: Flavor>(ctx: &StepContext<'_, X>, raw: &str) -> Decoded<P> {
     serde_json::from_str(raw).map_err(|e| {
         StepError::with_kind(
             "structured_cooperation::PayloadMismatch",
@@ -178,146 +139,32 @@ fn decode<P: DeserializeOwned>(ctx: &StepContext<'_>, raw: &str) -> Decoded<P> {
     })
 }
 
-impl<P: DeserializeOwned + 'static> SagaBuilder<P> {
-    /// Appends a step named after its index (`"0"`, `"1"`, ...).
-    ///
-    /// The closure gets the [`StepContext`] (the open transaction, `emit`, ...) and the decoded
-    /// payload. Returning `Ok(())` continues with the next step; returning a [`Next`] chooses.
-    /// Returning an error, or panicking, fails the run: the step's transaction is discarded,
-    /// the failure is recorded, and the run rolls back the steps that did commit.
-    pub fn step<F, O>(self, body: F) -> Self
-    where
-        F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
-        O: Into<Next>,
-    {
-        self.push(None, body)
-    }
-
-    /// Appends a step with an explicit name. Names are stored in the history and must be
-    /// unique within the saga; renaming a step of a deployed saga strands in-flight runs.
-    pub fn step_named<F, O>(self, name: impl Into<String>, body: F) -> Self
-    where
-        F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
-        O: Into<Next>,
-    {
-        self.push(Some(name.into()), body)
-    }
-
-    fn push<F, O>(mut self, name: Option<String>, body: F) -> Self
-    where
-        F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
-        O: Into<Next>,
-    {
-        self.steps.push(StepDef {
+impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
+    pub(crate) fn new(name: String) -> SagaBuilder<P, X> {
+        SagaBuilder {
             name,
-            body: Box::new(move |ctx, raw| {
-                let payload: P = decode(ctx, raw)?;
-                body(ctx, &payload).map(Into::into)
-            }),
-            compensate: None,
-            child_failures: None,
-        });
-        self
-    }
-
-    /// Gives the step added last a compensating action: if the run rolls back after this step
-    /// committed, it runs (once per committed execution of the step, newest first, in its own
-    /// transaction, after the step's children rolled back) with the failure that caused the
-    /// rollback. [`StepContext::iteration`] tells which execution it undoes. A compensation
-    /// may emit messages; the run waits for them, and if one of them does not commit, the
-    /// compensation counts as failed. A compensation that fails or panics ends the run
-    /// `ROLLBACK_FAILED`.
-    pub fn rollback<F>(mut self, compensate: F) -> Self
-    where
-        F: Fn(&mut StepContext<'_>, &P, &Failure) -> StepResult<()> + Send + Sync + 'static,
-    {
-        match self.steps.last_mut() {
-            Some(step) => {
-                step.compensate = Some(Box::new(move |ctx, raw, cause| {
-                    let payload: P = decode(ctx, raw)?;
-                    compensate(ctx, &payload, cause)
-                }));
-            }
-            None => self.misplaced = Some("rollback"),
+            steps: Vec::new(),
+            misplaced: None,
+            _payload: PhantomData,
         }
-        self
-    }
-
-    /// Gives the step added last a child-failure handler: it runs when children emitted by the
-    /// step failed (they have rolled back by then), with their failures. Returning a [`Next`]
-    /// carries on — the handler may emit new children (a retry), which the run awaits, and is
-    /// called again, with [`ChildFailures::iteration`] one higher, if those fail too.
-    /// Returning an error (for example [`ChildFailures::rethrow`]) fails the run, which then
-    /// rolls back. Without a handler, the failure is rethrown.
-    pub fn on_child_failures<F>(mut self, handle: F) -> Self
-    where
-        F: Fn(&mut StepContext<'_>, &P, &ChildFailures) -> StepResult<Next> + Send + Sync + 'static,
-    {
-        match self.steps.last_mut() {
-            Some(step) => {
-                step.child_failures = Some(Box::new(move |ctx, raw, failures| {
-                    let payload: P = decode(ctx, raw)?;
-                    handle(ctx, &payload, failures)
-                }));
-            }
-            None => self.misplaced = Some("on_child_failures"),
-        }
-        self
     }
 
     /// Appends a step (named after its index) that does nothing but make the next step wait
     /// `duration` — a durable sleep: it survives restarts, is measured with the database
     /// clock, and ends early for a cancellation or a deadline (the run then gives up).
     pub fn sleep(self, duration: Duration) -> Self {
-        self.push(
-            None,
-            move |ctx: &mut StepContext<'_>, _: &P| -> StepResult {
-                ctx.delay_next(duration);
-                Ok(())
-            },
-        )
+        self.push_sync(None, move |ctx, _| {
+            ctx.delay_next(duration);
+            Ok(Next::Continue)
+        })
     }
 
     /// [`sleep`](Self::sleep) with an explicit step name.
     pub fn sleep_named(self, name: impl Into<String>, duration: Duration) -> Self {
-        self.push(
-            Some(name.into()),
-            move |ctx: &mut StepContext<'_>, _: &P| -> StepResult {
-                ctx.delay_next(duration);
-                Ok(())
-            },
-        )
-    }
-
-    /// Appends a step that runs no earlier than `at(payload)`: two steps,
-    /// `"<n> (waiting for scheduled time)"` (which waits) and `"<n>"` (which runs `body`),
-    /// where `n` is the index of the first. A time in the past runs it at once.
-    pub fn scheduled_step<A, F, O>(self, at: A, body: F) -> Self
-    where
-        A: Fn(&P) -> SystemTime + Send + Sync + 'static,
-        F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
-        O: Into<Next>,
-    {
-        let name = self.steps.len().to_string();
-        self.scheduled_step_named(name, at, body)
-    }
-
-    /// [`scheduled_step`](Self::scheduled_step) with an explicit name `n`.
-    pub fn scheduled_step_named<A, F, O>(self, name: impl Into<String>, at: A, body: F) -> Self
-    where
-        A: Fn(&P) -> SystemTime + Send + Sync + 'static,
-        F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
-        O: Into<Next>,
-    {
-        let name = name.into();
-        self.push(
-            Some(format!("{name} (waiting for scheduled time)")),
-            move |ctx: &mut StepContext<'_>, payload: &P| -> StepResult {
-                ctx.next_not_before(at(payload));
-                Ok(())
-            },
-        )
-        .push(Some(name), body)
+        self.push_sync(Some(name.into()), move |ctx, _| {
+            ctx.delay_next(duration);
+            Ok(Next::Continue)
+        })
     }
 
     /// Makes the saga periodic: appends `"<n> (sleep)"`, which waits `every`, and
@@ -329,52 +176,62 @@ impl<P: DeserializeOwned + 'static> SagaBuilder<P> {
     /// overlap); placed last, a failing run ends the chain.
     pub fn periodic(self, every: Duration, runs: Option<u32>) -> Self {
         let n = self.steps.len();
-        self.sleep_named(format!("{n} (sleep)"), every).push(
-            Some(format!("{n} (launch next)")),
-            move |ctx: &mut StepContext<'_>, _: &P| -> StepResult {
+        self.sleep_named(format!("{n} (sleep)"), every)
+            .push_sync(Some(format!("{n} (launch next)")), move |ctx, _| {
                 if runs.is_none_or(|runs| ctx.run_count() + 1 < runs) {
                     ctx.relaunch_next();
                 }
-                Ok(())
+                Ok(Next::Continue)
+            })
+    }
+
+    /// Appends a built-in step that runs `f` synchronously: it only buffers (a delay, a
+    /// launch), so either runtime runs it without awaiting anything.
+    fn push_sync(
+        self,
+        name: Option<String>,
+        f: impl Fn(&mut StepContext<'_, X>, &str) -> StepResult<Next> + Send + Sync + 'static,
+    ) -> Self {
+        self.push_def(name, X::sync_body(Box::new(f)))
+    }
+
+    /// The waiting half of a scheduled step: the next step runs no earlier than
+    /// `at(payload)`.
+    fn push_wait_until<A>(self, name: String, at: A) -> Self
+    where
+        A: Fn(&P) -> SystemTime + Send + Sync + 'static,
+    {
+        self.push_sync(
+            Some(format!("{name} (waiting for scheduled time)")),
+            move |ctx, raw| {
+                let payload: P = decode(ctx, raw)?;
+                ctx.next_not_before(at(&payload));
+                Ok(Next::Continue)
             },
         )
     }
 
-    /// Appends a try/finally pair: step `"<n>"` runs `body`, step `"<n+1>"` runs `finally`
-    /// (after `body`'s children finished). `finally` runs at most once per execution, and in
-    /// every outcome: after `body` on success; inside `body`'s failing transaction if `body`
-    /// fails (its database writes and emissions are then discarded with the step; other side
-    /// effects remain); or while the saga rolls back, as the compensation of `"<n>"`, if the
-    /// saga fails later but before `"<n+1>"` ran.
-    pub fn try_finally<F, O, G>(self, body: F, finally: G) -> Self
-    where
-        F: Fn(&mut StepContext<'_>, &P) -> StepResult<O> + Send + Sync + 'static,
-        O: Into<Next>,
-        G: Fn(&mut StepContext<'_>, &P) -> StepResult<()> + Send + Sync + 'static,
-    {
-        let finally = std::sync::Arc::new(finally);
-        let (on_failure, on_rollback) = (finally.clone(), finally.clone());
-        self.push(None, move |ctx: &mut StepContext<'_>, payload: &P| {
-            body(ctx, payload).inspect_err(|_| {
-                // The step is failing anyway; finally's own failure must not mask the step's.
-                let _ = on_failure(ctx, payload);
-            })
-        })
-        .rollback(move |ctx, payload: &P, _cause| {
-            if ctx.successor_ran() {
-                Ok(())
-            } else {
-                on_rollback(ctx, payload)
-            }
-        })
-        .push(None, move |ctx: &mut StepContext<'_>, payload: &P| {
-            finally(ctx, payload)
-        })
+    fn push_def(mut self, name: Option<String>, body: X::Body) -> Self {
+        self.steps.push(StepDef {
+            name,
+            body,
+            compensate: None,
+            child_failures: None,
+        });
+        self
+    }
+
+    /// The step added last, for a modifier; `None` (reported by `build`) if there is none.
+    fn last_step(&mut self, modifier: &'static str) -> Option<&mut StepDef<X>> {
+        if self.steps.is_empty() {
+            self.misplaced = Some(modifier);
+        }
+        self.steps.last_mut()
     }
 
     /// Validates the definition: the handler name must be valid, there must be at least one
     /// step, and step names must be valid and unique.
-    pub fn build(self) -> Result<Saga> {
+    pub fn build(self) -> Result<Saga<X>> {
         validate::name("handler", &self.name)?;
         let invalid = |reason: String| Error::InvalidSaga {
             saga: self.name.clone(),
@@ -414,7 +271,7 @@ impl<P: DeserializeOwned + 'static> SagaBuilder<P> {
     }
 }
 
-impl<P> fmt::Debug for SagaBuilder<P> {
+impl<P, X: Flavor> fmt::Debug for SagaBuilder<P, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SagaBuilder")
             .field("name", &self.name)
