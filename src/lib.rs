@@ -95,6 +95,8 @@ mod options;
 mod proto;
 mod runtime;
 mod saga;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod typed;
 mod validate;
 
@@ -110,7 +112,9 @@ pub use crate::inspect::{
 };
 pub use crate::options::EmitOptions;
 pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};
-pub use crate::saga::{Blocking, ChildFailures, Flavor, Phase, Saga, SagaBuilder, StepContext};
+pub use crate::saga::{
+    Blocking, ChildFailures, Flavor, Phase, Saga, SagaBuilder, SagaOf, StepContext,
+};
 pub use crate::typed::{
     Action, AsReturnName, AsTopic, ChildValue, Handler, Request, ReturnName, Topic,
 };

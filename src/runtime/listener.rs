@@ -10,8 +10,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::dispatcher::Event;
-use super::{Shared, bump, exec};
+use super::common::{Event, bump};
+use super::{Shared, exec};
 use crate::core::schedule::Backoff;
 use crate::error::{Error, Result};
 use crate::proto::{Listen, Unlisten};
@@ -49,7 +49,7 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, ready: Sender<Result<
                 let _ = ready.send(Ok(()));
             }
             None => {
-                bump(&shared.stats.listener_reconnects);
+                bump(&shared.registry.stats.listener_reconnects);
                 log::info!("listener: reconnected; sweeping for work announced meanwhile");
                 let _ = shared.events.send(Event::SweepRequested);
             }

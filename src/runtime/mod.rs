@@ -13,13 +13,13 @@
 //! sends nothing to the database except one sweep query per safety-net interval.
 
 mod builder;
+pub(crate) mod common;
 mod dispatcher;
 pub(crate) mod exec;
 mod listener;
 mod worker;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,11 +33,12 @@ use crate::error::{Error, Result};
 use crate::ids::RootId;
 use crate::inspect::{HistoryEvent, TreeOutcome};
 use crate::proto::Sweep;
-use crate::saga::Saga;
+use crate::saga::Blocking;
 use crate::typed::AsTopic;
 
 pub use builder::RuntimeBuilder;
-use dispatcher::Event;
+pub use common::RuntimeStats;
+use common::{Event, Registry};
 
 /// Entry point: `Runtime::builder(url)...start()`.
 ///
@@ -97,7 +98,7 @@ impl Runtime {
 
     /// This runtime's instance id, part of the `handler[instance]` source of its failures.
     pub fn instance(&self) -> &str {
-        &self.shared.instance
+        &self.shared.registry.instance
     }
 
     /// Launches a root; see [`Client::launch`]. Handlers this runtime serves start at once,
@@ -113,7 +114,7 @@ impl Runtime {
     }
 
     fn hint_topic(&self, topic: &str) {
-        if let Some(handlers) = self.shared.by_topic.get(topic) {
+        if let Some(handlers) = self.shared.registry.by_topic.get(topic) {
             for &h in handlers {
                 let _ = self.shared.events.send(Event::Hint(h));
             }
@@ -180,7 +181,7 @@ impl Runtime {
     /// that no one will run (an external handler, a stopped service) do not count as due.
     pub fn wait_idle(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let names: Vec<&str> = self.shared.handlers.iter().map(|h| &*h.name).collect();
+        let names = self.shared.registry.names();
         loop {
             {
                 let guard = self.shared.signals.lock();
@@ -218,7 +219,7 @@ impl Runtime {
 
     /// Counters since start.
     pub fn stats(&self) -> RuntimeStats {
-        self.shared.stats.snapshot()
+        self.shared.registry.stats.snapshot()
     }
 
     /// Stops handing out work, lets running steps finish, and joins every thread.
@@ -237,7 +238,7 @@ impl Runtime {
         let Some(threads) = self.threads.take() else {
             return Ok(());
         };
-        self.shared.stopping.store(true, Ordering::Relaxed);
+        self.shared.registry.stopping.store(true, Ordering::Relaxed);
         let _ = self.shared.events.send(Event::Shutdown);
         drop(threads.stop_listener);
         let all_exited = match timeout {
@@ -265,7 +266,7 @@ impl Runtime {
                 problems.push(format!("the {name} thread panicked"));
             }
         }
-        log::info!("runtime {} stopped", self.shared.instance);
+        log::info!("runtime {} stopped", self.shared.registry.instance);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -279,7 +280,7 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         if let Err(e) = self.stop(None) {
-            log::error!("runtime {}: {e}", self.shared.instance);
+            log::error!("runtime {}: {e}", self.shared.registry.instance);
         }
     }
 }
@@ -287,154 +288,27 @@ impl Drop for Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("instance", &self.shared.instance)
+            .field("instance", &self.shared.registry.instance)
             .field("schema", &self.shared.client.schema())
-            .field(
-                "handlers",
-                &self
-                    .shared
-                    .handlers
-                    .iter()
-                    .map(|h| &*h.name)
-                    .collect::<Vec<_>>(),
-            )
+            .field("handlers", &self.shared.registry.names())
             .finish()
     }
 }
 
-/// Counters of a runtime's activity since it started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RuntimeStats {
-    /// Step transactions committed (user steps and bookkeeping-only steps such as commits).
-    pub steps: u64,
-    /// User steps that failed (error or panic) and were recorded as failures.
-    pub step_failures: u64,
-    /// Claims that found nothing due.
-    pub empty_claims: u64,
-    /// Attempts that ended in an infrastructure error (lost connection, deadlock, ...) and
-    /// were retried from the last committed state.
-    pub infra_errors: u64,
-    /// Safety-net sweeps.
-    pub sweeps: u64,
-    /// Times the `LISTEN` connection was re-established.
-    pub listener_reconnects: u64,
-    /// Steps whose results were discarded because the run was cancelled (or missed a deadline)
-    /// while they ran.
-    pub gave_up_after_step: u64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    steps: AtomicU64,
-    step_failures: AtomicU64,
-    empty_claims: AtomicU64,
-    infra_errors: AtomicU64,
-    sweeps: AtomicU64,
-    listener_reconnects: AtomicU64,
-    pub(crate) gave_up_after_step: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> RuntimeStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        RuntimeStats {
-            steps: get(&self.steps),
-            step_failures: get(&self.step_failures),
-            empty_claims: get(&self.empty_claims),
-            infra_errors: get(&self.infra_errors),
-            sweeps: get(&self.sweeps),
-            listener_reconnects: get(&self.listener_reconnects),
-            gave_up_after_step: get(&self.gave_up_after_step),
-        }
-    }
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// One subscribed handler.
-#[derive(Debug)]
-pub(crate) struct HandlerEntry {
-    pub(crate) name: Arc<str>,
-    pub(crate) topic: String,
-    pub(crate) saga: Saga,
-    /// `handler[instance]`, the source of failures raised by its steps.
-    pub(crate) source: String,
-    pub(crate) concurrency: usize,
-    /// When this runtime last notified other runtimes about the handler's new runs
-    /// (milliseconds since start, plus one; 0 = never).
-    pub(crate) last_notified: AtomicU64,
-}
-
-/// While a handler served here was notified this recently, further notifications for it are
-/// skipped: this runtime wakes it in-process, and other runtimes serving it are already awake
-/// and draining. Notifying commits serialize on a lock that PostgreSQL holds through the
-/// commit, so notifying every emission would cost throughput for nothing.
-const NOTIFY_QUIET_WINDOW: Duration = Duration::from_millis(100);
-
 /// What every runtime thread shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    pub(crate) registry: Registry<Blocking>,
     pub(crate) client: Client,
-    pub(crate) instance: String,
-    pub(crate) handlers: Vec<HandlerEntry>,
-    pub(crate) by_name: HashMap<String, usize>,
-    pub(crate) by_topic: HashMap<String, Vec<usize>>,
     pub(crate) events: Sender<Event>,
-    pub(crate) stats: Counters,
     pub(crate) signals: Signals,
-    pub(crate) started: Instant,
-    /// Set when shutdown begins, so workers stop draining early.
-    pub(crate) stopping: AtomicBool,
 }
 
 impl Shared {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
-    }
-
-    /// Local handlers notified within the quiet window: don't notify them again yet.
-    pub(crate) fn quiet_handlers(&self) -> Vec<&str> {
-        let now = self.now_ms();
-        let window = NOTIFY_QUIET_WINDOW.as_millis() as u64;
-        self.handlers
-            .iter()
-            .filter(|h| {
-                let last = h.last_notified.load(Ordering::Relaxed);
-                last != 0 && now.saturating_sub(last) < window
-            })
-            .map(|h| &*h.name)
-            .collect()
-    }
-
-    /// Records that the local handlers among `woken`, except those in `quiet`, were notified.
-    pub(crate) fn record_notified<'a>(
-        &self,
-        woken: impl IntoIterator<Item = &'a str>,
-        quiet: &[&str],
-    ) {
-        let now = self.now_ms();
-        for name in woken {
-            if !quiet.contains(&name) {
-                if let Some(&h) = self.by_name.get(name) {
-                    self.handlers[h].last_notified.store(now, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed)
-    }
-
     /// Wakes this runtime's handlers among `names` without waiting for a notification.
     pub(crate) fn hint_names<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        for name in names {
-            if let Some(&h) = self.by_name.get(name) {
-                let _ = self.events.send(Event::Hint(h));
-            }
+        for h in self.registry.local(names) {
+            let _ = self.events.send(Event::Hint(h));
         }
     }
 }

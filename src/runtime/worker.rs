@@ -10,9 +10,8 @@ use postgres::{NoTls, Transaction};
 use r2d2::PooledConnection;
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::dispatcher::Event;
-use super::exec;
-use super::{HandlerEntry, Shared, bump};
+use super::common::{Event, bump, sweep_entries};
+use super::{Shared, exec};
 use crate::core::Next;
 use crate::core::attempt::{Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, UserCall};
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
@@ -52,7 +51,7 @@ pub(crate) fn run(shared: Arc<Shared>, tasks: Receiver<Task>) {
                     shared: &shared,
                     found: None,
                 };
-                bump(&shared.stats.sweeps);
+                bump(&shared.registry.stats.sweeps);
                 match sweep(&shared, &mut conn) {
                     Ok(found) => end.found = Some(found),
                     Err(e) => infra_error(&shared, &mut conn, &e, "sweep"),
@@ -62,7 +61,7 @@ pub(crate) fn run(shared: Arc<Shared>, tasks: Receiver<Task>) {
         if outcome.is_err() {
             // The transaction was dropped, i.e. rolled back; the run is retried.
             log::error!("internal panic in a worker; the work is retried");
-            bump(&shared.stats.infra_errors);
+            bump(&shared.registry.stats.infra_errors);
             conn = None;
         }
     }
@@ -125,7 +124,10 @@ fn drain(
         match attempt(shared, conn, h, end) {
             Outcome::Ran => {
                 ran += 1;
-                if ran >= BATCH_STEPS || started.elapsed() >= BATCH_TIME || shared.is_stopping() {
+                if ran >= BATCH_STEPS
+                    || started.elapsed() >= BATCH_TIME
+                    || shared.registry.is_stopping()
+                {
                     return ClaimResult::Ran;
                 }
             }
@@ -136,7 +138,7 @@ fn drain(
                 };
             }
             Outcome::Failed(e) => {
-                infra_error(shared, conn, &e, &shared.handlers[h].name);
+                infra_error(shared, conn, &e, &shared.registry.handlers[h].name);
                 return ClaimResult::Failed;
             }
         }
@@ -150,18 +152,18 @@ fn attempt(
     h: usize,
     end: &mut ClaimEnd<'_>,
 ) -> Outcome {
-    let entry = &shared.handlers[h];
+    let entry = &shared.registry.handlers[h];
     let conn = match connection(shared, slot) {
         Ok(conn) => conn,
         Err(e) => return Outcome::Failed(e),
     };
-    let quiet = shared.quiet_handlers();
+    let quiet = shared.registry.quiet_handlers();
     let handler = HandlerRef {
         name: &entry.name,
         source: &entry.source,
         steps: entry.saga.shapes(),
     };
-    let mut attempt = Attempt::new(handler, &shared.instance, &quiet);
+    let mut attempt = Attempt::new(handler, &shared.registry.instance, &quiet);
     let mut announce = || {
         if !end.claimed {
             // Lets the dispatcher put another worker on this handler while this one is busy.
@@ -170,7 +172,18 @@ fn attempt(
         }
     };
     let report = drive(&mut attempt, conn, shared, &entry.saga, &mut announce);
-    settle(shared, entry, conn, report, &quiet)
+    let settled = shared.registry.settle(h, report, &quiet);
+    for h in settled.hints {
+        let _ = shared.events.send(Event::Hint(h));
+    }
+    if settled.root_finished {
+        shared.signals.root_finished();
+    }
+    if settled.release_failed {
+        conn.cache.clear();
+        let _ = shared.events.send(Event::SweepRequested);
+    }
+    settled.outcome
 }
 
 /// Performs what the attempt asks until it is done.
@@ -302,53 +315,8 @@ impl<'a> Open<'a> {
     }
 }
 
-/// Acts on an attempt's report: counters, wake-ups, and the next step of the drain.
-fn settle(
-    shared: &Shared,
-    entry: &HandlerEntry,
-    conn: &mut WorkerConn,
-    report: Report,
-    quiet: &[&str],
-) -> Outcome {
-    let stats = &shared.stats;
-    stats.step_failures.fetch_add(
-        u64::from(report.step_failures),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    if report.gave_up_after_step {
-        bump(&stats.gave_up_after_step);
-    }
-    if report.committed {
-        bump(&stats.steps);
-        let woken = report.woken.iter().map(String::as_str);
-        shared.record_notified(woken.clone(), quiet);
-        // Wake local handlers now rather than after the notification's round trip. This
-        // worker goes on claiming for its own handler, so it needs no hint.
-        shared.hint_names(woken.filter(|&name| name != &*entry.name));
-        if report.root_finished {
-            shared.signals.root_finished();
-        }
-    }
-    if let Some((run, e)) = report.release_error {
-        // The run stays marked `release_pending`; a sweep finishes the job.
-        bump(&stats.infra_errors);
-        conn.cache.clear();
-        log::warn!("releasing the parent of run {run}: {e}; a sweep will retry");
-        let _ = shared.events.send(Event::SweepRequested);
-    }
-    if let Outcome::Empty(_) = report.outcome {
-        bump(&stats.empty_claims);
-    }
-    report.outcome
-}
-
 fn infra_error(shared: &Shared, conn: &mut Option<WorkerConn>, e: &Error, what: &str) {
-    bump(&shared.stats.infra_errors);
-    if e.is_transient() {
-        log::warn!("{what}: {e}; retrying from the last committed state");
-    } else {
-        log::error!("{what}: {e}; retrying from the last committed state");
-    }
+    shared.registry.infra_error(e, what);
     if let Some(c) = conn {
         c.cache.clear();
         c.user = UserStatements::default();
@@ -383,18 +351,12 @@ fn sweep(shared: &Shared, slot: &mut Option<WorkerConn>) -> Result<Vec<SweepEntr
         log::info!("sweep: released the parent of run {run}");
         shared.hint_names(woken.as_deref());
     }
-    let names: Vec<&str> = shared.handlers.iter().map(|h| &*h.name).collect();
-    let found = exec::run(
+    let names = shared.registry.names();
+    let sweep = Sweep { handlers: &names };
+    Ok(sweep_entries(exec::run(
         client,
         sql,
         Some(&mut conn.cache),
-        &Sweep { handlers: &names },
-    )?;
-    Ok(found
-        .into_iter()
-        .map(|row| match row.wait {
-            None => SweepEntry::Due(row.handler),
-            Some(wait) => SweepEntry::Wait(row.handler, wait),
-        })
-        .collect())
+        &sweep,
+    )?))
 }

@@ -5,11 +5,11 @@ use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
-use super::{Blocking, ChildFailures, Saga, SagaBuilder, StepContext, decode};
+use super::{Blocking, ChildFailures, SagaBuilder, SagaOf, StepContext, decode};
 use crate::core::Next;
 use crate::failure::{Failure, StepResult};
 
-impl Saga<Blocking> {
+impl SagaOf<Blocking> {
     pub(crate) fn run_step(
         &self,
         index: usize,
@@ -151,7 +151,8 @@ impl<P: DeserializeOwned + 'static> SagaBuilder<P, Blocking> {
         O: Into<Next>,
     {
         let name = name.into();
-        self.push_wait_until(name.clone(), at).push(Some(name), body)
+        self.push_wait_until(name.clone(), at)
+            .push(Some(name), body)
     }
 
     /// Appends a try/finally pair: step `"<n>"` runs `body`, step `"<n+1>"` runs `finally`
@@ -185,5 +186,4 @@ impl<P: DeserializeOwned + 'static> SagaBuilder<P, Blocking> {
             finally(ctx, payload)
         })
     }
-
 }

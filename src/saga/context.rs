@@ -8,9 +8,9 @@ use postgres::Statement;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::flavor::{Blocking, Flavor};
 use crate::context::CooperationContext;
 use crate::core::attempt::{SavepointState, UserOutcome};
-use super::flavor::{Blocking, Flavor};
 use crate::core::{Next, Wake};
 use crate::error::{Error, Result};
 use crate::failure::{Failure, StepError, StepResult};

@@ -36,13 +36,20 @@ struct StepDef<X: Flavor> {
     child_failures: Option<X::OnChildFailures>,
 }
 
-/// A handler: a name and an ordered list of steps, each run in its own transaction.
+/// A handler of the blocking edition: a name and an ordered list of steps, each run in its
+/// own transaction.
 ///
 /// Build one with [`Saga::builder`], then subscribe it to a topic with
-/// [`RuntimeBuilder::subscribe`](crate::RuntimeBuilder::subscribe). The flavor `X` says which
-/// runtime runs it: [`Blocking`] (the default) or, with the `tokio` feature, `Tokio`
-/// (`structured_cooperation::tokio::Saga`).
-pub struct Saga<X: Flavor = Blocking> {
+/// [`RuntimeBuilder::subscribe`](crate::RuntimeBuilder::subscribe). Its methods are
+/// [`SagaOf`]'s, which serves both editions (`structured_cooperation::tokio::Saga` is
+/// `SagaOf<Tokio>`).
+pub type Saga = SagaOf<Blocking>;
+
+/// A handler: a name and an ordered list of steps, each run in its own transaction. The
+/// flavor `X` says which runtime runs its code; name it as [`Saga`] (blocking) or, with the
+/// `tokio` feature, `structured_cooperation::tokio::Saga`. (Two names rather than a default
+/// type parameter, so that `Saga::builder(..)` needs no annotation in either edition.)
+pub struct SagaOf<X: Flavor> {
     name: String,
     payload_type: &'static str,
     shapes: Vec<StepShape>,
@@ -50,7 +57,7 @@ pub struct Saga<X: Flavor = Blocking> {
     steps: Vec<StepDef<X>>,
 }
 
-impl Saga {
+impl SagaOf<Blocking> {
     /// Starts a saga whose runs are handled by the handler `name`.
     ///
     /// `P` is the payload type every step receives, decoded from the message's JSON with serde;
@@ -81,11 +88,11 @@ impl Saga {
     /// assert_eq!(saga.step_names(), ["0", "ship"]);
     /// ```
     pub fn builder<P: DeserializeOwned + 'static>(name: impl Into<String>) -> SagaBuilder<P> {
-        SagaBuilder::new(name.into())
+        SagaBuilder::named(name.into())
     }
 }
 
-impl<X: Flavor> Saga<X> {
+impl<X: Flavor> SagaOf<X> {
     /// The handler name.
     pub fn name(&self) -> &str {
         &self.name
@@ -106,7 +113,7 @@ impl<X: Flavor> Saga<X> {
     }
 }
 
-impl<X: Flavor> fmt::Debug for Saga<X> {
+impl<X: Flavor> fmt::Debug for SagaOf<X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Saga")
             .field("name", &self.name)
@@ -116,7 +123,7 @@ impl<X: Flavor> fmt::Debug for Saga<X> {
     }
 }
 
-/// Builds a [`Saga`]; see [`Saga::builder`].
+/// Builds a [`Saga`] (or, with `X = Tokio`, a `tokio::Saga`); see [`Saga::builder`].
 pub struct SagaBuilder<P, X: Flavor = Blocking> {
     name: String,
     steps: Vec<StepDef<X>>,
@@ -140,7 +147,7 @@ fn decode<P: DeserializeOwned, X: Flavor>(ctx: &StepContext<'_, X>, raw: &str) -
 }
 
 impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
-    pub(crate) fn new(name: String) -> SagaBuilder<P, X> {
+    pub(crate) fn named(name: String) -> SagaBuilder<P, X> {
         SagaBuilder {
             name,
             steps: Vec::new(),
@@ -176,13 +183,15 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
     /// overlap); placed last, a failing run ends the chain.
     pub fn periodic(self, every: Duration, runs: Option<u32>) -> Self {
         let n = self.steps.len();
-        self.sleep_named(format!("{n} (sleep)"), every)
-            .push_sync(Some(format!("{n} (launch next)")), move |ctx, _| {
+        self.sleep_named(format!("{n} (sleep)"), every).push_sync(
+            Some(format!("{n} (launch next)")),
+            move |ctx, _| {
                 if runs.is_none_or(|runs| ctx.run_count() + 1 < runs) {
                     ctx.relaunch_next();
                 }
                 Ok(Next::Continue)
-            })
+            },
+        )
     }
 
     /// Appends a built-in step that runs `f` synchronously: it only buffers (a delay, a
@@ -231,7 +240,7 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
 
     /// Validates the definition: the handler name must be valid, there must be at least one
     /// step, and step names must be valid and unique.
-    pub fn build(self) -> Result<Saga<X>> {
+    pub fn build(self) -> Result<SagaOf<X>> {
         validate::name("handler", &self.name)?;
         let invalid = |reason: String| Error::InvalidSaga {
             saga: self.name.clone(),
@@ -261,7 +270,7 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
                 handles_child_failures: step.child_failures.is_some(),
             });
         }
-        Ok(Saga {
+        Ok(SagaOf {
             name: self.name,
             payload_type: std::any::type_name::<P>(),
             step_names: shapes.iter().map(|s| s.name.clone()).collect(),

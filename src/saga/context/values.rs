@@ -112,8 +112,10 @@ pub(super) fn one_value<T>(
     handler: &str,
     values: Vec<ChildValue<T>>,
 ) -> Result<Option<T>> {
-    let mut values: Vec<ChildValue<T>> =
-        values.into_iter().filter(|v| v.handler == handler).collect();
+    let mut values: Vec<ChildValue<T>> = values
+        .into_iter()
+        .filter(|v| v.handler == handler)
+        .collect();
     match values.len() {
         0 => Ok(None),
         1 => Ok(values.pop().map(|v| v.value)),

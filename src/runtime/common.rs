@@ -1,0 +1,410 @@
+//! What both runtimes share beyond the core: their settings and their validation, the
+//! registry of subscribed handlers with its notification quiet window, the counters, the
+//! dispatcher's events, and what an attempt's report asks of a runtime. None of it does I/O.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::core::attempt::{Outcome, Report};
+use crate::core::schedule::{Backoff, ClaimResult, Jitter, Scheduler, SweepEntry};
+use crate::error::{Error, Result};
+use crate::saga::{Flavor, SagaOf};
+use crate::validate;
+
+/// Counters of a runtime's activity since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeStats {
+    /// Step transactions committed (user steps and bookkeeping-only steps such as commits).
+    pub steps: u64,
+    /// User steps that failed (error or panic) and were recorded as failures.
+    pub step_failures: u64,
+    /// Claims that found nothing due.
+    pub empty_claims: u64,
+    /// Attempts that ended in an infrastructure error (lost connection, deadlock, ...) and
+    /// were retried from the last committed state.
+    pub infra_errors: u64,
+    /// Safety-net sweeps.
+    pub sweeps: u64,
+    /// Times the `LISTEN` connection was re-established.
+    pub listener_reconnects: u64,
+    /// Steps whose results were discarded because the run was cancelled (or missed a deadline)
+    /// while they ran.
+    pub gave_up_after_step: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) steps: AtomicU64,
+    pub(crate) step_failures: AtomicU64,
+    pub(crate) empty_claims: AtomicU64,
+    pub(crate) infra_errors: AtomicU64,
+    pub(crate) sweeps: AtomicU64,
+    pub(crate) listener_reconnects: AtomicU64,
+    pub(crate) gave_up_after_step: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> RuntimeStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RuntimeStats {
+            steps: get(&self.steps),
+            step_failures: get(&self.step_failures),
+            empty_claims: get(&self.empty_claims),
+            infra_errors: get(&self.infra_errors),
+            sweeps: get(&self.sweeps),
+            listener_reconnects: get(&self.listener_reconnects),
+            gave_up_after_step: get(&self.gave_up_after_step),
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A subscription as the builder collects it.
+#[derive(Debug)]
+pub(crate) struct Subscription<X: Flavor> {
+    pub(crate) topic: String,
+    pub(crate) saga: SagaOf<X>,
+    pub(crate) concurrency: Option<usize>,
+}
+
+/// What both runtime builders configure, with the same defaults and the same rules.
+#[derive(Debug)]
+pub(crate) struct Settings<X: Flavor> {
+    pub(crate) schema: String,
+    pub(crate) workers: usize,
+    pub(crate) pool_size: Option<u32>,
+    pub(crate) safety_net: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_json_bytes: usize,
+    pub(crate) subscriptions: Vec<Subscription<X>>,
+    /// The first error met while building a typed handler's saga (reported by `start`).
+    pub(crate) deferred: Option<Error>,
+}
+
+impl<X: Flavor> Settings<X> {
+    pub(crate) fn new() -> Settings<X> {
+        Settings {
+            schema: crate::client::DEFAULT_SCHEMA.to_owned(),
+            workers: 4,
+            pool_size: None,
+            safety_net: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            max_json_bytes: validate::DEFAULT_MAX_JSON_BYTES,
+            subscriptions: Vec::new(),
+            deferred: None,
+        }
+    }
+
+    pub(crate) fn subscribe(&mut self, topic: String, saga: SagaOf<X>, concurrency: Option<usize>) {
+        self.subscriptions.push(Subscription {
+            topic,
+            saga,
+            concurrency,
+        });
+    }
+
+    /// Subscribes a typed handler's saga, or keeps its error for `start`.
+    pub(crate) fn subscribe_built(&mut self, topic: &str, saga: Result<SagaOf<X>>) {
+        match saga {
+            Ok(saga) => self.subscribe(topic.to_owned(), saga, None),
+            Err(e) => {
+                self.deferred.get_or_insert(e);
+            }
+        }
+    }
+
+    pub(crate) fn validate(&mut self) -> Result<()> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        validate::schema(&self.schema)?;
+        if self.workers == 0 {
+            return Err(Error::Config("workers must be >= 1".to_owned()));
+        }
+        if self.safety_net.is_zero() {
+            return Err(Error::Config(
+                "the safety-net interval must be positive".to_owned(),
+            ));
+        }
+        if self.backoff.base.is_zero() || self.backoff.max < self.backoff.base {
+            return Err(Error::Config(
+                "retry backoff needs 0 < base <= max".to_owned(),
+            ));
+        }
+        let mut names = HashMap::new();
+        for sub in &self.subscriptions {
+            validate::name("topic", &sub.topic)?;
+            if sub.concurrency == Some(0) {
+                return Err(Error::Config(format!(
+                    "concurrency for handler {:?} must be >= 1",
+                    sub.saga.name()
+                )));
+            }
+            if let Some(topic) = names.insert(sub.saga.name(), &sub.topic) {
+                return Err(Error::Config(format!(
+                    "handler {:?} is subscribed twice (to {topic:?} and {:?}); \
+                     a handler name identifies one saga",
+                    sub.saga.name(),
+                    sub.topic
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool size when the runtime builds its pool: `needed` connections at least.
+    pub(crate) fn pool_size_for(&self, needed: u32) -> Result<u32> {
+        let size = self.pool_size.unwrap_or(needed + 2);
+        if size < needed {
+            return Err(Error::Config(format!(
+                "pool size {size} is too small for {} workers: each worker and the \
+                 listener keep a connection, so at least {needed} are needed",
+                self.workers
+            )));
+        }
+        Ok(size)
+    }
+
+    /// The registry of a runtime with a new instance id.
+    pub(crate) fn registry(&mut self) -> Registry<X> {
+        let instance = crate::ids::new_uuid().to_string();
+        let workers = self.workers;
+        let handlers: Vec<HandlerEntry<X>> = std::mem::take(&mut self.subscriptions)
+            .into_iter()
+            .map(|sub| HandlerEntry {
+                last_notified: AtomicU64::new(0),
+                name: Arc::from(sub.saga.name()),
+                source: format!("{}[{instance}]", sub.saga.name()),
+                concurrency: sub.concurrency.unwrap_or(workers).min(workers),
+                topic: sub.topic,
+                saga: sub.saga,
+            })
+            .collect();
+        let by_name = handlers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.name.to_string(), i))
+            .collect();
+        let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, h) in handlers.iter().enumerate() {
+            by_topic.entry(h.topic.clone()).or_default().push(i);
+        }
+        Registry {
+            instance,
+            handlers,
+            by_name,
+            by_topic,
+            stats: Counters::default(),
+            started: Instant::now(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+}
+
+/// One subscribed handler.
+#[derive(Debug)]
+pub(crate) struct HandlerEntry<X: Flavor> {
+    pub(crate) name: Arc<str>,
+    pub(crate) topic: String,
+    pub(crate) saga: SagaOf<X>,
+    /// `handler[instance]`, the source of failures raised by its steps.
+    pub(crate) source: String,
+    pub(crate) concurrency: usize,
+    /// When this runtime last notified other runtimes about the handler's new runs
+    /// (milliseconds since start, plus one; 0 = never).
+    pub(crate) last_notified: AtomicU64,
+}
+
+/// While a handler served here was notified this recently, further notifications for it are
+/// skipped: this runtime wakes it in-process, and other runtimes serving it are already awake
+/// and draining. Notifying commits serialize on a lock that PostgreSQL holds through the
+/// commit, so notifying every emission would cost throughput for nothing.
+const NOTIFY_QUIET_WINDOW: Duration = Duration::from_millis(100);
+
+/// A runtime's handlers and counters, whichever runtime drives them.
+#[derive(Debug)]
+pub(crate) struct Registry<X: Flavor> {
+    pub(crate) instance: String,
+    pub(crate) handlers: Vec<HandlerEntry<X>>,
+    pub(crate) by_name: HashMap<String, usize>,
+    pub(crate) by_topic: HashMap<String, Vec<usize>>,
+    pub(crate) stats: Counters,
+    pub(crate) started: Instant,
+    /// Set when shutdown begins, so workers stop draining early.
+    pub(crate) stopping: AtomicBool,
+}
+
+impl<X: Flavor> Registry<X> {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// The handlers' names, in order.
+    pub(crate) fn names(&self) -> Vec<&str> {
+        self.handlers.iter().map(|h| &*h.name).collect()
+    }
+
+    /// Local handlers notified within the quiet window: don't notify them again yet.
+    pub(crate) fn quiet_handlers(&self) -> Vec<&str> {
+        let now = self.now_ms();
+        let window = NOTIFY_QUIET_WINDOW.as_millis() as u64;
+        self.handlers
+            .iter()
+            .filter(|h| {
+                let last = h.last_notified.load(Ordering::Relaxed);
+                last != 0 && now.saturating_sub(last) < window
+            })
+            .map(|h| &*h.name)
+            .collect()
+    }
+
+    /// Records that the local handlers among `woken`, except those in `quiet`, were notified.
+    pub(crate) fn record_notified<'a>(
+        &self,
+        woken: impl IntoIterator<Item = &'a str>,
+        quiet: &[&str],
+    ) {
+        let now = self.now_ms();
+        for name in woken {
+            if !quiet.contains(&name) {
+                if let Some(&h) = self.by_name.get(name) {
+                    self.handlers[h].last_notified.store(now, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// The local handlers among `names`.
+    pub(crate) fn local<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
+        names
+            .into_iter()
+            .filter_map(|name| self.by_name.get(name).copied())
+            .collect()
+    }
+
+    /// Counts what an attempt's report says, and tells what the runtime must do about it.
+    /// `h` is the handler the attempt was for; `quiet` the handlers it did not notify.
+    pub(crate) fn settle(&self, h: usize, report: Report, quiet: &[&str]) -> Settled {
+        let stats = &self.stats;
+        stats
+            .step_failures
+            .fetch_add(u64::from(report.step_failures), Ordering::Relaxed);
+        if report.gave_up_after_step {
+            bump(&stats.gave_up_after_step);
+        }
+        let mut settled = Settled {
+            outcome: report.outcome,
+            hints: Vec::new(),
+            root_finished: false,
+            release_failed: false,
+        };
+        if report.committed {
+            bump(&stats.steps);
+            let woken = report.woken.iter().map(String::as_str);
+            self.record_notified(woken.clone(), quiet);
+            // Wake local handlers now rather than after the notification's round trip. The
+            // worker goes on claiming for its own handler, so it needs no hint.
+            settled.hints = self.local(woken);
+            settled.hints.retain(|&w| w != h);
+            settled.root_finished = report.root_finished;
+        }
+        if let Some((run, e)) = report.release_error {
+            // The run stays marked `release_pending`; a sweep finishes the job.
+            bump(&stats.infra_errors);
+            log::warn!("releasing the parent of run {run}: {e}; a sweep will retry");
+            settled.release_failed = true;
+        }
+        if let Outcome::Empty(_) = settled.outcome {
+            bump(&stats.empty_claims);
+        }
+        settled
+    }
+
+    /// Counts and logs an infrastructure error.
+    pub(crate) fn infra_error(&self, e: &Error, what: &str) {
+        bump(&self.stats.infra_errors);
+        if e.is_transient() {
+            log::warn!("{what}: {e}; retrying from the last committed state");
+        } else {
+            log::error!("{what}: {e}; retrying from the last committed state");
+        }
+    }
+}
+
+/// What a settled report asks of the runtime.
+#[derive(Debug)]
+pub(crate) struct Settled {
+    pub(crate) outcome: Outcome,
+    /// Local handlers to hint.
+    pub(crate) hints: Vec<usize>,
+    /// A top-level run finished: wake those waiting for roots.
+    pub(crate) root_finished: bool,
+    /// The release after the commit failed: clear the connection's statement cache and ask
+    /// for a sweep.
+    pub(crate) release_failed: bool,
+}
+
+/// What the dispatcher hears about.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// Handler `h` may have due work.
+    Hint(usize),
+    /// A probe of handler `h` claimed a run.
+    Claimed(usize),
+    /// A claim task of handler `h` ended.
+    Finished {
+        handler: usize,
+        claimed: bool,
+        result: ClaimResult,
+    },
+    /// A sweep ended (`None`: it failed).
+    SweepDone(Option<Vec<SweepEntry>>),
+    /// Notifications may have been lost: sweep soon.
+    SweepRequested,
+    /// Stop handing out work and exit once running tasks are done.
+    Shutdown,
+}
+
+/// Feeds one event to the scheduler.
+pub(crate) fn handle(sched: &mut Scheduler, event: Event, now: Instant, jitter: &mut Jitter) {
+    match event {
+        Event::Hint(h) => sched.hint(h),
+        Event::Claimed(h) => sched.on_claimed(h),
+        Event::Finished {
+            handler,
+            claimed,
+            result,
+        } => sched.on_finished(handler, claimed, result, now, jitter.next()),
+        Event::SweepDone(found) => sched.on_sweep_done(found.as_deref(), now, jitter.next()),
+        Event::SweepRequested => sched.request_sweep(),
+        Event::Shutdown => sched.shut_down(),
+    }
+}
+
+/// A jitter generator seeded per runtime, so that runtimes started together do not retry in
+/// lockstep.
+pub(crate) fn seeded_jitter() -> Jitter {
+    Jitter::new(crate::ids::new_uuid().as_u64_pair().1)
+}
+
+/// What a sweep's rows mean to the scheduler.
+pub(crate) fn sweep_entries(rows: Vec<crate::proto::SweepRow>) -> Vec<SweepEntry> {
+    rows.into_iter()
+        .map(|row| match row.wait {
+            None => SweepEntry::Due(row.handler),
+            Some(wait) => SweepEntry::Wait(row.handler, wait),
+        })
+        .collect()
+}
