@@ -28,7 +28,7 @@ pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub const DEFAULT_SCHEMA: &str = "scoop";
 
 /// Who wrote history entries that come from a [`Client`] rather than a runtime.
-const CLIENT_WORKER: &str = "client";
+pub(crate) const CLIENT_WORKER: &str = "client";
 
 /// A handle for launching roots and reading their state. Cheap to clone.
 ///
@@ -408,15 +408,7 @@ impl Client {
     /// ```
     pub fn message(&self, id: MessageId) -> Result<Option<Message>> {
         self.run(&proto::Message::new(id))?
-            .map(|m| {
-                Ok(Message {
-                    id: m.id,
-                    root_id: m.root_id,
-                    topic: m.topic,
-                    payload: serde_json::from_str(&m.payload)?,
-                    created_at: m.created_at,
-                })
-            })
+            .map(Message::from_row)
             .transpose()
     }
 
@@ -436,17 +428,7 @@ impl Client {
         Ok(self
             .run(&proto::History::new(root))?
             .into_iter()
-            .map(|r| HistoryEvent {
-                seq: r.seq,
-                at: r.at,
-                kind: r.kind,
-                handler: r.handler,
-                step: r.step,
-                run_id: r.run_id,
-                message_id: r.message_id,
-                next_step: r.next_step,
-                failure: r.failure,
-            })
+            .map(HistoryEvent::from_row)
             .collect())
     }
 
@@ -466,19 +448,7 @@ impl Client {
         Ok(self
             .run(&proto::Tree::new(root))?
             .into_iter()
-            .map(|r| RunInfo {
-                id: r.id,
-                parent_id: r.parent_id,
-                handler: r.handler,
-                topic: r.topic,
-                status: r.status,
-                step_index: r.step_index,
-                pending_children: r.pending_children,
-                depth: r.depth,
-                failure: r.failure,
-                rollback_failure: r.rollback_failure,
-                context: r.context,
-            })
+            .map(RunInfo::from_row)
             .collect())
     }
 
@@ -499,12 +469,7 @@ impl Client {
         let runs = self
             .run(&proto::RootRuns::new(root))?
             .into_iter()
-            .map(|r| RootRun {
-                handler: r.handler,
-                status: r.status,
-                failure: r.failure,
-                rollback_failure: r.rollback_failure,
-            })
+            .map(RootRun::from_row)
             .collect();
         Ok(TreeOutcome::new(root, runs))
     }

@@ -169,6 +169,19 @@ pub enum Error {
     #[error("shutdown finished with errors: {0}")]
     ShutdownFailed(String),
 
+    /// A step's code ran longer than the runtime's step timeout (tokio runtime). Its query was
+    /// cancelled on the server and its connection closed; the run is retried from its last
+    /// committed state.
+    #[error("step {step:?} of handler {handler:?} did not finish within {after:?}")]
+    StepTimeout {
+        /// The handler.
+        handler: String,
+        /// The step.
+        step: String,
+        /// The timeout.
+        after: Duration,
+    },
+
     /// A thread of the runtime could not be started.
     #[error("could not start a thread: {0}")]
     Spawn(#[source] std::io::Error),
@@ -202,6 +215,13 @@ pub struct PoolError {
 }
 
 impl PoolError {
+    pub(crate) fn new(
+        timeout: bool,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    ) -> PoolError {
+        PoolError { timeout, source }
+    }
+
     /// Whether the pool gave up waiting for a connection (the pool was exhausted, or new
     /// connections could not be opened in time).
     pub fn is_timeout(&self) -> bool {
@@ -227,10 +247,7 @@ impl std::error::Error for PoolError {
 
 /// An r2d2 pool reports nothing but timeouts (carrying the last connection error, if any).
 pub(crate) fn from_r2d2(e: r2d2::Error) -> Error {
-    Error::Pool(PoolError {
-        timeout: true,
-        source: Box::new(e),
-    })
+    Error::Pool(PoolError::new(true, Box::new(e)))
 }
 
 impl Error {

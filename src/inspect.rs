@@ -211,3 +211,60 @@ impl Requested {
         matches!(self, Requested::Recorded { .. })
     }
 }
+
+impl RootRun {
+    pub(crate) fn from_row(r: crate::proto::RootRunRow) -> RootRun {
+        RootRun {
+            handler: r.handler,
+            status: r.status,
+            failure: r.failure,
+            rollback_failure: r.rollback_failure,
+        }
+    }
+}
+
+impl RunInfo {
+    pub(crate) fn from_row(r: crate::proto::TreeRow) -> RunInfo {
+        RunInfo {
+            id: r.id,
+            parent_id: r.parent_id,
+            handler: r.handler,
+            topic: r.topic,
+            status: r.status,
+            step_index: r.step_index,
+            pending_children: r.pending_children,
+            depth: r.depth,
+            failure: r.failure,
+            rollback_failure: r.rollback_failure,
+            context: r.context,
+        }
+    }
+}
+
+impl HistoryEvent {
+    pub(crate) fn from_row(r: crate::proto::HistoryRow) -> HistoryEvent {
+        HistoryEvent {
+            seq: r.seq,
+            at: r.at,
+            kind: r.kind,
+            handler: r.handler,
+            step: r.step,
+            run_id: r.run_id,
+            message_id: r.message_id,
+            next_step: r.next_step,
+            failure: r.failure,
+        }
+    }
+}
+
+impl Message {
+    pub(crate) fn from_row(m: crate::proto::MessageRow) -> crate::Result<Message> {
+        Ok(Message {
+            id: m.id,
+            root_id: m.root_id,
+            topic: m.topic,
+            payload: serde_json::from_str(&m.payload)?,
+            created_at: m.created_at,
+        })
+    }
+}

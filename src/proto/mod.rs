@@ -30,7 +30,10 @@ use crate::error::{Error, Result};
 use crate::failure::Failure;
 
 pub(crate) use emit::{Emit, Emitted, Emitter, Register};
-pub(crate) use inspect::{ExternalRun, History, LockExternal, Message, RootRuns, Tree};
+pub(crate) use inspect::{
+    ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootRunRow, RootRuns,
+    Tree, TreeRow,
+};
 pub(crate) use migrate::{
     ApplyMigration, LATEST_MIGRATION, MIGRATIONS, MigrationLock, MigrationSetup, MigrationVersion,
     RecordMigration,

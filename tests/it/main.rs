@@ -23,6 +23,9 @@ mod failures;
 mod goto;
 /// Happy-path scenarios of the reference (HP-*).
 mod happy_path;
+/// The tokio runtime, alone and beside the blocking one.
+#[cfg(feature = "tokio")]
+mod interop;
 /// Loops (LP-01..06).
 mod loops;
 /// The queue API and several instances of one handler (MQ-*).

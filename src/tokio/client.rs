@@ -1,0 +1,487 @@
+//! The tokio edition's client: launching, inspecting and waiting here; operators' requests in
+//! `client/operate.rs`. Each method runs the same statements as the blocking client's.
+
+mod operate;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, RecyclingMethod};
+use serde::Serialize;
+use tokio_postgres::{GenericClient, NoTls};
+
+use super::exec;
+use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA};
+use crate::error::{Error, PoolError, Result};
+use crate::ids::{MessageId, RootId};
+use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome};
+use crate::options::EmitOptions;
+use crate::proto::{
+    self, ApplyMigration, Emit, GiveUpCheck, LATEST_MIGRATION, MIGRATIONS, MigrationLock,
+    MigrationSetup, MigrationVersion, RecordMigration, Sql,
+};
+use crate::saga::Emission;
+use crate::typed::AsTopic;
+use crate::validate;
+
+/// The connection pool the tokio edition uses (and accepts): deadpool-postgres's.
+pub type Pool = deadpool_postgres::Pool;
+
+/// Like [`crate::Client`], but async: a handle for launching roots and reading their state.
+/// Cheap to clone.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use structured_cooperation::tokio::Client;
+///
+/// # async fn example() -> structured_cooperation::Result<()> {
+/// let client = Client::builder("postgres://postgres@127.0.0.1/postgres").connect().await?;
+/// let root = client.launch("orders", &serde_json::json!({ "id": 7 })).await?;
+/// let outcome = client.wait_for(root, Duration::from_secs(30)).await?;
+/// println!("{root}: committed = {}", outcome.is_committed());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    sql: Sql,
+    schema: Arc<str>,
+    max_json_bytes: usize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("schema", &self.inner.schema)
+            .field("pool", &self.inner.pool.status())
+            .finish()
+    }
+}
+
+/// Parses a `postgres://` URL or a `key=value` string, with `connect_timeout` unless the
+/// configuration sets its own.
+pub(crate) fn parse_config(url: &str, connect_timeout: Duration) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| Error::Config(format!("invalid database url: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(connect_timeout);
+    }
+    Ok(config)
+}
+
+/// Builds a deadpool pool of `size` connections for `config`.
+pub(crate) fn build_pool(
+    config: tokio_postgres::Config,
+    size: u32,
+    connect_timeout: Duration,
+) -> Result<Pool> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size as usize)
+        .wait_timeout(Some(connect_timeout))
+        .create_timeout(Some(connect_timeout))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::Config(format!("could not build the connection pool: {e}")))
+}
+
+/// A deadpool error as the crate's: only waiting too long is a timeout.
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    let timeout = matches!(e, deadpool_postgres::PoolError::Timeout(_));
+    Error::Pool(PoolError::new(timeout, Box::new(e)))
+}
+
+/// Like [`crate::ClientBuilder`]: builds a [`Client`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use structured_cooperation::tokio::Client;
+///
+/// # async fn example() -> structured_cooperation::Result<()> {
+/// let client = Client::builder("postgres://postgres@127.0.0.1/postgres")
+///     .schema("orders_engine")
+///     .pool_size(2)
+///     .connect_timeout(Duration::from_secs(3))
+///     .connect()
+///     .await?;
+/// # let _ = client;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ClientBuilder {
+    url: String,
+    schema: String,
+    pool_size: u32,
+    connect_timeout: Duration,
+    max_json_bytes: usize,
+}
+
+impl ClientBuilder {
+    /// The schema holding the engine's tables. Defaults to `scoop`.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Connections in the pool. Defaults to 4.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How long to wait for a connection before giving up. Defaults to 10 seconds.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest payload, context or return value accepted, in bytes of JSON. Defaults to
+    /// 2 MiB.
+    pub fn max_json_bytes(mut self, limit: usize) -> Self {
+        self.max_json_bytes = limit;
+        self
+    }
+
+    /// Connects and brings the schema up to date.
+    pub async fn connect(self) -> Result<Client> {
+        validate::schema(&self.schema)?;
+        if self.pool_size == 0 {
+            return Err(Error::Config("pool size must be >= 1".to_owned()));
+        }
+        let config = parse_config(&self.url, self.connect_timeout)?;
+        let pool = build_pool(config, self.pool_size, self.connect_timeout)?;
+        Client::new(pool, self.schema, self.max_json_bytes).await
+    }
+}
+
+impl Client {
+    /// Like [`crate::Client::builder`].
+    ///
+    /// ```no_run
+    /// # async fn example() -> structured_cooperation::Result<()> {
+    /// let client = structured_cooperation::tokio::Client::builder("host=127.0.0.1 user=postgres")
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.to_owned(),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(10),
+            max_json_bytes: validate::DEFAULT_MAX_JSON_BYTES,
+        }
+    }
+
+    /// Like [`crate::Client::from_pool`], over a deadpool-postgres pool.
+    ///
+    /// ```no_run
+    /// use structured_cooperation::tokio::Client;
+    /// use deadpool_postgres::{Manager, Pool};
+    ///
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = "postgres://postgres@127.0.0.1/postgres".parse()?;
+    /// let manager = Manager::new(config, tokio_postgres::NoTls);
+    /// let pool = Pool::builder(manager).max_size(4).build()?;
+    /// let client = Client::from_pool(pool, "scoop").await?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn from_pool(pool: Pool, schema: impl Into<String>) -> Result<Client> {
+        let schema = schema.into();
+        validate::schema(&schema)?;
+        Client::new(pool, schema, validate::DEFAULT_MAX_JSON_BYTES).await
+    }
+
+    pub(crate) async fn new(pool: Pool, schema: String, max_json_bytes: usize) -> Result<Client> {
+        if max_json_bytes == 0 {
+            return Err(Error::Config("max_json_bytes must be >= 1".to_owned()));
+        }
+        let sql = Sql::new(&schema);
+        // The first connection is where an unreachable database shows.
+        let mut conn = pool
+            .get()
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        migrate(&mut conn, &sql, &schema).await?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                sql,
+                pool,
+                schema: schema.into(),
+                max_json_bytes,
+            }),
+        })
+    }
+
+    /// Like [`crate::Client::schema`].
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Like [`crate::Client::max_json_bytes`].
+    pub fn max_json_bytes(&self) -> usize {
+        self.inner.max_json_bytes
+    }
+
+    /// Like [`crate::Client::pool`]: the deadpool pool, for the application's own queries.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    pub(crate) fn sql(&self) -> &Sql {
+        &self.inner.sql
+    }
+
+    pub(crate) async fn conn(&self) -> Result<Object> {
+        self.inner.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs one statement on a pooled connection, outside any transaction.
+    async fn run<S: proto::Statement + Sync>(&self, s: &S) -> Result<S::Output> {
+        let conn = self.conn().await?;
+        exec::run(&**conn, self.sql(), None, s).await
+    }
+
+    /// Like [`crate::Client::launch`], but async.
+    ///
+    /// ```no_run
+    /// # async fn example(client: structured_cooperation::tokio::Client) -> structured_cooperation::Result<()> {
+    /// let root = client.launch("orders", &serde_json::json!({ "id": 7 })).await?;
+    /// # let _ = root;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn launch<P: Serialize + ?Sized>(
+        &self,
+        topic: impl AsTopic<P>,
+        payload: &P,
+    ) -> Result<RootId> {
+        self.launch_with(topic, payload, EmitOptions::new()).await
+    }
+
+    /// Like [`crate::Client::launch_with`], but async.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use structured_cooperation::{Deadlines, EmitOptions};
+    ///
+    /// # async fn example(client: structured_cooperation::tokio::Client) -> structured_cooperation::Result<()> {
+    /// let options = EmitOptions::new()
+    ///     .deadlines(Deadlines::new().happy_path_within(Duration::from_secs(60), "checkout"));
+    /// let root = client.launch_with("orders", &7, options).await?;
+    /// # let _ = root;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn launch_with<P: Serialize + ?Sized>(
+        &self,
+        topic: impl AsTopic<P>,
+        payload: &P,
+        options: impl Into<EmitOptions>,
+    ) -> Result<RootId> {
+        let emit = self.launch_statement(topic.topic_name(), payload, options.into())?;
+        self.run(&emit.0).await?;
+        Ok(emit.1)
+    }
+
+    /// Like [`crate::Client::launch_in`], but async, on the caller's connection or
+    /// transaction.
+    ///
+    /// ```no_run
+    /// # async fn example(client: structured_cooperation::tokio::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut conn = client.pool().get().await?;
+    /// let tx = conn.transaction().await?;
+    /// let root = client.launch_in(&*tx, "orders", &7).await?;
+    /// tx.commit().await?; // the launch commits with the caller's own writes
+    /// # let _ = root;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn launch_in<C: GenericClient + Sync, P: Serialize + ?Sized>(
+        &self,
+        client: &C,
+        topic: impl AsTopic<P>,
+        payload: &P,
+    ) -> Result<RootId> {
+        self.launch_in_with(client, topic, payload, EmitOptions::new())
+            .await
+    }
+
+    /// Like [`crate::Client::launch_in_with`], but async.
+    ///
+    /// ```no_run
+    /// use structured_cooperation::EmitOptions;
+    ///
+    /// # async fn example(client: structured_cooperation::tokio::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = client.pool().get().await?;
+    /// let root = client.launch_in_with(&**conn, "orders", &7, EmitOptions::new()).await?;
+    /// # let _ = root;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn launch_in_with<C: GenericClient + Sync, P: Serialize + ?Sized>(
+        &self,
+        client: &C,
+        topic: impl AsTopic<P>,
+        payload: &P,
+        options: impl Into<EmitOptions>,
+    ) -> Result<RootId> {
+        let (emit, root) = self.launch_statement(topic.topic_name(), payload, options.into())?;
+        exec::run(client, self.sql(), None, &emit).await?;
+        Ok(root)
+    }
+
+    fn launch_statement<P: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        payload: &P,
+        options: EmitOptions,
+    ) -> Result<(Emit<'static>, RootId)> {
+        let emission = Emission::new(topic, payload, &options, self.max_json_bytes())?;
+        let root = RootId::from_uuid(emission.id);
+        let emit = Emit::new(None, vec![emission], CLIENT_WORKER, &[], GiveUpCheck::Skip);
+        Ok((emit, root))
+    }
+
+    /// Like [`crate::Client::message`], but async.
+    ///
+    /// ```no_run
+    /// # async fn example(client: structured_cooperation::tokio::Client) -> structured_cooperation::Result<()> {
+    /// let root = client.launch("orders", &7).await?;
+    /// assert!(client.message(root.message_id()).await?.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn message(&self, id: MessageId) -> Result<Option<Message>> {
+        self.run(&proto::Message::new(id))
+            .await?
+            .map(Message::from_row)
+            .transpose()
+    }
+
+    /// Like [`crate::Client::history`], but async.
+    ///
+    /// ```no_run
+    /// # async fn example(client: structured_cooperation::tokio::Client, root: structured_cooperation::RootId) -> structured_cooperation::Result<()> {
+    /// for event in client.history(root).await? {
+    ///     println!("{event}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn history(&self, root: RootId) -> Result<Vec<HistoryEvent>> {
+        let rows = self.run(&proto::History::new(root)).await?;
+        Ok(rows.into_iter().map(HistoryEvent::from_row).collect())
+    }
+
+    /// Like [`crate::Client::tree`], but async.
+    ///
+    /// ```no_run
+    /// # async fn example(client: structured_cooperation::tokio::Client, root: structured_cooperation::RootId) -> structured_cooperation::Result<()> {
+    /// print!("{}", structured_cooperation::render_tree(&client.tree(root).await?));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn tree(&self, root: RootId) -> Result<Vec<RunInfo>> {
+        let rows = self.run(&proto::Tree::new(root)).await?;
+        Ok(rows.into_iter().map(RunInfo::from_row).collect())
+    }
+
+    /// Like [`crate::Client::outcome`], but async.
+    ///
+    /// ```no_run
+    /// # async fn example(client: structured_cooperation::tokio::Client, root: structured_cooperation::RootId) -> structured_cooperation::Result<()> {
+    /// let finished = client.outcome(root).await?.is_finished();
+    /// # let _ = finished;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn outcome(&self, root: RootId) -> Result<TreeOutcome> {
+        let rows = self.run(&proto::RootRuns::new(root)).await?;
+        let runs = rows.into_iter().map(RootRun::from_row).collect();
+        Ok(TreeOutcome::new(root, runs))
+    }
+
+    /// Like [`crate::Client::wait_for`], but async: re-reads the state with a backoff of up to
+    /// 100 ms (a [`Runtime`](super::Runtime) wakes its waiters as soon as it finishes a root
+    /// run).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn example(client: structured_cooperation::tokio::Client) -> structured_cooperation::Result<()> {
+    /// let root = client.launch("orders", &7).await?;
+    /// let outcome = client.wait_for(root, Duration::from_secs(30)).await?;
+    /// # let _ = outcome;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_for(&self, root: RootId, timeout: Duration) -> Result<TreeOutcome> {
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            let outcome = self.outcome(root).await?;
+            if outcome.is_finished() {
+                return Ok(outcome);
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(Error::Timeout {
+                    root,
+                    waited,
+                    detail: outcome.unfinished(),
+                });
+            }
+            ::tokio::time::sleep(backoff.min(timeout - waited)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Like `crate::migrate::migrate`, async: brings `schema` up to date in one transaction
+/// under the migrations' advisory lock.
+async fn migrate(conn: &mut Object, sql: &Sql, schema: &str) -> Result<Vec<i32>> {
+    let tx = conn.transaction().await?;
+    exec::run(&*tx, sql, None, &MigrationLock::new(schema)).await?;
+    exec::run(&*tx, sql, None, &MigrationSetup).await?;
+    let found = exec::run(&*tx, sql, None, &MigrationVersion).await?;
+    if found > LATEST_MIGRATION {
+        return Err(Error::SchemaTooNew {
+            schema: schema.to_owned(),
+            found,
+            known: LATEST_MIGRATION,
+        });
+    }
+    let mut applied = Vec::new();
+    for (index, &(version, name, _)) in MIGRATIONS.iter().enumerate() {
+        if version <= found {
+            continue;
+        }
+        exec::run(&*tx, sql, None, &ApplyMigration { index }).await?;
+        exec::run(&*tx, sql, None, &RecordMigration { version, name }).await?;
+        applied.push(version);
+    }
+    tx.commit().await?;
+    if !applied.is_empty() {
+        log::info!("schema {schema}: applied migrations {applied:?}");
+    }
+    Ok(applied)
+}
