@@ -18,7 +18,7 @@ use super::state::{Instance, Next, StepShape, Wake};
 use crate::context::CooperationContext;
 use crate::error::Result;
 use crate::failure::Failure;
-use crate::proto::{Applied, Claim, Claimed, Fault, GiveUpCheck};
+use crate::proto::{Applied, Claim, Claimed, ClaimedRun, Fault, GiveUpCheck};
 use crate::saga::Phase;
 
 pub(crate) use io::{
@@ -165,15 +165,15 @@ impl<'h> Attempt<'h> {
                     worker: env.worker,
                 }))
             }
-            (State::Claim, Output::Claimed(None)) => {
+            (State::Claim, Output::Claimed(Claimed::Nothing)) => {
                 self.state = State::Empty(None);
                 Io::Rollback
             }
-            (State::Claim, Output::Claimed(Some(run))) if !run.due => {
-                self.state = State::Empty(Some(run.wait));
+            (State::Claim, Output::Claimed(Claimed::Later(wait))) => {
+                self.state = State::Empty(Some(wait));
                 Io::Rollback
             }
-            (State::Claim, Output::Claimed(Some(run))) => {
+            (State::Claim, Output::Claimed(Claimed::Due(run))) => {
                 self.state = State::Claimed(Box::new(Run::new(*run)));
                 Io::Announce
             }
@@ -210,7 +210,7 @@ fn done<'h>(report: &mut Report, outcome: Outcome) -> Io<'h> {
 /// A claimed, due run being processed.
 #[derive(Debug)]
 struct Run {
-    claimed: Claimed,
+    claimed: ClaimedRun,
     payload: Arc<str>,
     /// The run's context, with the context of a pending rollback request merged in.
     context: CooperationContext,

@@ -8,7 +8,7 @@ use crate::core::decide::ChildrenOf;
 use crate::core::{RunStatus, RunView};
 use crate::failure::StepError;
 use crate::ids::new_uuid;
-use crate::proto::{Emitted, Requested};
+use crate::proto::{ClaimedRun, Emitted, Requested};
 
 #[test]
 fn a_child_failure_handler_returning_next_carries_on() {
@@ -93,7 +93,7 @@ fn children_failing_a_run_that_has_no_instances_is_an_inconsistency_not_a_loop()
 }
 
 /// A run rolling back whose only step (which compensates) is next to be undone.
-fn rolling_back() -> Claimed {
+fn rolling_back() -> ClaimedRun {
     let mut run = claimed(RunView {
         status: RunStatus::RollingBack,
         step_index: 1,

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::failure::{StepError, StepResult};
 use crate::ids::{MessageId, RootId, RunId, new_uuid};
 use crate::options::EmitOptions;
-use crate::proto::Emitted;
+use crate::proto::{Claimed, ClaimedRun, Emitted};
 use crate::saga::Emission;
 
 /// A handler named `h` with the given steps (`+c`: compensates, `+f`: handles child failures).
@@ -53,15 +53,13 @@ impl Fixture {
     }
 }
 
-pub(super) fn claimed(view: RunView) -> Claimed {
-    Claimed {
+pub(super) fn claimed(view: RunView) -> ClaimedRun {
+    ClaimedRun {
         id: RunId::from_uuid(new_uuid()),
         root_id: RootId::from_uuid(new_uuid()),
         message_id: MessageId::from_uuid(new_uuid()),
         topic: "t".to_owned(),
         view,
-        due: true,
-        wait: Duration::ZERO,
         payload: r#"{"order":7}"#.to_owned(),
         failure: None,
         give_up: None,
@@ -77,14 +75,14 @@ pub(super) fn ok(a: &mut Attempt<'_>) {
 
 /// Begins, claims `run`, and answers the announcement: the attempt's next question is
 /// whatever the run's state leads to.
-pub(super) fn claim(a: &mut Attempt<'_>, run: &Claimed) {
+pub(super) fn claim(a: &mut Attempt<'_>, run: &ClaimedRun) {
     assert!(matches!(a.poll(), Io::Begin));
     ok(a);
     match a.poll() {
         Io::Run(Stmt::Claim(c)) => assert_eq!((c.handler, c.worker), ("h", "worker-1")),
         other => panic!("{other:?}"),
     }
-    a.handle_output(Ok(Output::Claimed(Some(Box::new(run.clone())))));
+    a.handle_output(Ok(Output::Claimed(Claimed::Due(Box::new(run.clone())))));
     assert!(matches!(a.poll(), Io::Announce));
     a.handle_announced();
 }
@@ -474,7 +472,7 @@ fn nothing_due_rolls_back_and_says_when_to_come_back() {
     assert!(matches!(a.poll(), Io::Begin));
     ok(&mut a);
     a.poll();
-    a.handle_output(Ok(Output::Claimed(None)));
+    a.handle_output(Ok(Output::Claimed(Claimed::Nothing)));
     assert!(matches!(a.poll(), Io::Rollback));
     ok(&mut a);
     assert!(matches!(done(&mut a).outcome, Outcome::Empty(None)));
@@ -483,10 +481,8 @@ fn nothing_due_rolls_back_and_says_when_to_come_back() {
     a.poll();
     ok(&mut a);
     a.poll();
-    let mut run = claimed(RunView::default());
-    run.due = false;
-    run.wait = Duration::from_millis(250);
-    a.handle_output(Ok(Output::Claimed(Some(Box::new(run)))));
+    let later = Claimed::Later(Duration::from_millis(250));
+    a.handle_output(Ok(Output::Claimed(later)));
     assert!(matches!(a.poll(), Io::Rollback));
     ok(&mut a);
     match done(&mut a).outcome {

@@ -43,7 +43,9 @@ pub(crate) use operator::{
     RunOrigin, TargetRun,
 };
 pub(crate) use rollback::{Children, Instances, RequestRollback, Requested};
-pub(crate) use run::{Applied, Claim, Claimed, Finish, Release, Sweep, SweepRow, Unreleased};
+pub(crate) use run::{
+    Applied, Claim, Claimed, ClaimedRun, Finish, Release, Sweep, SweepRow, Unreleased,
+};
 pub(crate) use session::{Listen, RollbackToSavepoint, Savepoint, Unlisten, WorkerSession};
 pub(crate) use values::{ChildValueRow, ChildValues, GiveUpReason, StoreValue};
 

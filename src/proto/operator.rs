@@ -254,7 +254,9 @@ impl RecordCancel {
 
     /// Records a cancellation of root `$1` (or of run `$2` and its subtree) with failure
     /// `$3` (history on message `$4`), wakes the sleeping runs among `$5` so they give up
-    /// now, and notifies the handlers of those that can run.
+    /// now, and notifies the handlers of those that can run. Sleeping runs locked by someone
+    /// else are skipped: only a step holds a runnable run's lock (a claim locks due runs only),
+    /// and its end-of-step check sees the cancellation.
     pub(crate) const SQL: &'static str = "
 WITH k AS (
     INSERT INTO __S__.cancellations (root_id, run_id, failure) VALUES ($1, $2, $3::text::jsonb)

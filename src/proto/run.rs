@@ -28,11 +28,14 @@ pub(crate) struct Claim<'a> {
 impl Claim<'_> {
     /// A run is runnable when it is not terminal and none of its latest step's children are
     /// unfinished; `runs_runnable` indexes exactly those rows, so the cost does not depend on
-    /// how much finished work the table holds. The earliest row is returned even when its
-    /// `wake_at` is still in the future (`due` is then false and the caller rolls back): that
-    /// tells the runtime when to try again without a second query. `FOR UPDATE SKIP LOCKED`
-    /// makes concurrent workers (in any process) take different runs; the lock is held until
-    /// the step commits. The first claim of a run writes its `SEEN`.
+    /// how much finished work the table holds. Only a *due* run (`wake_at` passed) is locked,
+    /// with `FOR UPDATE SKIP LOCKED`, so concurrent workers (in any process) take different
+    /// runs and hold them until the step commits. A run that is not due yet is never locked
+    /// here: a cancellation waking sleeping runs skips locked rows, and must find only runs
+    /// in a step (whose end-of-step check catches it) locked. When nothing is due, the second
+    /// branch says, without locking, how long until the earliest runnable run wakes, so the
+    /// runtime knows when to try again without another query. The first claim of a run writes
+    /// its `SEEN`.
     pub(crate) const SQL: &'static str = "
 WITH clock AS (SELECT clock_timestamp() AS t),
 c AS (
@@ -43,6 +46,7 @@ c AS (
            r.context, r.rollback_context
     FROM __S__.runs r
     WHERE r.handler = $1 AND r.status IN ('active', 'rolling_back') AND r.pending_children = 0
+      AND r.wake_at <= (SELECT t FROM clock)
     ORDER BY r.wake_at, r.id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -50,14 +54,22 @@ c AS (
 seen AS (
     INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, worker)
     SELECT c.root_id, c.id, c.message_id, 'SEEN', $1, $2
-    FROM c, clock
-    WHERE NOT c.seen AND c.wake_at <= clock.t
+    FROM c
+    WHERE NOT c.seen
+),
+later AS (
+    SELECT greatest(0, ceil(extract(epoch FROM r.wake_at - clock.t) * 1000))::int8 AS wait_ms
+    FROM __S__.runs r, clock
+    WHERE NOT EXISTS (SELECT 1 FROM c)
+      AND r.handler = $1 AND r.status IN ('active', 'rolling_back') AND r.pending_children = 0
+      AND r.wake_at > clock.t
+    ORDER BY r.wake_at
+    LIMIT 1
 )
 SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
        c.step_iteration, c.instances, c.failed_children, c.cfh_iteration, c.rollback_cursor,
        c.waited_instance, c.rollback_seen, c.failure::text AS failure,
-       c.wake_at <= clock.t AS due,
-       greatest(0, ceil(extract(epoch FROM c.wake_at - clock.t) * 1000))::int8 AS wait_ms,
+       true AS due, 0::int8 AS wait_ms,
        m.payload::text AS payload, m.run_count, c.context, c.rollback_context,
        -- Whether the run must give up (cancelled, a deadline passed). The guard keeps the
        -- common case (no deadlines, no cancellation in the tree) to one index probe.
@@ -67,20 +79,32 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
             THEN NULL
             ELSE __S__.give_up_reason(c.root_id, c.id, c.status = 'rolling_back')::text
        END AS give_up
-FROM c CROSS JOIN clock JOIN __S__.messages m ON m.id = c.message_id";
+FROM c JOIN __S__.messages m ON m.id = c.message_id
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       false, later.wait_ms, NULL, NULL, NULL, NULL, NULL
+FROM later";
+}
+
+/// What a claim found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Claimed {
+    /// No runnable run.
+    Nothing,
+    /// No due run; the earliest runnable one wakes in this long.
+    Later(Duration),
+    /// A due run, now locked by the claiming transaction.
+    Due(Box<ClaimedRun>),
 }
 
 /// A claimed run, as [`Claim`] read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Claimed {
+pub(crate) struct ClaimedRun {
     pub(crate) id: RunId,
     pub(crate) root_id: RootId,
     pub(crate) message_id: MessageId,
     pub(crate) topic: String,
     pub(crate) view: RunView,
-    /// Its `wake_at` has passed; otherwise `wait` says how long until it does.
-    pub(crate) due: bool,
-    pub(crate) wait: Duration,
     pub(crate) payload: String,
     /// The run's rollback cause, as stored (decoded only on the rollback path).
     pub(crate) failure: Option<String>,
@@ -95,7 +119,7 @@ pub(crate) struct Claimed {
 }
 
 impl Statement for Claim<'_> {
-    type Output = Option<Claimed>;
+    type Output = Claimed;
 
     fn id(&self) -> StmtId {
         StmtId::Claim
@@ -105,25 +129,26 @@ impl Statement for Claim<'_> {
         vec![&self.handler, &self.worker]
     }
 
-    fn decode(&self, rows: Vec<Row>) -> Result<Option<Claimed>> {
+    fn decode(&self, rows: Vec<Row>) -> Result<Claimed> {
         let Some(row) = rows.into_iter().next() else {
-            return Ok(None);
+            return Ok(Claimed::Nothing);
         };
-        Ok(Some(Claimed {
+        if !row.try_get::<_, bool>("due")? {
+            return Ok(Claimed::Later(millis_col(&row, "wait_ms")?));
+        }
+        Ok(Claimed::Due(Box::new(ClaimedRun {
             id: RunId::from_uuid(row.try_get("id")?),
             root_id: RootId::from_uuid(row.try_get("root_id")?),
             message_id: MessageId::from_uuid(row.try_get("message_id")?),
             topic: row.try_get("topic")?,
             view: run_view(&row)?,
-            due: row.try_get("due")?,
-            wait: millis_col(&row, "wait_ms")?,
             payload: row.try_get("payload")?,
             failure: row.try_get("failure")?,
             give_up: failure_col(&row, "give_up")?,
             run_count: u32_col(&row, "run_count")?,
             context: row.try_get("context")?,
             rollback_context: row.try_get("rollback_context")?,
-        }))
+        })))
     }
 }
 

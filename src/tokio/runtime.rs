@@ -206,8 +206,12 @@ impl Runtime {
         let mut quiescent = self.shared.quiescent.subscribe();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let waited = ::tokio::time::timeout(remaining, quiescent.wait_for(|q| *q)).await;
-            if !matches!(waited, Ok(Ok(_))) {
+            // The `Ref` that `wait_for` returns holds the channel's lock: drop it at once.
+            let idle = matches!(
+                ::tokio::time::timeout(remaining, quiescent.wait_for(|q| *q)).await,
+                Ok(Ok(_))
+            );
+            if !idle {
                 return Err(Error::NotIdle { waited: timeout });
             }
             let names = self.shared.registry.names();

@@ -3,28 +3,30 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use structured_cooperation::{Requested, RunStatus, Saga, Scope, StepContext, StepResult};
+use structured_cooperation::{Requested, RunStatus, Scope, StepContext, StepResult};
 
+use crate::engine::{Engine, Served, both};
 use crate::util::{ExecLog, Gate, TestDb, WAIT, eventually, history_of};
 
-#[test]
-fn cn_02_cancelling_a_finished_tree_does_nothing_and_says_so() {
+fn cn_02_cancelling_a_finished_tree_does_nothing_and_says_so<E: Engine>() {
     let db = TestDb::new("cn_02");
     let log = ExecLog::default();
     let root = {
         let log = log.clone();
-        Saga::builder("root-handler")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                log.push("root:s1");
-                ctx.emit("child-topic", &json!({}))?;
-                Ok(())
-            })
+        E::saga("root-handler")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    log.push("root:s1");
+                    ctx.emit("child-topic", &json!({}))?;
+                    Ok(())
+                },
+            )
             .build()
             .unwrap()
     };
     let child = {
         let log = log.clone();
-        Saga::builder("child-handler")
+        E::saga("child-handler")
             .step(move |_, _: &Value| -> StepResult {
                 log.push("child:s1");
                 Ok(())
@@ -32,8 +34,7 @@ fn cn_02_cancelling_a_finished_tree_does_nothing_and_says_so() {
             .build()
             .unwrap()
     };
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
@@ -50,21 +51,20 @@ fn cn_02_cancelling_a_finished_tree_does_nothing_and_says_so() {
     assert_eq!(log.entries(), ["root:s1", "child:s1"]);
     // Deliberately unlike Scoop, which appends CANCELLATION_REQUESTED anyway: nothing changed.
     assert_eq!(history_of(&runtime, id), before);
-    assert!(runtime.client().outcome(id).unwrap().is_committed());
+    assert!(runtime.outcome(id).unwrap().is_committed());
 }
 
 /// A step that is running when the cancellation is recorded finishes, but its work is
 /// discarded, not committed; the run then gives up and rolls back (Scoop's trace 9).
-#[test]
-fn a_step_finishing_after_a_cancellation_is_discarded() {
+fn a_step_finishing_after_a_cancellation_is_discarded<E: Engine>() {
     let mut db = TestDb::new("cancel_running_step");
     let gate = Gate::default();
     let table = format!("{}_probe", db.schema);
     db.exec(&format!(
         "CREATE TABLE public.{table} (id text PRIMARY KEY)"
     ));
-    let root = Saga::builder("root-handler")
-        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+    let root = E::saga("root-handler")
+        .step(|ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
             ctx.emit("child-topic", &json!({}))?;
             Ok(())
         })
@@ -72,18 +72,22 @@ fn a_step_finishing_after_a_cancellation_is_discarded() {
         .unwrap();
     let child = {
         let (gate, table) = (gate.clone(), table.clone());
-        Saga::builder("child-handler")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                ctx.tx()
-                    .execute(&format!("INSERT INTO public.{table} VALUES ('child')"), &[])?;
-                gate.pass();
-                Ok(())
-            })
+        E::saga("child-handler")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    E::execute(
+                        ctx,
+                        &format!("INSERT INTO public.{table} VALUES ('child')"),
+                        &[],
+                    )?;
+                    gate.pass();
+                    Ok(())
+                },
+            )
             .build()
             .unwrap()
     };
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
@@ -129,18 +133,19 @@ fn a_step_finishing_after_a_cancellation_is_discarded() {
 
 /// A depth-3 tree with fan-out 5 (31 runs), cancelled while grandchildren run: no happy-path
 /// step commits after the cancellation was recorded, and everything ends rolled back.
-#[test]
-fn cancelling_a_depth_3_fan_out_5_tree_while_it_runs() {
+fn cancelling_a_depth_3_fan_out_5_tree_while_it_runs<E: Engine>() {
     let mut db = TestDb::new("cancel_tree");
     let gate = Gate::default();
     let fan_out = |name: &str, topic: &'static str| {
-        Saga::builder(name)
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                for i in 0..5 {
-                    ctx.emit(topic, &json!({ "i": i }))?;
-                }
-                Ok(())
-            })
+        E::saga(name)
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    for i in 0..5 {
+                        ctx.emit(topic, &json!({ "i": i }))?;
+                    }
+                    Ok(())
+                },
+            )
             .step(|_, _: &Value| -> StepResult { Ok(()) })
             .rollback(|_, _: &Value, _| Ok(()))
             .build()
@@ -148,7 +153,7 @@ fn cancelling_a_depth_3_fan_out_5_tree_while_it_runs() {
     };
     let leaf = {
         let gate = gate.clone();
-        Saga::builder("leaf")
+        E::saga("leaf")
             .step(move |_, _: &Value| -> StepResult {
                 gate.pass();
                 Ok(())
@@ -157,8 +162,7 @@ fn cancelling_a_depth_3_fan_out_5_tree_while_it_runs() {
             .build()
             .unwrap()
     };
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .workers(4)
         .subscribe("root-topic", fan_out("root", "child-topic"))
         .subscribe("child-topic", fan_out("child", "leaf-topic"))
@@ -190,26 +194,27 @@ fn cancelling_a_depth_3_fan_out_5_tree_while_it_runs() {
     );
 }
 
-#[test]
-fn a_long_step_can_ask_whether_to_give_up() {
+fn a_long_step_can_ask_whether_to_give_up<E: Engine>() {
     let db = TestDb::new("should_give_up");
     let gate = Gate::default();
     let answers = ExecLog::default();
     let saga = {
         let (gate, answers) = (gate.clone(), answers.clone());
-        Saga::builder("worker")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                answers.push(format!("{}", ctx.should_give_up()?));
-                gate.pass();
-                answers.push(format!("{}", ctx.should_give_up()?));
-                ctx.give_up_if_necessary()?;
-                answers.push("never");
-                Ok(())
-            })
+        E::saga("worker")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    answers.push(format!("{}", E::should_give_up(ctx)?));
+                    gate.pass();
+                    answers.push(format!("{}", E::should_give_up(ctx)?));
+                    E::give_up_if_necessary(ctx)?;
+                    answers.push("never");
+                    Ok(())
+                },
+            )
             .build()
             .unwrap()
     };
-    let runtime = db.runtime().subscribe("t", saga).start().unwrap();
+    let runtime = E::runtime(&db).subscribe("t", saga).start().unwrap();
     let id = runtime.launch("t", &json!({})).unwrap();
     gate.wait_for_waiting(1);
     assert!(runtime.cancel(id, "ops", "enough").unwrap().is_recorded());
@@ -228,11 +233,10 @@ fn a_long_step_can_ask_whether_to_give_up() {
     );
 }
 
-#[test]
-fn a_sleeping_run_wakes_to_give_up_and_only_its_subtree_is_cancelled() {
+fn a_sleeping_run_wakes_to_give_up_and_only_its_subtree_is_cancelled<E: Engine>() {
     let db = TestDb::new("cancel_sleeper");
-    let root = Saga::builder("root-handler")
-        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+    let root = E::saga("root-handler")
+        .step(|ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
             ctx.emit("sleepy", &json!({}))?;
             ctx.emit("busy", &json!({}))?;
             Ok(())
@@ -240,24 +244,23 @@ fn a_sleeping_run_wakes_to_give_up_and_only_its_subtree_is_cancelled() {
         .on_child_failures(|_, _: &Value, f| Ok(f.next()))
         .build()
         .unwrap();
-    let sleepy = Saga::builder("sleepy")
+    let sleepy = E::saga("sleepy")
         .sleep(Duration::from_secs(3600))
         .step(|_, _: &Value| -> StepResult { Ok(()) })
         .build()
         .unwrap();
-    let busy = Saga::builder("busy")
+    let busy = E::saga("busy")
         .step(|_, _: &Value| -> StepResult { Ok(()) })
         .build()
         .unwrap();
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("sleepy", sleepy)
         .subscribe("busy", busy)
         .start()
         .unwrap();
     let id = runtime.launch("root-topic", &json!({})).unwrap();
-    let client = runtime.client();
+    let client = &runtime;
     eventually("the sleeper to sleep", || {
         history_of(&runtime, id).contains(&"SUSPENDED(0)@sleepy".to_owned())
     });
@@ -280,3 +283,11 @@ fn a_sleeping_run_wakes_to_give_up_and_only_its_subtree_is_cancelled() {
     assert_eq!(status("sleepy"), RunStatus::RolledBack);
     assert_eq!(status("busy"), RunStatus::Committed);
 }
+
+both!(
+    cn_02_cancelling_a_finished_tree_does_nothing_and_says_so,
+    a_step_finishing_after_a_cancellation_is_discarded,
+    cancelling_a_depth_3_fan_out_5_tree_while_it_runs,
+    a_long_step_can_ask_whether_to_give_up,
+    a_sleeping_run_wakes_to_give_up_and_only_its_subtree_is_cancelled,
+);

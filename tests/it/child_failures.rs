@@ -1,21 +1,21 @@
 //! CF-*: child failures reach the parent, whose handler may retry, carry on, or fail.
 
 use serde_json::{Value, json};
-use structured_cooperation::{EventKind, Next, RunStatus, Saga, StepContext, StepResult};
+use structured_cooperation::{EventKind, Next, RunStatus, StepContext, StepResult};
 
+use crate::engine::{Engine, Served, both};
 use crate::rollback::{failing, r, rc, root_launch, simulated};
 use crate::util::{ExecLog, TestDb, WAIT, history_of};
 
-#[test]
-fn cf_02_the_child_failure_handler_gets_its_iteration_and_may_retry() {
+fn cf_02_the_child_failure_handler_gets_its_iteration_and_may_retry<E: Engine>() {
     let db = TestDb::new("cf_02");
     let log = ExecLog::default();
     let root = {
         let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
-        Saga::builder("root-handler")
+        E::saga("root-handler")
             .step_named(
                 "step-with-children",
-                move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
                     l1.push(format!("invoke-iter-{}", ctx.iteration()));
                     ctx.emit("child-topic", &json!({}))?;
                     Ok(())
@@ -42,7 +42,7 @@ fn cf_02_the_child_failure_handler_gets_its_iteration_and_may_retry() {
     };
     let child = {
         let log = log.clone();
-        Saga::builder("child-handler")
+        E::saga("child-handler")
             .step(move |_, _: &Value| -> StepResult {
                 log.push("child-step");
                 Err(simulated("child always fails"))
@@ -50,8 +50,7 @@ fn cf_02_the_child_failure_handler_gets_its_iteration_and_may_retry() {
             .build()
             .unwrap()
     };
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
@@ -99,8 +98,7 @@ fn cf_02_the_child_failure_handler_gets_its_iteration_and_may_retry() {
     );
 }
 
-#[test]
-fn cf_04_the_child_failure_handler_sees_the_goto_its_step_chose() {
+fn cf_04_the_child_failure_handler_sees_the_goto_its_step_chose<E: Engine>() {
     let db = TestDb::new("cf_04");
     let log = ExecLog::default();
     let root = {
@@ -111,10 +109,10 @@ fn cf_04_the_child_failure_handler_sees_the_goto_its_step_chose() {
             log.clone(),
             log.clone(),
         );
-        Saga::builder("root-handler")
+        E::saga("root-handler")
             .step_named(
                 "step-0",
-                move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult<Next> {
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult<Next> {
                     l1.push("invoke-0");
                     ctx.emit("child-topic", &json!({}))?;
                     Ok(Next::GoTo(2))
@@ -145,7 +143,7 @@ fn cf_04_the_child_failure_handler_sees_the_goto_its_step_chose() {
     };
     let child = {
         let log = log.clone();
-        Saga::builder("child-handler")
+        E::saga("child-handler")
             .step(move |_, _: &Value| -> StepResult {
                 log.push("child-failing");
                 Err(simulated("child fails"))
@@ -153,8 +151,7 @@ fn cf_04_the_child_failure_handler_sees_the_goto_its_step_chose() {
             .build()
             .unwrap()
     };
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
@@ -189,20 +186,21 @@ fn cf_04_the_child_failure_handler_sees_the_goto_its_step_chose() {
     );
 }
 
-#[test]
-fn a_handled_child_failure_never_comes_back() {
+fn a_handled_child_failure_never_comes_back<E: Engine>() {
     // Scoop's D1: a handler that retried successfully (or swallowed the failure) was called
     // again forever with the old failures. Here the saga proceeds.
     let db = TestDb::new("d1_fixed");
     let log = ExecLog::default();
     let root = {
         let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
-        Saga::builder("root-handler")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                l1.push("s1");
-                ctx.emit("child-topic", &json!({"fail": true}))?;
-                Ok(())
-            })
+        E::saga("root-handler")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    l1.push("s1");
+                    ctx.emit("child-topic", &json!({"fail": true}))?;
+                    Ok(())
+                },
+            )
             .on_child_failures(move |ctx, _: &Value, f| {
                 l2.push(format!("hcf-{}", f.iteration()));
                 ctx.emit("child-topic", &json!({"fail": false}))?;
@@ -215,7 +213,7 @@ fn a_handled_child_failure_never_comes_back() {
             .build()
             .unwrap()
     };
-    let child = Saga::builder("child-handler")
+    let child = E::saga("child-handler")
         .step(|_, p: &Value| -> StepResult {
             if p["fail"] == true {
                 Err(simulated("first attempt"))
@@ -225,8 +223,7 @@ fn a_handled_child_failure_never_comes_back() {
         })
         .build()
         .unwrap();
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
@@ -236,11 +233,10 @@ fn a_handled_child_failure_never_comes_back() {
     assert_eq!(log.entries(), ["s1", "hcf-0", "s2"]);
 }
 
-#[test]
-fn a_panicking_child_failure_handler_and_compensation_are_recorded() {
+fn a_panicking_child_failure_handler_and_compensation_are_recorded<E: Engine>() {
     let db = TestDb::new("panics");
-    let root = Saga::builder("root-handler")
-        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+    let root = E::saga("root-handler")
+        .step(|ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
             ctx.emit("child-topic", &json!({}))?;
             Ok(())
         })
@@ -248,11 +244,10 @@ fn a_panicking_child_failure_handler_and_compensation_are_recorded() {
         .on_child_failures(|_, _: &Value, _| -> StepResult<Next> { panic!("handler panicked") })
         .build()
         .unwrap();
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .workers(1)
         .subscribe("root-topic", root)
-        .subscribe("child-topic", failing("child-handler"))
+        .subscribe("child-topic", failing::<E>("child-handler"))
         .start()
         .unwrap();
     let id = runtime.launch("root-topic", &root_launch()).unwrap();
@@ -284,3 +279,10 @@ fn a_panicking_child_failure_handler_and_compensation_are_recorded() {
             .is_ok()
     );
 }
+
+both!(
+    cf_02_the_child_failure_handler_gets_its_iteration_and_may_retry,
+    cf_04_the_child_failure_handler_sees_the_goto_its_step_chose,
+    a_handled_child_failure_never_comes_back,
+    a_panicking_child_failure_handler_and_compensation_are_recorded,
+);

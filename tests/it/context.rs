@@ -2,9 +2,10 @@
 
 use serde_json::{Value, json};
 use structured_cooperation::{
-    ContextKey, CooperationContext, Error, RunStatus, Saga, StepContext, StepError, StepResult,
+    ContextKey, CooperationContext, Error, Flavor, RunStatus, StepContext, StepError, StepResult,
 };
 
+use crate::engine::{Engine, Served, both};
 use crate::util::{ExecLog, TestDb, WAIT};
 
 struct P;
@@ -19,13 +20,16 @@ impl ContextKey for C {
     type Value = i64;
 }
 
-fn bump<K: ContextKey<Value = i64>>(ctx: &mut StepContext<'_>, to: i64) -> StepResult {
+fn bump<X: Flavor, K: ContextKey<Value = i64>>(
+    ctx: &mut StepContext<'_, X>,
+    to: i64,
+) -> StepResult {
     ctx.context_mut().set::<K>(&to)?;
     Ok(())
 }
 
 /// Records `label: <context>` in the log.
-fn seen(log: &ExecLog, label: &str, ctx: &StepContext<'_>) {
+fn seen<E: Engine>(log: &ExecLog, label: &str, ctx: &StepContext<'_, E::X>) {
     log.push(format!("{label}: {}", ctx.context()));
 }
 
@@ -33,56 +37,62 @@ fn seen(log: &ExecLog, label: &str, ctx: &StepContext<'_>) {
 /// plus the emission's own entries; its changes never reach the parent; a failed step's
 /// changes reach its run's rollback; a parent's rollback request carries the parent's context,
 /// which wins over the child's.
-#[test]
-fn cx_01_context_propagates_to_children_and_into_rollbacks() {
+fn cx_01_context_propagates_to_children_and_into_rollbacks<E: Engine>() {
     let db = TestDb::new("cx_01");
     let log = ExecLog::default();
     let root = {
         let (a, b, c) = (log.clone(), log.clone(), log.clone());
-        Saga::builder("root-handler")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                seen(&a, "root step 0", ctx);
-                bump::<P>(ctx, 1)?;
-                let extra = CooperationContext::with::<C>(&0)?;
-                ctx.emit_with("child-topic", &json!({}), extra)?;
-                Ok(())
-            })
+        E::saga("root-handler")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    seen::<E>(&a, "root step 0", ctx);
+                    bump::<_, P>(ctx, 1)?;
+                    let extra = CooperationContext::with::<C>(&0)?;
+                    ctx.emit_with("child-topic", &json!({}), extra)?;
+                    Ok(())
+                },
+            )
             .rollback(move |ctx, _: &Value, _| {
-                seen(&b, "root rollback 0", ctx);
-                bump::<P>(ctx, 3)
+                seen::<E>(&b, "root rollback 0", ctx);
+                bump::<_, P>(ctx, 3)
             })
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                seen(&c, "root step 1", ctx);
-                bump::<P>(ctx, 2)?;
-                Err(StepError::msg("root step 1 fails"))
-            })
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    seen::<E>(&c, "root step 1", ctx);
+                    bump::<_, P>(ctx, 2)?;
+                    Err(StepError::msg("root step 1 fails"))
+                },
+            )
             .build()
             .unwrap()
     };
     let child = {
         let (a, b, c, d) = (log.clone(), log.clone(), log.clone(), log.clone());
-        Saga::builder("child-handler")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                seen(&a, "child step 0", ctx);
-                bump::<C>(ctx, 1)
-            })
+        E::saga("child-handler")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    seen::<E>(&a, "child step 0", ctx);
+                    bump::<_, C>(ctx, 1)
+                },
+            )
             .rollback(move |ctx, _: &Value, _| {
-                seen(&b, "child rollback 0", ctx);
-                bump::<C>(ctx, 4)
+                seen::<E>(&b, "child rollback 0", ctx);
+                bump::<_, C>(ctx, 4)
             })
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                seen(&c, "child step 1", ctx);
-                bump::<C>(ctx, 2)
-            })
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    seen::<E>(&c, "child step 1", ctx);
+                    bump::<_, C>(ctx, 2)
+                },
+            )
             .rollback(move |ctx, _: &Value, _| {
-                seen(&d, "child rollback 1", ctx);
-                bump::<C>(ctx, 3)
+                seen::<E>(&d, "child rollback 1", ctx);
+                bump::<_, C>(ctx, 3)
             })
             .build()
             .unwrap()
     };
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
@@ -109,7 +119,7 @@ fn cx_01_context_propagates_to_children_and_into_rollbacks() {
         ]
     );
     // Final contexts are stored with the runs.
-    let tree = runtime.client().tree(id).unwrap();
+    let tree = runtime.tree(id).unwrap();
     let context_of = |handler: &str| {
         tree.iter()
             .find(|r| r.handler == handler)
@@ -122,15 +132,14 @@ fn cx_01_context_propagates_to_children_and_into_rollbacks() {
 
 /// A launch from a step starts a new root with only the context given to it; an emission
 /// without extra entries copies the parent's context as it is at the moment of the emission.
-#[test]
-fn launches_inherit_nothing_and_emissions_copy_the_context_at_emission_time() {
+fn launches_inherit_nothing_and_emissions_copy_the_context_at_emission_time<E: Engine>() {
     let db = TestDb::new("context_launch");
     let log = ExecLog::default();
-    let root = Saga::builder("root-handler")
-        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-            bump::<P>(ctx, 1)?;
+    let root = E::saga("root-handler")
+        .step(|ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+            bump::<_, P>(ctx, 1)?;
             ctx.emit("child-topic", &json!({"n": 1}))?;
-            bump::<P>(ctx, 2)?;
+            bump::<_, P>(ctx, 2)?;
             ctx.emit("child-topic", &json!({"n": 2}))?;
             ctx.launch("child-topic", &json!({"n": 3}))?;
             ctx.launch_with(
@@ -144,9 +153,9 @@ fn launches_inherit_nothing_and_emissions_copy_the_context_at_emission_time() {
         .unwrap();
     let child = {
         let log = log.clone();
-        Saga::builder("child-handler")
+        E::saga("child-handler")
             .step(
-                move |ctx: &mut StepContext<'_>, payload: &Value| -> StepResult {
+                move |ctx: &mut StepContext<'_, E::X>, payload: &Value| -> StepResult {
                     log.push(format!("{}: {}", payload["n"], ctx.context()));
                     Ok(())
                 },
@@ -154,8 +163,7 @@ fn launches_inherit_nothing_and_emissions_copy_the_context_at_emission_time() {
             .build()
             .unwrap()
     };
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
@@ -179,29 +187,30 @@ impl ContextKey for Tenant {
 
 /// An entry that does not deserialize into the type asked for is an error naming the entry;
 /// the context keeps it, and the run's other entries are untouched.
-#[test]
-fn a_context_entry_of_the_wrong_type_is_a_clear_error_and_nothing_is_lost() {
+fn a_context_entry_of_the_wrong_type_is_a_clear_error_and_nothing_is_lost<E: Engine>() {
     let db = TestDb::new("context_bad_entry");
     let log = ExecLog::default();
     let saga = {
         let log = log.clone();
-        Saga::builder("reader")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                match ctx.context().get::<Tenant>() {
-                    Err(e @ Error::ContextEntry { .. }) => log.push(e.to_string()),
-                    other => log.push(format!("unexpected: {other:?}")),
-                }
-                // Unknown and mistyped entries are written back as they came.
-                bump::<P>(ctx, 5)
-            })
-            .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+        E::saga("reader")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    match ctx.context().get::<Tenant>() {
+                        Err(e @ Error::ContextEntry { .. }) => log.push(e.to_string()),
+                        other => log.push(format!("unexpected: {other:?}")),
+                    }
+                    // Unknown and mistyped entries are written back as they came.
+                    bump::<_, P>(ctx, 5)
+                },
+            )
+            .step(|ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
                 ctx.context().get::<Tenant>()?;
                 Ok(())
             })
             .build()
             .unwrap()
     };
-    let runtime = db.runtime().subscribe("t", saga).start().unwrap();
+    let runtime = E::runtime(&db).subscribe("t", saga).start().unwrap();
     let mut context = CooperationContext::new();
     context.set_raw("Tenant", "42").unwrap();
     context
@@ -225,9 +234,15 @@ fn a_context_entry_of_the_wrong_type_is_a_clear_error_and_nothing_is_lost() {
         failure.message().contains("context entry \"Tenant\""),
         "{failure}"
     );
-    let tree = runtime.client().tree(id).unwrap();
+    let tree = runtime.tree(id).unwrap();
     assert_eq!(
         tree[0].context.to_json(),
         r#"{"Foreign":{"kept": [1, "\u00e9"]},"P":5,"Tenant":42}"#
     );
 }
+
+both!(
+    cx_01_context_propagates_to_children_and_into_rollbacks,
+    launches_inherit_nothing_and_emissions_copy_the_context_at_emission_time,
+    a_context_entry_of_the_wrong_type_is_a_clear_error_and_nothing_is_lost,
+);

@@ -1,43 +1,43 @@
 //! LP-08..15: jumps (`GoTo`, `GoToStep`), including how they roll back.
 
 use serde_json::{Value, json};
-use structured_cooperation::{Next, Saga, StepResult};
+use structured_cooperation::{Next, StepResult};
 
+use crate::engine::{Engine, Served, both};
 use crate::loops::{body, pair, recorded, run, s};
 use crate::rollback::{r, simulated};
 use crate::util::{ExecLog, TestDb, WAIT};
 
-#[test]
-fn lp_08_goto_forward_skips_steps() {
+fn lp_08_goto_forward_skips_steps<E: Engine>() {
     let db = TestDb::new("lp_08");
     let log = ExecLog::default();
-    let saga = recorded(
+    let saga = recorded::<E>(
         &log,
         vec![
             (
                 "step-0",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("step-0");
                     Ok(Next::GoTo(2))
                 }),
             ),
             (
                 "step-1",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("step-1");
                     Ok(Next::Continue)
                 }),
             ),
             (
                 "step-2",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("step-2");
                     Ok(Next::Continue)
                 }),
             ),
         ],
     );
-    let (trace, _) = run(&db, saga, vec![]);
+    let (trace, _) = run::<E>(&db, saga, vec![]);
     assert_eq!(log.entries(), ["step-0", "step-2"]);
     assert_eq!(
         trace,
@@ -51,30 +51,29 @@ fn lp_08_goto_forward_skips_steps() {
     );
 }
 
-#[test]
-fn lp_09_goto_backward_reexecutes_and_resets_the_iteration() {
+fn lp_09_goto_backward_reexecutes_and_resets_the_iteration<E: Engine>() {
     let db = TestDb::new("lp_09");
     let log = ExecLog::default();
-    let saga = recorded(
+    let saga = recorded::<E>(
         &log,
         vec![
             (
                 "step-A",
-                body(|l, ctx| {
+                body::<E>(|l, ctx| {
                     l.push(format!("A-crc-{}", ctx.iteration()));
                     Ok(Next::Continue)
                 }),
             ),
             (
                 "step-B",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("B");
                     Ok(Next::Continue)
                 }),
             ),
             (
                 "step-C",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("C");
                     // By name this time: the same as GoTo(0).
                     Ok(if l.entries().len() < 4 {
@@ -86,7 +85,7 @@ fn lp_09_goto_backward_reexecutes_and_resets_the_iteration() {
             ),
         ],
     );
-    let (trace, _) = run(&db, saga, vec![]);
+    let (trace, _) = run::<E>(&db, saga, vec![]);
     assert_eq!(log.entries(), ["A-crc-0", "B", "C", "A-crc-0", "B", "C"]);
     let steps: Vec<&String> = trace
         .iter()
@@ -96,16 +95,15 @@ fn lp_09_goto_backward_reexecutes_and_resets_the_iteration() {
     assert_eq!(trace.last().unwrap(), "COMMITTED(step-C)@root-handler");
 }
 
-#[test]
-fn lp_10_goto_self_is_a_repeat() {
+fn lp_10_goto_self_is_a_repeat<E: Engine>() {
     let db = TestDb::new("lp_10");
     let log = ExecLog::default();
-    let saga = recorded(
+    let saga = recorded::<E>(
         &log,
         vec![
             (
                 "self-goto-step",
-                body(|l, ctx| {
+                body::<E>(|l, ctx| {
                     l.push(format!("self-goto-iter-{}", ctx.iteration()));
                     Ok(if ctx.iteration() < 2 {
                         Next::GoTo(0)
@@ -116,14 +114,14 @@ fn lp_10_goto_self_is_a_repeat() {
             ),
             (
                 "1",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("after-self-goto");
                     Ok(Next::Continue)
                 }),
             ),
         ],
     );
-    let (trace, _) = run(&db, saga, vec![]);
+    let (trace, _) = run::<E>(&db, saga, vec![]);
     assert_eq!(
         log.entries(),
         [
@@ -145,16 +143,15 @@ fn lp_10_goto_self_is_a_repeat() {
     );
 }
 
-#[test]
-fn lp_11_goto_and_rollback_undo_in_reverse_chronological_order() {
+fn lp_11_goto_and_rollback_undo_in_reverse_chronological_order<E: Engine>() {
     let db = TestDb::new("lp_11");
     let log = ExecLog::default();
-    let saga = recorded(
+    let saga = recorded::<E>(
         &log,
         vec![
             (
                 "step-A",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-A");
                     Ok(
                         if l.entries().iter().filter(|e| *e == "invoke-A").count() == 1 {
@@ -167,14 +164,14 @@ fn lp_11_goto_and_rollback_undo_in_reverse_chronological_order() {
             ),
             (
                 "step-B",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-B");
                     Ok(Next::Continue)
                 }),
             ),
             (
                 "step-C",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-C");
                     if l.entries().iter().filter(|e| *e == "invoke-C").count() == 1 {
                         Ok(Next::GoTo(0))
@@ -185,7 +182,7 @@ fn lp_11_goto_and_rollback_undo_in_reverse_chronological_order() {
             ),
         ],
     );
-    let (trace, _) = run(&db, saga, vec![]);
+    let (trace, _) = run::<E>(&db, saga, vec![]);
     assert_eq!(
         log.entries(),
         [
@@ -213,44 +210,43 @@ fn lp_11_goto_and_rollback_undo_in_reverse_chronological_order() {
     assert_eq!(tail, expected);
 }
 
-#[test]
-fn lp_13_a_skipped_step_is_not_rolled_back() {
+fn lp_13_a_skipped_step_is_not_rolled_back<E: Engine>() {
     let db = TestDb::new("lp_13");
     let log = ExecLog::default();
-    let saga = recorded(
+    let saga = recorded::<E>(
         &log,
         vec![
             (
                 "step-A",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-A");
                     Ok(Next::GoTo(2))
                 }),
             ),
             (
                 "step-B",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-B");
                     Ok(Next::Continue)
                 }),
             ),
             (
                 "step-C",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-C");
                     Ok(Next::Continue)
                 }),
             ),
             (
                 "step-D",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-D");
                     Err(simulated("D fails"))
                 }),
             ),
         ],
     );
-    let (_, _) = run(&db, saga, vec![]);
+    let (_, _) = run::<E>(&db, saga, vec![]);
     assert_eq!(
         log.entries(),
         [
@@ -263,30 +259,29 @@ fn lp_13_a_skipped_step_is_not_rolled_back() {
     );
 }
 
-#[test]
-fn lp_15_goto_into_a_repeating_step_then_failure_rolls_back_every_instance() {
+fn lp_15_goto_into_a_repeating_step_then_failure_rolls_back_every_instance<E: Engine>() {
     let db = TestDb::new("lp_15");
     let log = ExecLog::default();
-    let saga = recorded(
+    let saga = recorded::<E>(
         &log,
         vec![
             (
                 "step-A",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-A");
                     Ok(Next::GoTo(2))
                 }),
             ),
             (
                 "step-B",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-B");
                     Ok(Next::Continue)
                 }),
             ),
             (
                 "step-C",
-                body(|l, ctx| {
+                body::<E>(|l, ctx| {
                     l.push(format!("invoke-C-{}", ctx.iteration()));
                     if ctx.iteration() == 0 {
                         Ok(Next::Repeat)
@@ -297,7 +292,7 @@ fn lp_15_goto_into_a_repeating_step_then_failure_rolls_back_every_instance() {
             ),
         ],
     );
-    let (trace, _) = run(&db, saga, vec![]);
+    let (trace, _) = run::<E>(&db, saga, vec![]);
     assert_eq!(
         log.entries(),
         [
@@ -321,17 +316,29 @@ fn lp_15_goto_into_a_repeating_step_then_failure_rolls_back_every_instance() {
     assert_eq!(tail, expected);
 }
 
-#[test]
-fn a_goto_to_an_unknown_step_fails_the_run_clearly() {
+fn a_goto_to_an_unknown_step_fails_the_run_clearly<E: Engine>() {
     let db = TestDb::new("goto_unknown");
-    let saga = Saga::builder("root-handler")
+    let saga = E::saga("root-handler")
         .step(|_, _: &Value| -> StepResult<Next> { Ok(Next::GoToStep("nowhere")) })
         .build()
         .unwrap();
-    let runtime = db.runtime().subscribe("root-topic", saga).start().unwrap();
+    let runtime = E::runtime(&db)
+        .subscribe("root-topic", saga)
+        .start()
+        .unwrap();
     let id = runtime.launch("root-topic", &json!({})).unwrap();
     let outcome = runtime.wait_for(id, WAIT).unwrap();
     let failure = outcome.runs()[0].failure.clone().unwrap();
     assert_eq!(failure.kind(), "structured_cooperation::InvalidGoTo");
     assert!(failure.message().contains("no such step"), "{failure}");
 }
+
+both!(
+    lp_08_goto_forward_skips_steps,
+    lp_09_goto_backward_reexecutes_and_resets_the_iteration,
+    lp_10_goto_self_is_a_repeat,
+    lp_11_goto_and_rollback_undo_in_reverse_chronological_order,
+    lp_13_a_skipped_step_is_not_rolled_back,
+    lp_15_goto_into_a_repeating_step_then_failure_rolls_back_every_instance,
+    a_goto_to_an_unknown_step_fails_the_run_clearly,
+);

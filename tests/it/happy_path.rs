@@ -1,28 +1,30 @@
 //! HP-*: the rule at work on the happy path.
 
 use serde_json::{Value, json};
-use structured_cooperation::{Next, Saga, StepContext, StepResult};
+use structured_cooperation::{Next, SagaOf, StepContext, StepResult};
 
+use crate::engine::{Engine, Served, both};
 use crate::util::{ExecLog, Gate, TestDb, WAIT, history_of, project, wait_for_event};
 
 fn root_launch() -> Value {
     json!({"initial": "true"})
 }
 
-#[test]
-fn hp_01_parent_waits_for_child() {
+fn hp_01_parent_waits_for_child<E: Engine>() {
     let db = TestDb::new("hp_01");
     let log = ExecLog::default();
     let gate = Gate::default();
     let root = {
         let log = log.clone();
         let log2 = log.clone();
-        Saga::builder("root-handler")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                log.push("root:s1");
-                ctx.emit("child-topic", &json!({"from": "root"}))?;
-                Ok(())
-            })
+        E::saga("root-handler")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    log.push("root:s1");
+                    ctx.emit("child-topic", &json!({"from": "root"}))?;
+                    Ok(())
+                },
+            )
             .step(move |_ctx, _: &Value| -> StepResult {
                 log2.push("root:s2");
                 Ok(())
@@ -32,7 +34,7 @@ fn hp_01_parent_waits_for_child() {
     };
     let child = {
         let (log, log2, gate) = (log.clone(), log.clone(), gate.clone());
-        Saga::builder("child-handler")
+        E::saga("child-handler")
             .step(move |_ctx, _: &Value| -> StepResult {
                 log.push("child:s1");
                 gate.pass();
@@ -45,8 +47,7 @@ fn hp_01_parent_waits_for_child() {
             .build()
             .unwrap()
     };
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
@@ -83,8 +84,14 @@ fn hp_01_parent_waits_for_child() {
 }
 
 /// A two-step child that logs `<label>:s1`/`<label>:s2` and waits at `gate` in step `gated`.
-fn gated_child(name: &str, label: &str, log: &ExecLog, gate: &Gate, gated: usize) -> Saga {
-    let mut builder = Saga::builder::<Value>(name);
+fn gated_child<E: Engine>(
+    name: &str,
+    label: &str,
+    log: &ExecLog,
+    gate: &Gate,
+    gated: usize,
+) -> SagaOf<E::X> {
+    let mut builder = E::saga::<Value>(name);
     for i in 0..2 {
         let (log, gate, entry) = (log.clone(), gate.clone(), format!("{label}:s{}", i + 1));
         builder = builder.step(move |_ctx, _: &Value| -> StepResult {
@@ -99,16 +106,18 @@ fn gated_child(name: &str, label: &str, log: &ExecLog, gate: &Gate, gated: usize
 }
 
 /// A two-step root whose first step emits one message to each of `topics`.
-fn emitting_root(log: &ExecLog, topics: &'static [&'static str]) -> Saga {
+fn emitting_root<E: Engine>(log: &ExecLog, topics: &'static [&'static str]) -> SagaOf<E::X> {
     let (log1, log2) = (log.clone(), log.clone());
-    Saga::builder("root-handler")
-        .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-            log1.push("root:s1");
-            for topic in topics {
-                ctx.emit(topic, &json!({}))?;
-            }
-            Ok(())
-        })
+    E::saga("root-handler")
+        .step(
+            move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                log1.push("root:s1");
+                for topic in topics {
+                    ctx.emit(topic, &json!({}))?;
+                }
+                Ok(())
+            },
+        )
         .step(move |_ctx, _: &Value| -> StepResult {
             log2.push("root:s2");
             Ok(())
@@ -138,7 +147,11 @@ fn expected_projection(child: &str, emissions: usize) -> Vec<String> {
 /// Two two-step children of one root: `c1` on `topics.0` held in step `gated.0`, `c2` on
 /// `topics.1` held in step `gated.1`. The first child to be released finishes while the parent
 /// still waits for the other; the parent's second step comes only after both.
-fn two_children(name: &str, topics: (&'static str, &'static str), gated: (usize, usize)) {
+fn two_children<E: Engine>(
+    name: &str,
+    topics: (&'static str, &'static str),
+    gated: (usize, usize),
+) {
     let db = TestDb::new(name);
     let log = ExecLog::default();
     let (gate1, gate2) = (Gate::default(), Gate::default());
@@ -147,16 +160,15 @@ fn two_children(name: &str, topics: (&'static str, &'static str), gated: (usize,
     } else {
         &["child-topic", "child-topic-2"]
     };
-    let runtime = db
-        .runtime()
-        .subscribe("root-topic", emitting_root(&log, root_topics))
+    let runtime = E::runtime(&db)
+        .subscribe("root-topic", emitting_root::<E>(&log, root_topics))
         .subscribe(
             topics.0,
-            gated_child("child-handler-1", "c1", &log, &gate1, gated.0),
+            gated_child::<E>("child-handler-1", "c1", &log, &gate1, gated.0),
         )
         .subscribe(
             topics.1,
-            gated_child("child-handler-2", "c2", &log, &gate2, gated.1),
+            gated_child::<E>("child-handler-2", "c2", &log, &gate2, gated.1),
         )
         .start()
         .unwrap();
@@ -187,30 +199,26 @@ fn two_children(name: &str, topics: (&'static str, &'static str), gated: (usize,
     }
 }
 
-#[test]
-fn hp_03_all_handlers_at_the_same_level_finish_before_the_parent() {
-    two_children("hp_03", ("child-topic", "child-topic-2"), (0, 1));
+fn hp_03_all_handlers_at_the_same_level_finish_before_the_parent<E: Engine>() {
+    two_children::<E>("hp_03", ("child-topic", "child-topic-2"), (0, 1));
 }
 
-#[test]
-fn hp_04_parent_waits_for_every_handler_of_one_topic() {
+fn hp_04_parent_waits_for_every_handler_of_one_topic<E: Engine>() {
     // One message, two runs: a single EMITTED and one SEEN per handler.
-    two_children("hp_04", ("child-topic", "child-topic"), (0, 0));
+    two_children::<E>("hp_04", ("child-topic", "child-topic"), (0, 0));
 }
 
-fn noop_saga(name: &str) -> Saga {
-    Saga::builder(name)
+fn noop_saga<E: Engine>(name: &str) -> SagaOf<E::X> {
+    E::saga(name)
         .step(|_ctx, _: &Value| -> StepResult { Ok(()) })
         .build()
         .unwrap()
 }
 
-#[test]
-fn hp_05_a_successful_run_writes_one_committed_event() {
+fn hp_05_a_successful_run_writes_one_committed_event<E: Engine>() {
     let mut db = TestDb::new("hp_05");
-    let runtime = db
-        .runtime()
-        .subscribe("test-events-topic", noop_saga("commit-test-handler"))
+    let runtime = E::runtime(&db)
+        .subscribe("test-events-topic", noop_saga::<E>("commit-test-handler"))
         .start()
         .unwrap();
     let root = runtime.launch("test-events-topic", &json!({})).unwrap();
@@ -223,12 +231,10 @@ fn hp_05_a_successful_run_writes_one_committed_event() {
     assert_eq!(committed, 1);
 }
 
-#[test]
-fn hp_06_complete_event_sequence_of_a_successful_run() {
+fn hp_06_complete_event_sequence_of_a_successful_run<E: Engine>() {
     let mut db = TestDb::new("hp_06");
-    let runtime = db
-        .runtime()
-        .subscribe("test-events-topic", noop_saga("sequence-test-handler"))
+    let runtime = E::runtime(&db)
+        .subscribe("test-events-topic", noop_saga::<E>("sequence-test-handler"))
         .start()
         .unwrap();
     let root = runtime.launch("test-events-topic", &json!({})).unwrap();
@@ -252,16 +258,15 @@ fn hp_06_complete_event_sequence_of_a_successful_run() {
     assert_eq!(kinds, ["EMITTED", "SEEN", "SUSPENDED", "COMMITTED"]);
 }
 
-#[test]
-fn hp_07_a_registered_handler_that_never_starts_blocks_its_parent() {
+fn hp_07_a_registered_handler_that_never_starts_blocks_its_parent<E: Engine>() {
     let mut db = TestDb::new("hp_07");
     let log = ExecLog::default();
     let root = {
         let log = log.clone();
-        Saga::builder("root-handler")
+        E::saga("root-handler")
             .step_named(
                 "loop-step",
-                move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult<Next> {
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult<Next> {
                     log.push(format!("loop-iter-{}", ctx.iteration()));
                     if ctx.iteration() == 0 {
                         ctx.emit("child-topic", &json!({}))?;
@@ -275,7 +280,7 @@ fn hp_07_a_registered_handler_that_never_starts_blocks_its_parent() {
     };
     let child = {
         let log = log.clone();
-        Saga::builder("child-handler")
+        E::saga("child-handler")
             .step(move |_ctx, _: &Value| -> StepResult {
                 log.push("child-handler-done");
                 Ok(())
@@ -287,8 +292,7 @@ fn hp_07_a_registered_handler_that_never_starts_blocks_its_parent() {
     db.client()
         .register_external_handler("stub-topic", "stub-handler")
         .unwrap();
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
@@ -307,19 +311,21 @@ fn hp_07_a_registered_handler_that_never_starts_blocks_its_parent() {
     runtime.shutdown().unwrap();
 }
 
-#[test]
-fn an_external_handler_completed_through_the_api_releases_its_parent() {
+fn an_external_handler_completed_through_the_api_releases_its_parent<E: Engine>() {
     let db = TestDb::new("external_completion");
     let log = ExecLog::default();
     let approval_id = std::sync::Arc::new(std::sync::Mutex::new(None));
     let root = {
         let (log, log2, approval_id) = (log.clone(), log.clone(), approval_id.clone());
-        Saga::builder("order")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                log.push("ask");
-                *approval_id.lock().unwrap() = Some(ctx.emit("approvals", &json!({"amount": 10}))?);
-                Ok(())
-            })
+        E::saga("order")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    log.push("ask");
+                    *approval_id.lock().unwrap() =
+                        Some(ctx.emit("approvals", &json!({"amount": 10}))?);
+                    Ok(())
+                },
+            )
             .step(move |_ctx, _: &Value| -> StepResult {
                 log2.push("approved");
                 Ok(())
@@ -331,7 +337,7 @@ fn an_external_handler_completed_through_the_api_releases_its_parent() {
     client
         .register_external_handler("approvals", "manager")
         .unwrap();
-    let runtime = db.runtime().subscribe("orders", root).start().unwrap();
+    let runtime = E::runtime(&db).subscribe("orders", root).start().unwrap();
     let root_id = runtime.launch("orders", &json!({})).unwrap();
     runtime.wait_idle(WAIT).unwrap();
     assert_eq!(log.entries(), ["ask"]);
@@ -355,3 +361,13 @@ fn an_external_handler_completed_through_the_api_releases_its_parent() {
         ["EMITTED@-", "SEEN@manager", "COMMITTED(external)@manager"]
     );
 }
+
+both!(
+    hp_01_parent_waits_for_child,
+    hp_03_all_handlers_at_the_same_level_finish_before_the_parent,
+    hp_04_parent_waits_for_every_handler_of_one_topic,
+    hp_05_a_successful_run_writes_one_committed_event,
+    hp_06_complete_event_sequence_of_a_successful_run,
+    hp_07_a_registered_handler_that_never_starts_blocks_its_parent,
+    an_external_handler_completed_through_the_api_releases_its_parent,
+);

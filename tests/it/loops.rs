@@ -1,13 +1,18 @@
 //! LP-*: loops (`Repeat`) and jumps (`GoTo`), including how they roll back.
 
 use serde_json::{Value, json};
-use structured_cooperation::{Next, RunStatus, Saga, StepContext, StepResult};
+use structured_cooperation::{Next, RunStatus, SagaOf, StepContext, StepResult};
 
+use crate::engine::{Engine, Served, both};
 use crate::rollback::{r, rc, simulated};
 use crate::util::{ExecLog, TestDb, WAIT, history_of};
 
-pub(crate) fn run(db: &TestDb, saga: Saga, extra: Vec<(&str, Saga)>) -> (Vec<String>, RunStatus) {
-    let mut builder = db.runtime().subscribe("root-topic", saga);
+pub(crate) fn run<E: Engine>(
+    db: &TestDb,
+    saga: SagaOf<E::X>,
+    extra: Vec<(&str, SagaOf<E::X>)>,
+) -> (Vec<String>, RunStatus) {
+    let mut builder = E::runtime(db).subscribe("root-topic", saga);
     for (topic, saga) in extra {
         builder = builder.subscribe(topic, saga);
     }
@@ -29,15 +34,14 @@ pub(crate) fn pair(x: &str) -> [String; 2] {
     ]
 }
 
-#[test]
-fn lp_01_repeat_reexecutes_with_an_incremented_iteration() {
+fn lp_01_repeat_reexecutes_with_an_incremented_iteration<E: Engine>() {
     let db = TestDb::new("lp_01");
     let log = ExecLog::default();
     let (l1, l2) = (log.clone(), log.clone());
-    let saga = Saga::builder("root-handler")
+    let saga = E::saga("root-handler")
         .step_named(
             "loop-step",
-            move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult<Next> {
+            move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult<Next> {
                 l1.push(format!("loop-step-iter-{}", ctx.iteration()));
                 Ok(if ctx.iteration() < 2 {
                     Next::Repeat
@@ -52,7 +56,7 @@ fn lp_01_repeat_reexecutes_with_an_incremented_iteration() {
         })
         .build()
         .unwrap();
-    let (trace, _) = run(&db, saga, vec![]);
+    let (trace, _) = run::<E>(&db, saga, vec![]);
     assert_eq!(
         log.entries(),
         [
@@ -76,15 +80,14 @@ fn lp_01_repeat_reexecutes_with_an_incremented_iteration() {
     );
 }
 
-#[test]
-fn lp_02_a_zero_iteration_loop_is_a_normal_step() {
+fn lp_02_a_zero_iteration_loop_is_a_normal_step<E: Engine>() {
     let db = TestDb::new("lp_02");
     let log = ExecLog::default();
     let (l1, l2) = (log.clone(), log.clone());
-    let saga = Saga::builder("root-handler")
+    let saga = E::saga("root-handler")
         .step_named(
             "immediate-continue",
-            move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+            move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
                 l1.push(format!("step-1-iter-{}", ctx.iteration()));
                 Ok(())
             },
@@ -95,7 +98,7 @@ fn lp_02_a_zero_iteration_loop_is_a_normal_step() {
         })
         .build()
         .unwrap();
-    let (trace, _) = run(&db, saga, vec![]);
+    let (trace, _) = run::<E>(&db, saga, vec![]);
     assert_eq!(log.entries(), ["step-1-iter-0", "step-2"]);
     assert_eq!(
         trace,
@@ -109,15 +112,14 @@ fn lp_02_a_zero_iteration_loop_is_a_normal_step() {
     );
 }
 
-#[test]
-fn lp_03_each_iterations_children_finish_before_the_next_iteration() {
+fn lp_03_each_iterations_children_finish_before_the_next_iteration<E: Engine>() {
     let db = TestDb::new("lp_03");
     let log = ExecLog::default();
     let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
-    let saga = Saga::builder("root-handler")
+    let saga = E::saga("root-handler")
         .step_named(
             "loop-step",
-            move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult<Next> {
+            move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult<Next> {
                 l1.push(format!("loop-step-iter-{}", ctx.iteration()));
                 ctx.emit(
                     "child-topic",
@@ -136,14 +138,14 @@ fn lp_03_each_iterations_children_finish_before_the_next_iteration() {
         })
         .build()
         .unwrap();
-    let child = Saga::builder("child-handler")
+    let child = E::saga("child-handler")
         .step(move |_, _: &Value| -> StepResult {
             l2.push("child-handler-step");
             Ok(())
         })
         .build()
         .unwrap();
-    let (trace, _) = run(&db, saga, vec![("child-topic", child)]);
+    let (trace, _) = run::<E>(&db, saga, vec![("child-topic", child)]);
     assert_eq!(
         log.entries(),
         [
@@ -169,12 +171,15 @@ fn lp_03_each_iterations_children_finish_before_the_next_iteration() {
 }
 
 /// A saga whose steps record `invoke-<label>` and compensate with `rollback-<label>`.
-pub(crate) fn recorded(log: &ExecLog, steps: Vec<(&'static str, StepBody)>) -> Saga {
-    let mut b = Saga::builder::<Value>("root-handler");
+pub(crate) fn recorded<E: Engine>(
+    log: &ExecLog,
+    steps: Vec<(&'static str, StepBody<E::X>)>,
+) -> SagaOf<E::X> {
+    let mut b = E::saga::<Value>("root-handler");
     for (name, body) in steps {
         let (l1, l2) = (log.clone(), log.clone());
         b = b
-            .step_named(name, move |ctx: &mut StepContext<'_>, _: &Value| {
+            .step_named(name, move |ctx: &mut StepContext<'_, E::X>, _: &Value| {
                 body(&l1, ctx)
             })
             .rollback(move |_, _: &Value, _| {
@@ -185,39 +190,38 @@ pub(crate) fn recorded(log: &ExecLog, steps: Vec<(&'static str, StepBody)>) -> S
     b.build().unwrap()
 }
 
-pub(crate) type StepBody =
-    Box<dyn Fn(&ExecLog, &mut StepContext<'_>) -> StepResult<Next> + Send + Sync>;
+pub(crate) type StepBody<X> =
+    Box<dyn Fn(&ExecLog, &mut StepContext<'_, X>) -> StepResult<Next> + Send + Sync>;
 
-pub(crate) fn body(
-    f: impl Fn(&ExecLog, &mut StepContext<'_>) -> StepResult<Next> + Send + Sync + 'static,
-) -> StepBody {
+pub(crate) fn body<E: Engine>(
+    f: impl Fn(&ExecLog, &mut StepContext<'_, E::X>) -> StepResult<Next> + Send + Sync + 'static,
+) -> StepBody<E::X> {
     Box::new(f)
 }
 
-#[test]
-fn lp_05_a_single_iteration_loop_rolls_back_like_a_step() {
+fn lp_05_a_single_iteration_loop_rolls_back_like_a_step<E: Engine>() {
     let db = TestDb::new("lp_05");
     let log = ExecLog::default();
-    let saga = recorded(
+    let saga = recorded::<E>(
         &log,
         vec![
             (
                 "loop-step",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-loop-0");
                     Ok(Next::Continue)
                 }),
             ),
             (
                 "failing-step",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-failing");
                     Err(simulated("fails"))
                 }),
             ),
         ],
     );
-    let (trace, status) = run(&db, saga, vec![]);
+    let (trace, status) = run::<E>(&db, saga, vec![]);
     assert_eq!(status, RunStatus::RolledBack);
     assert_eq!(
         log.entries(),
@@ -234,16 +238,15 @@ fn lp_05_a_single_iteration_loop_rolls_back_like_a_step() {
     assert_eq!(trace, expected);
 }
 
-#[test]
-fn lp_06_a_completed_loop_followed_by_a_failure_rolls_back_every_iteration() {
+fn lp_06_a_completed_loop_followed_by_a_failure_rolls_back_every_iteration<E: Engine>() {
     let db = TestDb::new("lp_06");
     let log = ExecLog::default();
-    let saga = recorded(
+    let saga = recorded::<E>(
         &log,
         vec![
             (
                 "loop-step",
-                body(|l, ctx| {
+                body::<E>(|l, ctx| {
                     l.push(format!("invoke-loop-{}", ctx.iteration()));
                     Ok(if ctx.iteration() < 2 {
                         Next::Repeat
@@ -254,21 +257,21 @@ fn lp_06_a_completed_loop_followed_by_a_failure_rolls_back_every_iteration() {
             ),
             (
                 "middle-step",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-middle");
                     Ok(Next::Continue)
                 }),
             ),
             (
                 "failing-step",
-                body(|l, _| {
+                body::<E>(|l, _| {
                     l.push("invoke-failing");
                     Err(simulated("fails"))
                 }),
             ),
         ],
     );
-    let (trace, _) = run(&db, saga, vec![]);
+    let (trace, _) = run::<E>(&db, saga, vec![]);
     assert_eq!(
         log.entries(),
         [
@@ -301,3 +304,11 @@ fn lp_06_a_completed_loop_followed_by_a_failure_rolls_back_every_iteration() {
     expected.push(format!("ROLLED_BACK({})@root-handler", r("loop-step[0,]")));
     assert_eq!(trace, expected);
 }
+
+both!(
+    lp_01_repeat_reexecutes_with_an_incremented_iteration,
+    lp_02_a_zero_iteration_loop_is_a_normal_step,
+    lp_03_each_iterations_children_finish_before_the_next_iteration,
+    lp_05_a_single_iteration_loop_rolls_back_like_a_step,
+    lp_06_a_completed_loop_followed_by_a_failure_rolls_back_every_iteration,
+);

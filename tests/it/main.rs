@@ -17,6 +17,8 @@ mod context;
 mod context_roundtrip;
 /// Deadlines (DL-*).
 mod deadlines;
+/// One harness for both runtimes.
+mod engine;
 /// Failing steps are recorded and release their parents.
 mod failures;
 /// Jumps (LP-08..15).

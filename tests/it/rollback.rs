@@ -2,9 +2,10 @@
 
 use serde_json::{Value, json};
 use structured_cooperation::{
-    EventKind, Requested, RunStatus, Saga, StepContext, StepError, StepResult,
+    EventKind, Requested, RunStatus, SagaOf, StepContext, StepError, StepResult,
 };
 
+use crate::engine::{Engine, Served, both};
 use crate::util::{ExecLog, TestDb, WAIT, history_of};
 
 pub(crate) fn root_launch() -> Value {
@@ -23,18 +24,19 @@ pub(crate) fn simulated(what: &str) -> StepError {
     StepError::with_kind("test::SimulatedFailure", what)
 }
 
-#[test]
-fn rb_01_a_failure_in_the_first_step_emits_nothing_and_compensates_nothing() {
+fn rb_01_a_failure_in_the_first_step_emits_nothing_and_compensates_nothing<E: Engine>() {
     let db = TestDb::new("rb_01");
     let log = ExecLog::default();
     let root = {
         let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
-        Saga::builder("root-handler")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                l1.push("root:s1");
-                ctx.emit("child-topic", &json!({}))?;
-                Err(simulated("Simulated failure to test rollback"))
-            })
+        E::saga("root-handler")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    l1.push("root:s1");
+                    ctx.emit("child-topic", &json!({}))?;
+                    Err(simulated("Simulated failure to test rollback"))
+                },
+            )
             .rollback(move |_, _: &Value, _| {
                 l2.push("root:rb1");
                 Ok(())
@@ -46,7 +48,10 @@ fn rb_01_a_failure_in_the_first_step_emits_nothing_and_compensates_nothing() {
             .build()
             .unwrap()
     };
-    let runtime = db.runtime().subscribe("root-topic", root).start().unwrap();
+    let runtime = E::runtime(&db)
+        .subscribe("root-topic", root)
+        .start()
+        .unwrap();
     let id = runtime.launch("root-topic", &root_launch()).unwrap();
     assert_eq!(
         runtime.wait_for(id, WAIT).unwrap().runs()[0].status,
@@ -64,8 +69,7 @@ fn rb_01_a_failure_in_the_first_step_emits_nothing_and_compensates_nothing() {
     assert_eq!(log.entries(), ["root:s1"]);
 }
 
-#[test]
-fn rb_02_a_failure_in_the_second_step_rolls_back_the_first() {
+fn rb_02_a_failure_in_the_second_step_rolls_back_the_first<E: Engine>() {
     let db = TestDb::new("rb_02");
     let log = ExecLog::default();
     let root = {
@@ -76,21 +80,25 @@ fn rb_02_a_failure_in_the_second_step_rolls_back_the_first() {
             log.clone(),
             log.clone(),
         );
-        Saga::builder("root-handler")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                l1.push("root:s1");
-                ctx.emit("child-topic", &json!({}))?;
-                Ok(())
-            })
+        E::saga("root-handler")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    l1.push("root:s1");
+                    ctx.emit("child-topic", &json!({}))?;
+                    Ok(())
+                },
+            )
             .rollback(move |_, _: &Value, _| {
                 l2.push("root:rb1");
                 Ok(())
             })
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                l3.push("root:s2");
-                ctx.emit("child-topic", &json!({}))?;
-                Err(simulated("second step"))
-            })
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    l3.push("root:s2");
+                    ctx.emit("child-topic", &json!({}))?;
+                    Err(simulated("second step"))
+                },
+            )
             .rollback(move |_, _: &Value, _| {
                 l4.push("root:rb2");
                 Ok(())
@@ -102,7 +110,10 @@ fn rb_02_a_failure_in_the_second_step_rolls_back_the_first() {
             .build()
             .unwrap()
     };
-    let runtime = db.runtime().subscribe("root-topic", root).start().unwrap();
+    let runtime = E::runtime(&db)
+        .subscribe("root-topic", root)
+        .start()
+        .unwrap();
     let id = runtime.launch("root-topic", &root_launch()).unwrap();
     runtime.wait_for(id, WAIT).unwrap();
     assert_eq!(
@@ -123,14 +134,16 @@ fn rb_02_a_failure_in_the_second_step_rolls_back_the_first() {
 }
 
 /// RB-03's topology: a root with one step emitting one child, whose second step fails.
-fn rb_03_sagas(log: &ExecLog) -> (Saga, Saga) {
+fn rb_03_sagas<E: Engine>(log: &ExecLog) -> (SagaOf<E::X>, SagaOf<E::X>) {
     let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
-    let root = Saga::builder("root-handler")
-        .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-            l1.push("root:s1");
-            ctx.emit("child-topic", &json!({}))?;
-            Ok(())
-        })
+    let root = E::saga("root-handler")
+        .step(
+            move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                l1.push("root:s1");
+                ctx.emit("child-topic", &json!({}))?;
+                Ok(())
+            },
+        )
         .rollback(move |_, _: &Value, _| {
             l2.push("root:rb1");
             Ok(())
@@ -142,7 +155,7 @@ fn rb_03_sagas(log: &ExecLog) -> (Saga, Saga) {
         .build()
         .unwrap();
     let (c1, c2, c3) = (log.clone(), log.clone(), log.clone());
-    let child = Saga::builder("child-handler")
+    let child = E::saga("child-handler")
         .step(move |_, _: &Value| -> StepResult {
             c1.push("child:s1");
             Ok(())
@@ -160,13 +173,11 @@ fn rb_03_sagas(log: &ExecLog) -> (Saga, Saga) {
     (root, child)
 }
 
-#[test]
-fn rb_03_when_a_child_fails_rollbacks_happen_in_reverse_order() {
+fn rb_03_when_a_child_fails_rollbacks_happen_in_reverse_order<E: Engine>() {
     let db = TestDb::new("rb_03");
     let log = ExecLog::default();
-    let (root, child) = rb_03_sagas(&log);
-    let runtime = db
-        .runtime()
+    let (root, child) = rb_03_sagas::<E>(&log);
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
@@ -227,19 +238,17 @@ fn rb_03_when_a_child_fails_rollbacks_happen_in_reverse_order() {
     assert_eq!(request.causes(), [root_cause]);
 }
 
-pub(crate) fn failing(name: &str) -> Saga {
-    Saga::builder(name)
+pub(crate) fn failing<E: Engine>(name: &str) -> SagaOf<E::X> {
+    E::saga(name)
         .step(|_, _: &Value| -> StepResult { Err(simulated("always fails")) })
         .build()
         .unwrap()
 }
 
-#[test]
-fn rb_07_and_rb_08_a_failed_run_writes_one_rolled_back_and_the_full_sequence() {
+fn rb_07_and_rb_08_a_failed_run_writes_one_rolled_back_and_the_full_sequence<E: Engine>() {
     let mut db = TestDb::new("rb_07_08");
-    let runtime = db
-        .runtime()
-        .subscribe("t", failing("failed-sequence-handler"))
+    let runtime = E::runtime(&db)
+        .subscribe("t", failing::<E>("failed-sequence-handler"))
         .start()
         .unwrap();
     let id = runtime.launch("t", &json!({})).unwrap();
@@ -263,14 +272,13 @@ fn rb_07_and_rb_08_a_failed_run_writes_one_rolled_back_and_the_full_sequence() {
     assert_eq!(kinds, ["EMITTED", "SEEN", "ROLLING_BACK", "ROLLED_BACK"]);
 }
 
-#[test]
-fn rb_09_rolling_back_a_finished_hierarchy() {
+fn rb_09_rolling_back_a_finished_hierarchy<E: Engine>() {
     let db = TestDb::new("rb_09");
     let log = ExecLog::default();
     let root = {
         let log = log.clone();
-        Saga::builder("root-handler")
-            .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+        E::saga("root-handler")
+            .step(|ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
                 ctx.emit("child-topic", &json!({}))?;
                 Ok(())
             })
@@ -281,22 +289,18 @@ fn rb_09_rolling_back_a_finished_hierarchy() {
             .build()
             .unwrap()
     };
-    let child = Saga::builder("child-handler")
+    let child = E::saga("child-handler")
         .step(|_, _: &Value| -> StepResult { Ok(()) })
         .build()
         .unwrap();
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", child)
         .start()
         .unwrap();
     let id = runtime.launch("root-topic", &root_launch()).unwrap();
     assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
-    let requested = runtime
-        .client()
-        .rollback(id, "master-system", "feelz")
-        .unwrap();
+    let requested = runtime.rollback(id, "master-system", "feelz").unwrap();
     assert_eq!(requested, Requested::Recorded { runs: 1 });
     let outcome = runtime.wait_for(id, WAIT).unwrap();
     assert_eq!(outcome.runs()[0].status, RunStatus::RolledBack);
@@ -332,10 +336,7 @@ fn rb_09_rolling_back_a_finished_hierarchy() {
         ("master-system", "feelz")
     );
     // Nothing committed is left: a second request is refused, and says why.
-    let again = runtime
-        .client()
-        .rollback(id, "master-system", "again")
-        .unwrap();
+    let again = runtime.rollback(id, "master-system", "again").unwrap();
     assert!(
         matches!(&again, Requested::Refused { reason } if reason.contains("nothing committed")),
         "{again:?}"
@@ -353,14 +354,13 @@ impl std::fmt::Display for CustomTestException {
 
 impl std::error::Error for CustomTestException {}
 
-#[test]
-fn ex_03_the_failure_is_stored_with_its_type_and_message() {
+fn ex_03_the_failure_is_stored_with_its_type_and_message<E: Engine>() {
     let mut db = TestDb::new("ex_03");
-    let saga = Saga::builder("exception-test-handler")
+    let saga = E::saga("exception-test-handler")
         .step(|_, _: &Value| -> StepResult { Err(CustomTestException.into()) })
         .build()
         .unwrap();
-    let runtime = db.runtime().subscribe("t", saga).start().unwrap();
+    let runtime = E::runtime(&db).subscribe("t", saga).start().unwrap();
     let id = runtime.launch("t", &json!({})).unwrap();
     runtime.wait_for(id, WAIT).unwrap();
     assert_eq!(
@@ -385,13 +385,12 @@ fn ex_03_the_failure_is_stored_with_its_type_and_message() {
     );
 }
 
-#[test]
-fn ir_02_a_business_failure_rolls_back_and_is_not_retried() {
+fn ir_02_a_business_failure_rolls_back_and_is_not_retried<E: Engine>() {
     let db = TestDb::new("ir_02");
     let log = ExecLog::default();
     let saga = {
         let log = log.clone();
-        Saga::builder("business")
+        E::saga("business")
             .step(move |_, _: &Value| -> StepResult {
                 log.push("attempt");
                 Err(simulated("SimulatedBusinessFailure"))
@@ -399,7 +398,7 @@ fn ir_02_a_business_failure_rolls_back_and_is_not_retried() {
             .build()
             .unwrap()
     };
-    let runtime = db.runtime().subscribe("t", saga).start().unwrap();
+    let runtime = E::runtime(&db).subscribe("t", saga).start().unwrap();
     let id = runtime.launch("t", &json!({})).unwrap();
     runtime.wait_for(id, WAIT).unwrap();
     runtime.wait_idle(WAIT).unwrap();
@@ -413,3 +412,13 @@ fn ir_02_a_business_failure_rolls_back_and_is_not_retried() {
     assert_eq!(log.entries(), ["attempt"]);
     assert_eq!(runtime.stats().infra_errors, 0);
 }
+
+both!(
+    rb_01_a_failure_in_the_first_step_emits_nothing_and_compensates_nothing,
+    rb_02_a_failure_in_the_second_step_rolls_back_the_first,
+    rb_03_when_a_child_fails_rollbacks_happen_in_reverse_order,
+    rb_07_and_rb_08_a_failed_run_writes_one_rolled_back_and_the_full_sequence,
+    rb_09_rolling_back_a_finished_hierarchy,
+    ex_03_the_failure_is_stored_with_its_type_and_message,
+    ir_02_a_business_failure_rolls_back_and_is_not_retried,
+);

@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use structured_cooperation::{Saga, StepContext, StepResult};
+use structured_cooperation::{SagaOf, StepContext, StepResult};
 
+use crate::engine::{Engine, Served, both};
 use crate::util::{ExecLog, TestDb, WAIT, eventually, history_of};
 
 fn db_now(db: &mut TestDb) -> f64 {
@@ -14,34 +15,44 @@ fn db_now(db: &mut TestDb) -> f64 {
         .get(0)
 }
 
-#[test]
-fn sl_01_sleep_waits_on_the_database_clock() {
+fn sl_01_sleep_waits_on_the_database_clock<E: Engine>() {
     let mut db = TestDb::new("sl_01");
     let times = ExecLog::default();
     let saga = {
         let (t0, t2) = (times.clone(), times.clone());
-        Saga::builder("root-handler")
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                let now: f64 = ctx
-                    .tx()
-                    .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])?
+        E::saga("root-handler")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    let now: f64 = E::query_one(
+                        ctx,
+                        "SELECT extract(epoch FROM clock_timestamp())::float8",
+                        &[],
+                    )?
                     .get(0);
-                t0.push(now.to_string());
-                Ok(())
-            })
+                    t0.push(now.to_string());
+                    Ok(())
+                },
+            )
             .sleep(Duration::from_millis(500))
-            .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-                let now: f64 = ctx
-                    .tx()
-                    .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])?
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    let now: f64 = E::query_one(
+                        ctx,
+                        "SELECT extract(epoch FROM clock_timestamp())::float8",
+                        &[],
+                    )?
                     .get(0);
-                t2.push(now.to_string());
-                Ok(())
-            })
+                    t2.push(now.to_string());
+                    Ok(())
+                },
+            )
             .build()
             .unwrap()
     };
-    let runtime = db.runtime().subscribe("root-topic", saga).start().unwrap();
+    let runtime = E::runtime(&db)
+        .subscribe("root-topic", saga)
+        .start()
+        .unwrap();
     let id = runtime.launch("root-topic", &json!({})).unwrap();
     assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
     let t: Vec<f64> = times.entries().iter().map(|s| s.parse().unwrap()).collect();
@@ -61,14 +72,13 @@ fn sl_01_sleep_waits_on_the_database_clock() {
     let _ = db_now(&mut db);
 }
 
-#[test]
-fn sl_02_a_scheduled_step_runs_at_its_time() {
+fn sl_02_a_scheduled_step_runs_at_its_time<E: Engine>() {
     let db = TestDb::new("sl_02");
     let ran_at = ExecLog::default();
     let start_after = SystemTime::now() + Duration::from_millis(500);
     let saga = {
         let ran_at = ran_at.clone();
-        Saga::builder("root-handler")
+        E::saga("root-handler")
             .scheduled_step(
                 move |_: &Value| start_after,
                 move |_, _: &Value| -> StepResult {
@@ -83,7 +93,10 @@ fn sl_02_a_scheduled_step_runs_at_its_time() {
             .unwrap()
     };
     assert_eq!(saga.step_names(), ["0 (waiting for scheduled time)", "0"]);
-    let runtime = db.runtime().subscribe("root-topic", saga).start().unwrap();
+    let runtime = E::runtime(&db)
+        .subscribe("root-topic", saga)
+        .start()
+        .unwrap();
     let id = runtime.launch("root-topic", &json!({})).unwrap();
     assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
     assert_eq!(ran_at.entries(), ["true"], "the step ran after its time");
@@ -100,19 +113,17 @@ fn sl_02_a_scheduled_step_runs_at_its_time() {
 }
 
 /// A timer set while the runtime is otherwise idle fires by itself: the safety net is an hour.
-#[test]
-fn a_timer_fires_on_an_idle_runtime_without_the_sweep() {
+fn a_timer_fires_on_an_idle_runtime_without_the_sweep<E: Engine>() {
     let db = TestDb::new("idle_timer");
-    let saga = Saga::builder("napper")
-        .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+    let saga = E::saga("napper")
+        .step(|ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
             ctx.delay_next(Duration::from_millis(300));
             Ok(())
         })
         .step(|_, _: &Value| -> StepResult { Ok(()) })
         .build()
         .unwrap();
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .safety_net_interval(Duration::from_secs(3600))
         .subscribe("t", saga)
         .start()
@@ -124,35 +135,34 @@ fn a_timer_fires_on_an_idle_runtime_without_the_sweep() {
     assert_eq!(runtime.stats().sweeps, 1, "only the start-up sweep");
 }
 
-fn periodic_saga(log: &ExecLog) -> Saga {
+fn periodic_saga<E: Engine>(log: &ExecLog) -> SagaOf<E::X> {
     let log = log.clone();
-    Saga::builder("ticker")
+    E::saga("ticker")
         .periodic(Duration::from_millis(200), Some(4))
-        .step(move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-            log.push(format!("run-{}", ctx.run_count()));
-            Ok(())
-        })
+        .step(
+            move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                log.push(format!("run-{}", ctx.run_count()));
+                Ok(())
+            },
+        )
         .build()
         .unwrap()
 }
 
 /// Four runs, 200 ms apart; the runtime is stopped and a new one started in the middle: the
 /// chain goes on (its sleeps are rows in the database, not timers in memory).
-#[test]
-fn a_periodic_saga_survives_a_runtime_restart() {
+fn a_periodic_saga_survives_a_runtime_restart<E: Engine>() {
     let mut db = TestDb::new("periodic_restart");
     let log = ExecLog::default();
-    let first = db
-        .runtime()
-        .subscribe("ticks", periodic_saga(&log))
+    let first = E::runtime(&db)
+        .subscribe("ticks", periodic_saga::<E>(&log))
         .start()
         .unwrap();
     first.launch("ticks", &json!({"every": "200ms"})).unwrap();
     eventually("the second run", || log.entries().len() >= 2);
     first.shutdown().unwrap();
-    let second = db
-        .runtime()
-        .subscribe("ticks", periodic_saga(&log))
+    let second = E::runtime(&db)
+        .subscribe("ticks", periodic_saga::<E>(&log))
         .start()
         .unwrap();
     eventually("four runs", || {
@@ -176,3 +186,10 @@ fn a_periodic_saga_survives_a_runtime_restart() {
     );
     assert_eq!(gaps, 0);
 }
+
+both!(
+    sl_01_sleep_waits_on_the_database_clock,
+    sl_02_a_scheduled_step_runs_at_its_time,
+    a_timer_fires_on_an_idle_runtime_without_the_sweep,
+    a_periodic_saga_survives_a_runtime_restart,
+);

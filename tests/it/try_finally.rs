@@ -1,13 +1,14 @@
 //! TF-*: try/finally, built from steps and compensations.
 
 use serde_json::{Value, json};
-use structured_cooperation::{RunStatus, Saga, StepContext, StepError, StepResult};
+use structured_cooperation::{RunStatus, SagaOf, StepContext, StepError, StepResult};
 
+use crate::engine::{Engine, Served, both};
 use crate::util::{ExecLog, TestDb, WAIT};
 
-fn recorder(name: &str, log: &ExecLog) -> Saga {
+fn recorder<E: Engine>(name: &str, log: &ExecLog) -> SagaOf<E::X> {
     let (log, label) = (log.clone(), name.to_owned());
-    Saga::builder(name)
+    E::saga(name)
         .step(move |_, _: &Value| -> StepResult {
             log.push(label.clone());
             Ok(())
@@ -16,12 +17,11 @@ fn recorder(name: &str, log: &ExecLog) -> Saga {
         .unwrap()
 }
 
-fn run(db: &TestDb, root: Saga, log: &ExecLog) -> RunStatus {
-    let runtime = db
-        .runtime()
+fn run<E: Engine>(db: &TestDb, root: SagaOf<E::X>, log: &ExecLog) -> RunStatus {
+    let runtime = E::runtime(db)
         .subscribe("root-topic", root)
-        .subscribe("child-topic", recorder("child-handler", log))
-        .subscribe("finally-topic", recorder("finally-handler", log))
+        .subscribe("child-topic", recorder::<E>("child-handler", log))
+        .subscribe("finally-topic", recorder::<E>("finally-handler", log))
         .start()
         .unwrap();
     let id = runtime.launch("root-topic", &json!({})).unwrap();
@@ -30,31 +30,30 @@ fn run(db: &TestDb, root: Saga, log: &ExecLog) -> RunStatus {
     status
 }
 
-fn finally(
+fn finally<E: Engine>(
     log: &ExecLog,
-) -> impl Fn(&mut StepContext<'_>, &Value) -> StepResult + Send + Sync + 'static {
+) -> impl Fn(&mut StepContext<'_, E::X>, &Value) -> StepResult + Send + Sync + 'static {
     let log = log.clone();
-    move |ctx: &mut StepContext<'_>, _: &Value| {
+    move |ctx: &mut StepContext<'_, E::X>, _: &Value| {
         log.push("root-finally");
         ctx.emit("finally-topic", &json!({}))?;
         Ok(())
     }
 }
 
-#[test]
-fn tf_01_finally_runs_on_success_after_the_trys_children() {
+fn tf_01_finally_runs_on_success_after_the_trys_children<E: Engine>() {
     let db = TestDb::new("tf_01");
     let log = ExecLog::default();
     let root = {
         let (l1, l2) = (log.clone(), log.clone());
-        Saga::builder("root-handler")
+        E::saga("root-handler")
             .try_finally(
-                move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
                     l1.push("root-try");
                     ctx.emit("child-topic", &json!({}))?;
                     Ok(())
                 },
-                finally(&log),
+                finally::<E>(&log),
             )
             .step(move |_, _: &Value| -> StepResult {
                 l2.push("root-end");
@@ -63,7 +62,7 @@ fn tf_01_finally_runs_on_success_after_the_trys_children() {
             .build()
             .unwrap()
     };
-    assert_eq!(run(&db, root, &log), RunStatus::Committed);
+    assert_eq!(run::<E>(&db, root, &log), RunStatus::Committed);
     assert_eq!(
         log.entries(),
         [
@@ -76,35 +75,33 @@ fn tf_01_finally_runs_on_success_after_the_trys_children() {
     );
 }
 
-#[test]
-fn tf_02_finally_runs_when_the_try_fails_but_its_messages_vanish_with_the_step() {
+fn tf_02_finally_runs_when_the_try_fails_but_its_messages_vanish_with_the_step<E: Engine>() {
     let db = TestDb::new("tf_02");
     let log = ExecLog::default();
     let root = {
         let l1 = log.clone();
-        Saga::builder("root-handler")
+        E::saga("root-handler")
             .try_finally(
-                move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
                     l1.push("root-try");
                     ctx.emit("child-topic", &json!({}))?;
                     Err(StepError::msg("try failed"))
                 },
-                finally(&log),
+                finally::<E>(&log),
             )
             .build()
             .unwrap()
     };
-    assert_eq!(run(&db, root, &log), RunStatus::RolledBack);
+    assert_eq!(run::<E>(&db, root, &log), RunStatus::RolledBack);
     assert_eq!(log.entries(), ["root-try", "root-finally"]);
 }
 
-#[test]
-fn tf_04_finally_runs_once_when_a_later_step_fails() {
+fn tf_04_finally_runs_once_when_a_later_step_fails<E: Engine>() {
     let db = TestDb::new("tf_04");
     let log = ExecLog::default();
     let root = {
         let (l1, l2, l3, l4) = (log.clone(), log.clone(), log.clone(), log.clone());
-        Saga::builder("root-handler")
+        E::saga("root-handler")
             .step(move |_, _: &Value| -> StepResult {
                 l1.push("root-start");
                 Ok(())
@@ -114,11 +111,11 @@ fn tf_04_finally_runs_once_when_a_later_step_fails() {
                 Ok(())
             })
             .try_finally(
-                move |_: &mut StepContext<'_>, _: &Value| -> StepResult {
+                move |_: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
                     l3.push("root-try");
                     Ok(())
                 },
-                finally(&log),
+                finally::<E>(&log),
             )
             .step(move |_, _: &Value| -> StepResult {
                 l4.push("root-failure");
@@ -127,7 +124,7 @@ fn tf_04_finally_runs_once_when_a_later_step_fails() {
             .build()
             .unwrap()
     };
-    assert_eq!(run(&db, root, &log), RunStatus::RolledBack);
+    assert_eq!(run::<E>(&db, root, &log), RunStatus::RolledBack);
     assert_eq!(
         log.entries(),
         [
@@ -141,33 +138,31 @@ fn tf_04_finally_runs_once_when_a_later_step_fails() {
     );
 }
 
-#[test]
-fn finally_runs_during_rollback_when_the_saga_fails_before_it() {
+fn finally_runs_during_rollback_when_the_saga_fails_before_it<E: Engine>() {
     let db = TestDb::new("tf_rollback");
     let log = ExecLog::default();
     let root = {
         let l1 = log.clone();
-        Saga::builder("root-handler")
+        E::saga("root-handler")
             .try_finally(
-                move |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
                     l1.push("root-try");
                     ctx.emit("child-topic", &json!({"fail": true}))?;
                     Ok(())
                 },
-                finally(&log),
+                finally::<E>(&log),
             )
             .build()
             .unwrap()
     };
-    let failing_child = Saga::builder("child-handler")
+    let failing_child = E::saga("child-handler")
         .step(|_, _: &Value| -> StepResult { Err(StepError::msg("child fails")) })
         .build()
         .unwrap();
-    let runtime = db
-        .runtime()
+    let runtime = E::runtime(&db)
         .subscribe("root-topic", root)
         .subscribe("child-topic", failing_child)
-        .subscribe("finally-topic", recorder("finally-handler", &log))
+        .subscribe("finally-topic", recorder::<E>("finally-handler", &log))
         .start()
         .unwrap();
     let id = runtime.launch("root-topic", &json!({})).unwrap();
@@ -183,3 +178,10 @@ fn finally_runs_during_rollback_when_the_saga_fails_before_it() {
         ["root-try", "root-finally", "finally-handler"]
     );
 }
+
+both!(
+    tf_01_finally_runs_on_success_after_the_trys_children,
+    tf_02_finally_runs_when_the_try_fails_but_its_messages_vanish_with_the_step,
+    tf_04_finally_runs_once_when_a_later_step_fails,
+    finally_runs_during_rollback_when_the_saga_fails_before_it,
+);

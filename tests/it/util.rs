@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use structured_cooperation::{Client, HistoryEvent, RootId, Runtime, RuntimeBuilder};
 
+use crate::engine::Served;
+
 /// Generous bound for conditions that normally hold within milliseconds.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -119,7 +121,7 @@ pub fn project(history: &[HistoryEvent], handlers: &[&str]) -> Vec<String> {
         .collect()
 }
 
-pub fn history_of(runtime: &Runtime, root: RootId) -> Vec<String> {
+pub fn history_of(runtime: &impl Served, root: RootId) -> Vec<String> {
     trace(&runtime.history(root).unwrap())
 }
 
@@ -195,7 +197,7 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 /// Waits until the root's history contains `event` (as `KIND(step)@handler`).
-pub fn wait_for_event(runtime: &Runtime, root: RootId, event: &str) {
+pub fn wait_for_event(runtime: &impl Served, root: RootId, event: &str) {
     eventually(event, || {
         history_of(runtime, root).iter().any(|e| e == event)
     });

@@ -66,7 +66,7 @@ pub(crate) enum Stmt<'h> {
 pub(crate) enum Output {
     /// `Begin`, `RollbackToSavepoint`, `Commit` and `Rollback` succeeded.
     Done,
-    Claimed(Option<Box<Claimed>>),
+    Claimed(Claimed),
     Instances(Vec<Instance>),
     Children(HashMap<u32, ChildrenOf>),
     Emitted(Emitted),
@@ -104,7 +104,7 @@ impl Statement for Stmt<'_> {
 
     fn decode(&self, rows: Vec<Row>) -> Result<Output> {
         Ok(match self {
-            Stmt::Claim(s) => Output::Claimed(s.decode(rows)?.map(Box::new)),
+            Stmt::Claim(s) => Output::Claimed(s.decode(rows)?),
             Stmt::Instances(s) => Output::Instances(s.decode(rows)?),
             Stmt::Children(s) => Output::Children(s.decode(rows)?),
             Stmt::Emit(s) => Output::Emitted(s.decode(rows)?),

@@ -12,11 +12,11 @@ use crate::core::rollback::{self, Advance};
 use crate::core::state::RunStatus;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
-use crate::proto::{Children, Claimed, GiveUpCheck, Instances};
+use crate::proto::{Children, ClaimedRun, GiveUpCheck, Instances};
 use crate::saga::ChildFailures;
 
 impl Run {
-    pub(super) fn new(claimed: Claimed) -> Run {
+    pub(super) fn new(claimed: ClaimedRun) -> Run {
         Run {
             payload: Arc::from(claimed.payload.as_str()),
             claimed,
