@@ -35,11 +35,19 @@ fn main() {
     let _ = env_logger::builder().is_test(true).try_init();
     match std::env::var("SC_MP_ROLE").as_deref() {
         Ok("worker") => return worker(),
+        #[cfg(feature = "tokio")]
+        Ok("tokio-worker") => return on_tokio::worker(),
         Ok("compensator") => return compensator(),
         _ => {}
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tests: [(&str, fn()); 2] = [(NAME, orchestrate), (KILL_NAME, sigkill_mid_compensation)];
+    #[allow(unused_mut)]
+    let mut tests: Vec<(&str, fn())> = vec![
+        (NAME, || orchestrate(&[BOTH, BOTH], ROOTS)),
+        (KILL_NAME, sigkill_mid_compensation),
+    ];
+    #[cfg(feature = "tokio")]
+    tests.extend(on_tokio::tests());
     if args.iter().any(|a| a == "--list") {
         for (name, _) in tests {
             println!("{name}: test");
@@ -88,18 +96,26 @@ fn sagas() -> (Saga, Saga) {
     (root, child)
 }
 
+/// Which of the two handlers a worker process serves (`SC_HANDLERS`, default both).
+fn serves(handler: &str) -> bool {
+    std::env::var("SC_HANDLERS").map_or(true, |h| h.split(',').any(|x| x == handler))
+}
+
 fn worker() {
     let schema = std::env::var("SC_SCHEMA").expect("SC_SCHEMA");
     let runtimes: Vec<Runtime> = (0..RUNTIMES_PER_PROCESS)
         .map(|_| {
             let (root, child) = sagas();
-            Runtime::builder(database_url())
+            let mut builder = Runtime::builder(database_url())
                 .schema(&schema)
-                .workers(WORKERS)
-                .subscribe("mp-root", root)
-                .subscribe("mp-child", child)
-                .start()
-                .expect("worker runtime starts")
+                .workers(WORKERS);
+            if serves("root") {
+                builder = builder.subscribe("mp-root", root);
+            }
+            if serves("child") {
+                builder = builder.subscribe("mp-child", child);
+            }
+            builder.start().expect("worker runtime starts")
         })
         .collect();
     let ids: Vec<&str> = runtimes.iter().map(Runtime::instance).collect();
@@ -124,7 +140,21 @@ impl Drop for Workers {
     }
 }
 
-fn orchestrate() {
+/// A worker process: its role (`worker` or `tokio-worker`) and the handlers it serves.
+#[derive(Clone, Copy)]
+struct Role {
+    kind: &'static str,
+    handlers: &'static str,
+}
+
+const BOTH: Role = Role {
+    kind: "worker",
+    handlers: "root,child",
+};
+
+/// Runs `roots` two-level trees on one worker process per role, and checks that every root
+/// committed, every effect exists exactly once, and every process ran steps.
+fn orchestrate(roles: &[Role], roots: usize) {
     let url = database_url();
     let schema = format!("t_multiprocess_{}", std::process::id());
     let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|e| {
@@ -148,9 +178,11 @@ fn orchestrate() {
     let exe = std::env::current_exe().unwrap();
     let mut workers = Workers(Vec::new());
     let mut instances = Vec::new();
-    for _ in 0..PROCESSES {
+    assert_eq!(roles.len(), PROCESSES);
+    for role in roles {
         let mut child = Command::new(&exe)
-            .env("SC_MP_ROLE", "worker")
+            .env("SC_MP_ROLE", role.kind)
+            .env("SC_HANDLERS", role.handlers)
             .env("SC_SCHEMA", &schema)
             .env("SC_EFFECTS", &effects)
             .env("DATABASE_URL", &url)
@@ -175,7 +207,7 @@ fn orchestrate() {
 
     let mut conn = client.pool().get().unwrap();
     let mut tx = conn.transaction().unwrap();
-    for i in 0..ROOTS {
+    for i in 0..roots {
         client
             .launch_in(&mut tx, "mp-root", &json!({ "n": i }))
             .unwrap();
@@ -196,12 +228,12 @@ fn orchestrate() {
             .unwrap();
         let (committed, failed): (i64, i64) = (row.get(0), row.get(1));
         assert_eq!(failed, 0, "some roots failed");
-        if committed == ROOTS as i64 {
+        if committed == roots as i64 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "only {committed} of {ROOTS} roots committed within {TIMEOUT:?}"
+            "only {committed} of {roots} roots committed within {TIMEOUT:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -212,14 +244,14 @@ fn orchestrate() {
             .unwrap()
             .get(0)
     };
-    let expected_effects = ROOTS * (2 + CHILDREN);
+    let expected_effects = roots * (2 + CHILDREN);
     assert_eq!(
         count("SELECT count(*) FROM __S__.effects"),
         expected_effects as i64
     );
     assert_eq!(
         count("SELECT count(*) FROM __S__.runs WHERE status = 'committed'"),
-        (ROOTS * (1 + CHILDREN)) as i64
+        (roots * (1 + CHILDREN)) as i64
     );
     // Every committed step instance left exactly one effect: one per run and step.
     assert_eq!(
@@ -235,7 +267,10 @@ fn orchestrate() {
             ids.join("', '")
         ));
         assert!(steps > 0, "process {p} ran no steps");
-        println!("process {p} ran {steps} steps");
+        println!(
+            "process {p} ({}, {}) ran {steps} steps",
+            roles[p].kind, roles[p].handlers
+        );
     }
 
     for child in &mut workers.0 {
@@ -459,4 +494,122 @@ fn sigkill_mid_compensation() {
     admin
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .unwrap();
+}
+
+/// The same trees with a tokio runtime in one of the processes: competing for the same
+/// handlers, and as the parents' or the children's side.
+#[cfg(feature = "tokio")]
+mod on_tokio {
+    use std::io::{Read, Write};
+
+    use serde_json::{Value, json};
+    use structured_cooperation::StepResult;
+    use structured_cooperation::tokio::{Runtime, Saga, StepContext};
+
+    use super::{BOTH, CHILDREN, ROOTS, RUNTIMES_PER_PROCESS, Role, WORKERS, orchestrate, serves};
+
+    const TOKIO_BOTH: Role = Role {
+        kind: "tokio-worker",
+        handlers: "root,child",
+    };
+
+    pub(super) fn tests() -> Vec<(&'static str, fn())> {
+        vec![
+            ("exactly_once_across_a_blocking_and_a_tokio_process", || {
+                orchestrate(&[BOTH, TOKIO_BOTH], ROOTS)
+            }),
+            (
+                "blocking_parents_with_tokio_children_in_another_process",
+                || {
+                    let parents = Role {
+                        kind: "worker",
+                        handlers: "root",
+                    };
+                    let children = Role {
+                        kind: "tokio-worker",
+                        handlers: "child",
+                    };
+                    orchestrate(&[parents, children], 200)
+                },
+            ),
+            (
+                "tokio_parents_with_blocking_children_in_another_process",
+                || {
+                    let parents = Role {
+                        kind: "tokio-worker",
+                        handlers: "root",
+                    };
+                    let children = Role {
+                        kind: "worker",
+                        handlers: "child",
+                    };
+                    orchestrate(&[parents, children], 200)
+                },
+            ),
+        ]
+    }
+
+    async fn effect(ctx: &mut StepContext<'_>, what: &str) -> StepResult {
+        let table = std::env::var("SC_EFFECTS").expect("SC_EFFECTS");
+        let run = ctx.run_id().as_uuid();
+        let sql = format!("INSERT INTO {table} (run_id, step) VALUES ($1, $2)");
+        ctx.tx().await.execute(&sql, &[&run, &what]).await?;
+        Ok(())
+    }
+
+    fn sagas() -> (Saga, Saga) {
+        let root = Saga::builder("mp-root")
+            .step(|ctx, _: &Value| {
+                Box::pin(async move {
+                    effect(ctx, "root:0").await?;
+                    for i in 0..CHILDREN {
+                        ctx.emit("mp-child", &json!({ "i": i }))?;
+                    }
+                    StepResult::Ok(())
+                })
+            })
+            .step(|ctx, _: &Value| Box::pin(async move { effect(ctx, "root:1").await }))
+            .build()
+            .unwrap();
+        let child = Saga::builder("mp-child")
+            .step(|ctx, _: &Value| Box::pin(async move { effect(ctx, "child:0").await }))
+            .build()
+            .unwrap();
+        (root, child)
+    }
+
+    pub(super) fn worker() {
+        let schema = std::env::var("SC_SCHEMA").expect("SC_SCHEMA");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let runtimes: Vec<Runtime> = rt.block_on(async {
+            let mut runtimes = Vec::new();
+            for _ in 0..RUNTIMES_PER_PROCESS {
+                let (root, child) = sagas();
+                let mut builder = Runtime::builder(super::database_url())
+                    .schema(&schema)
+                    .workers(WORKERS);
+                if serves("root") {
+                    builder = builder.subscribe("mp-root", root);
+                }
+                if serves("child") {
+                    builder = builder.subscribe("mp-child", child);
+                }
+                runtimes.push(builder.start().await.expect("tokio runtime starts"));
+            }
+            runtimes
+        });
+        let ids: Vec<&str> = runtimes.iter().map(Runtime::instance).collect();
+        println!("ready {}", ids.join(" "));
+        std::io::stdout().flush().unwrap();
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        rt.block_on(async {
+            for runtime in runtimes {
+                runtime.shutdown().await.expect("clean shutdown");
+            }
+        });
+    }
 }
