@@ -10,10 +10,13 @@
 //! * w4: 100 pre-launched roots, each emitting 10 children of which one fails; the root then
 //!   rolls back and its 9 committed children run their compensations (one insert each);
 //! * sleep lateness: 1,000 runs sleeping 1 s each, how late (after `wake_at`) they woke;
-//! * cancel: from `cancel(root)` until every run of a depth-3, fan-out-5 tree is terminal.
+//! * cancel: from `cancel(root)` until every run of a depth-3, fan-out-5 tree is terminal;
+//! * tokio (with the `tokio` feature): w1 and w3 on the tokio runtime, same workers;
+//! * scale (with the `tokio` feature): w1 on both runtimes with 1, 4 and 16 workers, and tokio
+//!   with 64 tasks on 16 connections; writes `target/bench/blocking_vs_tokio.svg`.
 //!
 //! Environment: `DATABASE_URL` (required), `SC_BENCH_ONLY` (comma-separated subset of
-//! `w1,w3,wake,flat,w4,idle,sleep,cancel`).
+//! `w1,w3,wake,flat,w4,idle,sleep,cancel,tokio,scale`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -24,6 +27,10 @@ use structured_cooperation::{Client, Runtime, Saga, StepContext, StepResult};
 
 #[path = "workloads/control.rs"]
 mod control;
+#[path = "workloads/runtimes.rs"]
+mod runtimes;
+
+use runtimes::Engine;
 
 const WORKERS: usize = 4;
 const SCHEMA: &str = "sc_bench";
@@ -133,21 +140,22 @@ fn job_saga() -> Saga {
         .unwrap()
 }
 
-/// Drains `jobs` pre-launched jobs; returns steps per second (database clock: from just before
-/// the runtime starts to the last job's commit).
+/// Drains `jobs` pre-launched jobs on the blocking runtime with `WORKERS` workers; returns
+/// steps per second (database clock: from just before the runtime starts to the last job's
+/// commit).
 fn w1_run(admin: &mut postgres::Client, client: &Client, jobs: usize) -> f64 {
+    w1_run_on(admin, client, jobs, Engine::Blocking { workers: WORKERS })
+}
+
+/// [`w1_run`] on the given runtime.
+fn w1_run_on(admin: &mut postgres::Client, client: &Client, jobs: usize, engine: Engine) -> f64 {
     client.register_handler("w1", "w1-job").unwrap();
     prelaunch(client, "w1", jobs);
     admin
         .batch_execute(&format!("VACUUM ANALYZE {SCHEMA}.runs"))
         .unwrap();
     let start = db_now(admin);
-    let runtime = Runtime::builder(url())
-        .schema(SCHEMA)
-        .workers(WORKERS)
-        .subscribe("w1", job_saga())
-        .start()
-        .unwrap();
+    let stop = runtimes::start_w1(engine);
     wait_drained(admin, "w1-job");
     let end: f64 = admin
         .query_one(
@@ -159,7 +167,7 @@ fn w1_run(admin: &mut postgres::Client, client: &Client, jobs: usize) -> f64 {
         )
         .unwrap()
         .get(0);
-    runtime.shutdown().unwrap();
+    stop();
     jobs as f64 / (end - start)
 }
 
@@ -215,7 +223,12 @@ fn flatness(admin: &mut postgres::Client, empty_rate: f64) {
 }
 
 fn w3(admin: &mut postgres::Client) {
-    let client = fresh_schema(admin);
+    let rate = w3_on(admin, Engine::Blocking { workers: WORKERS }, true);
+    report("w3_steps_per_s", rate);
+}
+
+/// The w3 sagas of the blocking runtime.
+fn w3_sagas() -> (Saga, Saga) {
     let root = Saga::builder("w3-root")
         .step(|ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
             for i in 0..10 {
@@ -230,18 +243,19 @@ fn w3(admin: &mut postgres::Client) {
         .step(|ctx: &mut StepContext<'_>, _: &Value| insert_result(ctx))
         .build()
         .unwrap();
+    (root, child)
+}
+
+/// w3 on the given runtime: returns steps per second (and reports the root latency when
+/// `latency`).
+fn w3_on(admin: &mut postgres::Client, engine: Engine, latency: bool) -> f64 {
+    let client = fresh_schema(admin);
     let roots = 500usize;
     client.register_handler("w3", "w3-root").unwrap();
     client.register_handler("w3-child", "w3-child").unwrap();
     prelaunch(&client, "w3", roots);
     let start = db_now(admin);
-    let runtime = Runtime::builder(url())
-        .schema(SCHEMA)
-        .workers(WORKERS)
-        .subscribe("w3", root)
-        .subscribe("w3-child", child)
-        .start()
-        .unwrap();
+    let stop = runtimes::start_w3(engine);
     // Roots wait for their children, so once no root is left unfinished, nothing is. (The
     // schema is fresh and small, so a plain count is cheap here.)
     wait_zero(
@@ -273,10 +287,12 @@ fn w3(admin: &mut postgres::Client) {
         )
         .unwrap();
     let (end, p50): (f64, f64) = (row.get(0), row.get(1));
-    runtime.shutdown().unwrap();
+    stop();
     let steps = roots * 12;
-    report("w3_steps_per_s", steps as f64 / (end - start));
-    report("w3_root_p50_ms", p50);
+    if latency {
+        report("w3_root_p50_ms", p50);
+    }
+    steps as f64 / (end - start)
 }
 
 /// Parent-child pairs one at a time on an idle runtime. Each parent's second step measures,
@@ -504,6 +520,12 @@ fn main() {
     }
     if wanted("idle") {
         idle(&mut admin);
+    }
+    if wanted("tokio") {
+        runtimes::tokio_figures(&mut admin);
+    }
+    if wanted("scale") {
+        runtimes::scaling(&mut admin);
     }
     admin
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
