@@ -47,6 +47,14 @@
 //! # }
 //! ```
 //!
+//! ## Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tokio` | no | `structured_cooperation::tokio`: the same engine on a tokio runtime over `tokio-postgres` (with a deadpool pool): async steps, an async `Client` and `Runtime`, interoperating with blocking runtimes on one schema |
+//!
+//! Without features the crate has no async code at all.
+//!
 //! ## Brief overview
 //!
 //! * [`Saga`] / [`SagaBuilder`]: define a handler and its steps.
