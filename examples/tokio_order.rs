@@ -38,7 +38,10 @@ fn order_saga() -> TokioSaga {
                     ))
                     .await?;
                 ctx.tx().await.execute(&reserve, &[&order.id]).await?;
-                println!("  [tokio]    order {}: stock reserved, asking for payment", order.id);
+                println!(
+                    "  [tokio]    order {}: stock reserved, asking for payment",
+                    order.id
+                );
                 ctx.emit("payments", order)?;
                 StepResult::Ok(())
             })
@@ -121,7 +124,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if let Some(failure) = &run.failure {
                 print!("{}", indent(&failure.to_string()));
             }
-            print!("{}", indent(&render_tree(&orders.client().tree(root).await?)));
+            print!(
+                "{}",
+                indent(&render_tree(&orders.client().tree(root).await?))
+            );
         }
         orders.shutdown().await?;
         Ok::<_, structured_cooperation::Error>(())
