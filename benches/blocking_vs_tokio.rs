@@ -253,12 +253,11 @@ fn benches(c: &mut Criterion) {
     // thousands of finished runs and dead rows behind, which would slow a single round trip.
     // Started one after the other: both serve the same handlers on one schema, so a second
     // runtime alive during the first one's round trips would take some of its work.
-    let starters: [(&str, fn() -> Served); 2] = [
-        ("blocking", || Served::blocking(4)),
-        ("tokio", || Served::tokio(4, 4)),
-    ];
-    for (name, start) in starters {
-        let served = start();
+    for name in ["blocking", "tokio"] {
+        let served = match name {
+            "blocking" => Served::blocking(4),
+            _ => Served::tokio(4, 4),
+        };
         group.throughput(Throughput::Elements(1));
         group.bench_function(BenchmarkId::new("round_trip", name), |b| {
             b.iter(|| served.round_trip())

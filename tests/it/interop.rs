@@ -119,6 +119,69 @@ fn async_steps_use_their_transaction_and_children_finish_first() {
     );
 }
 
+/// A panic inside an async step, after it awaited its transaction, is recorded like a
+/// blocking one: the step's writes are undone, the failure names the panic, and the one
+/// worker task goes on to the next run.
+#[test]
+fn a_panic_after_an_await_is_recorded_and_the_worker_survives() {
+    let mut db = TestDb::new("tokio_async_panic");
+    let rt = tokio_runtime();
+    let table = format!("{}.effects", db.schema);
+    let saga = {
+        let table = table.clone();
+        sct::Saga::builder("pay")
+            .step(move |ctx, payload: &Value| {
+                let table = table.clone();
+                Box::pin(async move {
+                    let n = payload["n"].as_i64().unwrap_or(-1);
+                    ctx.tx()
+                        .await
+                        .execute(
+                            &format!("INSERT INTO {table} (what) VALUES ($1)"),
+                            &[&format!("{n}")],
+                        )
+                        .await?;
+                    tokio::task::yield_now().await;
+                    if n == 1 {
+                        panic!("boom after an await at {n}");
+                    }
+                    StepResult::Ok(())
+                })
+            })
+            .build()
+            .unwrap()
+    };
+    db.exec(&format!("CREATE SCHEMA IF NOT EXISTS {}", db.schema));
+    db.exec(&format!("CREATE TABLE {table} (what text NOT NULL)"));
+    let outcomes = rt.block_on(async {
+        let runtime = tokio_builder(&db)
+            .workers(1)
+            .subscribe("pay", saga)
+            .start()
+            .await
+            .unwrap();
+        let mut outcomes = Vec::new();
+        for n in 0..3 {
+            let root = runtime.launch("pay", &json!({ "n": n })).await.unwrap();
+            outcomes.push(runtime.wait_for(root, WAIT).await.unwrap());
+        }
+        assert_eq!(runtime.stats().step_failures, 1);
+        runtime.shutdown().await.unwrap();
+        outcomes
+    });
+    assert!(outcomes[0].is_committed() && outcomes[2].is_committed());
+    let failure = outcomes[1].runs()[0].failure.clone().unwrap();
+    assert_eq!(failure.kind(), "panic");
+    assert_eq!(failure.message(), "boom after an await at 1");
+    assert_eq!(failure.step(), Some("0"));
+    assert_eq!(db.query_i64(&format!("SELECT count(*) FROM {table}")), 2);
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {table} WHERE what = '1'")),
+        0,
+        "the panicking step's insert is undone"
+    );
+}
+
 fn blocking_parent(log: &ExecLog) -> Saga {
     let (log, log2) = (log.clone(), log.clone());
     Saga::builder("b-parent")
