@@ -3,6 +3,7 @@
 
 mod operate;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -503,23 +504,54 @@ impl Client {
         timeout: Duration,
         mut pause: impl FnMut(Duration),
     ) -> Result<TreeOutcome> {
-        let start = Instant::now();
-        let mut backoff = Duration::from_millis(2);
+        let mut waiting = Waiting::new(root, timeout);
         loop {
-            let outcome = self.outcome(root)?;
-            if outcome.is_finished() {
-                return Ok(outcome);
+            match waiting.after(self.outcome(root)?)? {
+                ControlFlow::Break(outcome) => return Ok(outcome),
+                ControlFlow::Continue(wait) => pause(wait),
             }
-            let waited = start.elapsed();
-            if waited >= timeout {
-                return Err(Error::Timeout {
-                    root,
-                    waited,
-                    detail: outcome.unfinished(),
-                });
-            }
-            pause(backoff.min(timeout - waited));
-            backoff = (backoff * 2).min(Duration::from_millis(100));
         }
+    }
+}
+
+/// How `wait_for` paces its re-reads of a tree's state (both editions): from 2 ms, doubling
+/// up to 100 ms, until the timeout.
+pub(crate) struct Waiting {
+    root: RootId,
+    start: Instant,
+    timeout: Duration,
+    backoff: Duration,
+}
+
+impl Waiting {
+    pub(crate) fn new(root: RootId, timeout: Duration) -> Waiting {
+        Waiting {
+            root,
+            start: Instant::now(),
+            timeout,
+            backoff: Duration::from_millis(2),
+        }
+    }
+
+    /// What to do after reading `outcome`: return it (finished), pause this long and read
+    /// again, or give up with [`Error::Timeout`].
+    pub(crate) fn after(
+        &mut self,
+        outcome: TreeOutcome,
+    ) -> Result<ControlFlow<TreeOutcome, Duration>> {
+        if outcome.is_finished() {
+            return Ok(ControlFlow::Break(outcome));
+        }
+        let waited = self.start.elapsed();
+        if waited >= self.timeout {
+            return Err(Error::Timeout {
+                root: self.root,
+                waited,
+                detail: outcome.unfinished(),
+            });
+        }
+        let pause = self.backoff.min(self.timeout - waited);
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(100));
+        Ok(ControlFlow::Continue(pause))
     }
 }

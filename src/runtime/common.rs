@@ -399,6 +399,14 @@ pub(crate) fn seeded_jitter() -> Jitter {
     Jitter::new(crate::ids::new_uuid().as_u64_pair().1)
 }
 
+/// The handlers a sweep found with due runs (`wait_idle` hints them and looks again).
+pub(crate) fn due_handlers(rows: Vec<crate::proto::SweepRow>) -> Vec<usize> {
+    rows.into_iter()
+        .filter(|row| row.wait.is_none())
+        .map(|row| row.handler)
+        .collect()
+}
+
 /// What a sweep's rows mean to the scheduler.
 pub(crate) fn sweep_entries(rows: Vec<crate::proto::SweepRow>) -> Vec<SweepEntry> {
     rows.into_iter()
@@ -407,4 +415,75 @@ pub(crate) fn sweep_entries(rows: Vec<crate::proto::SweepRow>) -> Vec<SweepEntry
             Some(wait) => SweepEntry::Wait(row.handler, wait),
         })
         .collect()
+}
+
+/// Where a runtime's events go: a crossbeam channel (blocking) or a tokio one.
+pub(crate) trait EventSink {
+    /// Sends `event`; a dispatcher that is gone (the runtime stopped) needs nothing more.
+    fn post(&self, event: Event);
+}
+
+impl EventSink for crossbeam_channel::Sender<Event> {
+    fn post(&self, event: Event) {
+        let _ = self.send(event);
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl EventSink for ::tokio::sync::mpsc::UnboundedSender<Event> {
+    fn post(&self, event: Event) {
+        let _ = self.send(event);
+    }
+}
+
+/// Tells the dispatcher how a claim task ended, however it ends: a task that unwinds, or a
+/// future that is dropped, before saying so ended `Failed`.
+pub(crate) struct ClaimEnd<'a, S: EventSink> {
+    events: &'a S,
+    pub(crate) handler: usize,
+    /// Whether a claim was announced (the dispatcher counts the worker as busy, not probing).
+    pub(crate) claimed: bool,
+    pub(crate) result: Option<ClaimResult>,
+}
+
+impl<'a, S: EventSink> ClaimEnd<'a, S> {
+    pub(crate) fn new(events: &'a S, handler: usize) -> ClaimEnd<'a, S> {
+        ClaimEnd {
+            events,
+            handler,
+            claimed: false,
+            result: None,
+        }
+    }
+}
+
+impl<S: EventSink> Drop for ClaimEnd<'_, S> {
+    fn drop(&mut self) {
+        self.events.post(Event::Finished {
+            handler: self.handler,
+            claimed: self.claimed,
+            result: self.result.take().unwrap_or(ClaimResult::Failed),
+        });
+    }
+}
+
+/// Tells the dispatcher a sweep ended, however it ends (`found: None`: it failed).
+pub(crate) struct SweepEnd<'a, S: EventSink> {
+    events: &'a S,
+    pub(crate) found: Option<Vec<SweepEntry>>,
+}
+
+impl<'a, S: EventSink> SweepEnd<'a, S> {
+    pub(crate) fn new(events: &'a S) -> SweepEnd<'a, S> {
+        SweepEnd {
+            events,
+            found: None,
+        }
+    }
+}
+
+impl<S: EventSink> Drop for SweepEnd<'_, S> {
+    fn drop(&mut self) {
+        self.events.post(Event::SweepDone(self.found.take()));
+    }
 }

@@ -38,7 +38,7 @@ use crate::typed::AsTopic;
 
 pub use builder::RuntimeBuilder;
 pub use common::RuntimeStats;
-use common::{Event, Registry};
+use common::{Event, Registry, due_handlers};
 
 /// Entry point: `Runtime::builder(url)...start()`.
 ///
@@ -198,11 +198,12 @@ impl Runtime {
             }
             let mut conn = self.shared.client.conn()?;
             let sweep = Sweep { handlers: &names };
-            let due: Vec<usize> = exec::run(&mut *conn, self.shared.client.sql(), None, &sweep)?
-                .into_iter()
-                .filter(|row| row.wait.is_none())
-                .map(|row| row.handler)
-                .collect();
+            let due = due_handlers(exec::run(
+                &mut *conn,
+                self.shared.client.sql(),
+                None,
+                &sweep,
+            )?);
             if due.is_empty() {
                 return Ok(());
             }

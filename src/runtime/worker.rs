@@ -5,12 +5,12 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use postgres::{NoTls, Transaction};
 use r2d2::PooledConnection;
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::common::{Event, bump, sweep_entries};
+use super::common::{self, Event, SweepEnd, bump, sweep_entries};
 use super::{Shared, exec};
 use crate::core::Next;
 use crate::core::attempt::{Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, UserCall};
@@ -43,14 +43,11 @@ pub(crate) fn run(shared: Arc<Shared>, tasks: Receiver<Task>) {
                 handler,
                 generation,
             } => {
-                let mut end = ClaimEnd::new(&shared, handler);
+                let mut end = ClaimEnd::new(&shared.events, handler);
                 end.result = Some(drain(&shared, &mut conn, handler, generation, &mut end));
             }
             Task::Sweep => {
-                let mut end = SweepEnd {
-                    shared: &shared,
-                    found: None,
-                };
+                let mut end = SweepEnd::new(&shared.events);
                 bump(&shared.registry.stats.sweeps);
                 match sweep(&shared, &mut conn) {
                     Ok(found) => end.found = Some(found),
@@ -67,48 +64,8 @@ pub(crate) fn run(shared: Arc<Shared>, tasks: Receiver<Task>) {
     }
 }
 
-/// Tells the dispatcher how a claim task ended, however it ends: a task that unwinds before
-/// saying so ended `Failed`.
-struct ClaimEnd<'a> {
-    shared: &'a Shared,
-    handler: usize,
-    /// Whether a claim was announced (the dispatcher counts the worker as busy, not probing).
-    claimed: bool,
-    result: Option<ClaimResult>,
-}
-
-impl<'a> ClaimEnd<'a> {
-    fn new(shared: &'a Shared, handler: usize) -> ClaimEnd<'a> {
-        ClaimEnd {
-            shared,
-            handler,
-            claimed: false,
-            result: None,
-        }
-    }
-}
-
-impl Drop for ClaimEnd<'_> {
-    fn drop(&mut self) {
-        let _ = self.shared.events.send(Event::Finished {
-            handler: self.handler,
-            claimed: self.claimed,
-            result: self.result.take().unwrap_or(ClaimResult::Failed),
-        });
-    }
-}
-
-/// Tells the dispatcher a sweep ended, however it ends (`None`: it failed).
-struct SweepEnd<'a> {
-    shared: &'a Shared,
-    found: Option<Vec<SweepEntry>>,
-}
-
-impl Drop for SweepEnd<'_> {
-    fn drop(&mut self) {
-        let _ = self.shared.events.send(Event::SweepDone(self.found.take()));
-    }
-}
+/// The claim guard this runtime's workers use.
+type ClaimEnd<'a> = common::ClaimEnd<'a, Sender<Event>>;
 
 /// Runs attempts at handler `h` until none is due or the batch is used up.
 fn drain(

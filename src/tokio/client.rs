@@ -3,15 +3,16 @@
 
 mod operate;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, RecyclingMethod};
 use serde::Serialize;
 use tokio_postgres::{GenericClient, NoTls};
 
 use super::exec;
-use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA};
+use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA, Waiting};
 use crate::error::{Error, PoolError, Result};
 use crate::ids::{MessageId, RootId};
 use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome};
@@ -435,23 +436,12 @@ impl Client {
     /// # }
     /// ```
     pub async fn wait_for(&self, root: RootId, timeout: Duration) -> Result<TreeOutcome> {
-        let start = Instant::now();
-        let mut backoff = Duration::from_millis(2);
+        let mut waiting = Waiting::new(root, timeout);
         loop {
-            let outcome = self.outcome(root).await?;
-            if outcome.is_finished() {
-                return Ok(outcome);
+            match waiting.after(self.outcome(root).await?)? {
+                ControlFlow::Break(outcome) => return Ok(outcome),
+                ControlFlow::Continue(wait) => ::tokio::time::sleep(wait).await,
             }
-            let waited = start.elapsed();
-            if waited >= timeout {
-                return Err(Error::Timeout {
-                    root,
-                    waited,
-                    detail: outcome.unfinished(),
-                });
-            }
-            ::tokio::time::sleep(backoff.min(timeout - waited)).await;
-            backoff = (backoff * 2).min(Duration::from_millis(100));
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The tokio runtime's handle: launching, waiting, stopping. Its tasks (a dispatcher, a
 //! listener, and one task per claim or sweep) are spawned on the caller's tokio runtime.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,13 +15,14 @@ use super::builder::{RuntimeBuilder, Source};
 use super::client::{Client, Pool};
 use super::exec;
 use super::worker::Conns;
+use crate::client::Waiting;
 use crate::error::{Error, Result};
 use crate::ids::RootId;
 use crate::inspect::{HistoryEvent, Requested, Scope, TreeOutcome};
 use crate::options::EmitOptions;
 use crate::proto::Sweep;
 use crate::runtime::RuntimeStats;
-use crate::runtime::common::{Event, Registry};
+use crate::runtime::common::{Event, Registry, due_handlers};
 use crate::saga::Tokio;
 use crate::typed::AsTopic;
 
@@ -173,25 +175,15 @@ impl Runtime {
     /// root run.
     pub async fn wait_for(&self, root: RootId, timeout: Duration) -> Result<TreeOutcome> {
         let mut completions = self.shared.completions.subscribe();
-        let start = Instant::now();
-        let mut backoff = Duration::from_millis(2);
+        let mut waiting = Waiting::new(root, timeout);
         loop {
             completions.mark_unchanged();
-            let outcome = self.shared.client.outcome(root).await?;
-            if outcome.is_finished() {
-                return Ok(outcome);
+            match waiting.after(self.shared.client.outcome(root).await?)? {
+                ControlFlow::Break(outcome) => return Ok(outcome),
+                ControlFlow::Continue(wait) => {
+                    let _ = ::tokio::time::timeout(wait, completions.changed()).await;
+                }
             }
-            let waited = start.elapsed();
-            if waited >= timeout {
-                return Err(Error::Timeout {
-                    root,
-                    waited,
-                    detail: outcome.unfinished(),
-                });
-            }
-            let pause = backoff.min(timeout - waited);
-            let _ = ::tokio::time::timeout(pause, completions.changed()).await;
-            backoff = (backoff * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -217,12 +209,8 @@ impl Runtime {
             let names = self.shared.registry.names();
             let conn = self.shared.client.conn().await?;
             let sweep = Sweep { handlers: &names };
-            let due: Vec<usize> = exec::run(&**conn, self.shared.client.sql(), None, &sweep)
-                .await?
-                .into_iter()
-                .filter(|row| row.wait.is_none())
-                .map(|row| row.handler)
-                .collect();
+            let due =
+                due_handlers(exec::run(&**conn, self.shared.client.sql(), None, &sweep).await?);
             if due.is_empty() {
                 return Ok(());
             }

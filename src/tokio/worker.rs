@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Object;
 use futures_util::FutureExt;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 use tokio_postgres::{NoTls, Transaction};
 
 use super::exec;
@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::proto::{
     Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
 };
-use crate::runtime::common::{Event, bump, sweep_entries};
+use crate::runtime::common::{self, Event, SweepEnd, bump, sweep_entries};
 use crate::saga::{Engine, SagaOf, StepContext, Tokio, UserStatements};
 
 /// As in the blocking runtime: a task keeps claiming runs of its handler until none is due,
@@ -124,12 +124,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, task: Task) {
             handler,
             generation,
         } => {
-            let mut end = ClaimEnd {
-                shared: &shared,
-                handler,
-                claimed: false,
-                result: None,
-            };
+            let mut end = ClaimEnd::new(&shared.events, handler);
             let result = AssertUnwindSafe(drain(&shared, handler, generation, &mut end))
                 .catch_unwind()
                 .await;
@@ -142,10 +137,7 @@ pub(crate) async fn run_task(shared: Arc<Shared>, task: Task) {
             }
         }
         Task::Sweep => {
-            let mut end = SweepEnd {
-                shared: &shared,
-                found: None,
-            };
+            let mut end = SweepEnd::new(&shared.events);
             bump(&shared.registry.stats.sweeps);
             match sweep(&shared).await {
                 Ok(found) => end.found = Some(found),
@@ -155,36 +147,8 @@ pub(crate) async fn run_task(shared: Arc<Shared>, task: Task) {
     }
 }
 
-/// Tells the dispatcher how a claim task ended, however it ends: also when the task is
-/// dropped (a runtime stopped with a timeout) or unwinds.
-struct ClaimEnd<'a> {
-    shared: &'a Shared,
-    handler: usize,
-    claimed: bool,
-    result: Option<ClaimResult>,
-}
-
-impl Drop for ClaimEnd<'_> {
-    fn drop(&mut self) {
-        let _ = self.shared.events.send(Event::Finished {
-            handler: self.handler,
-            claimed: self.claimed,
-            result: self.result.take().unwrap_or(ClaimResult::Failed),
-        });
-    }
-}
-
-/// Tells the dispatcher a sweep ended, however it ends (`None`: it failed).
-struct SweepEnd<'a> {
-    shared: &'a Shared,
-    found: Option<Vec<SweepEntry>>,
-}
-
-impl Drop for SweepEnd<'_> {
-    fn drop(&mut self) {
-        let _ = self.shared.events.send(Event::SweepDone(self.found.take()));
-    }
-}
+/// The claim guard this runtime's tasks use; it reports also when the task is dropped.
+type ClaimEnd<'a> = common::ClaimEnd<'a, mpsc::UnboundedSender<Event>>;
 
 async fn drain(shared: &Shared, h: usize, generation: u64, end: &mut ClaimEnd<'_>) -> ClaimResult {
     let name = &shared.registry.handlers[h].name;
