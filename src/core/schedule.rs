@@ -233,9 +233,18 @@ impl Scheduler {
             }
             ClaimResult::Failed => {
                 slot.failures += 1;
-                slot.backoff_until = Some(now + self.backoff.delay(slot.failures, jitter));
-                // Keep the hint: the work is still there once the database answers again.
+                let retry = now + self.backoff.delay(slot.failures, jitter);
+                slot.backoff_until = Some(retry);
+                // Keep the hint: the work is still there once the database answers again. A
+                // new generation, because a probe sent before this failure may have found the
+                // failed run still locked and is about to report "empty": that report must
+                // not clear this hint.
                 slot.hinted = true;
+                slot.generation += 1;
+                // And retry when the backoff ends even if something clears the hint meanwhile
+                // (a later probe can still find the run locked by a connection the server has
+                // not reaped yet): the retry is a timer, not only a condition on the hint.
+                set_timer(&mut slot.timer, retry);
             }
         }
     }

@@ -191,6 +191,38 @@ fn failures_back_off_exponentially_and_keep_the_hint() {
     assert_eq!(b.delay(1, 0.0), b.base / 2);
 }
 
+/// The lost retry: a worker's claimed run fails on an infrastructure error while the probe
+/// the cascade sent after its claim is still out; that probe found the run locked and reports
+/// "empty" after the failure. The handler must still be retried when the backoff ends.
+#[test]
+fn an_empty_probe_reported_after_a_failure_does_not_lose_the_retry() {
+    let (mut s, t0) = started(&[2], 2);
+    s.hint(0);
+    assert!(s.next_task(t0).is_some());
+    s.on_claimed(0);
+    let Some(Task::Claim { generation: g2, .. }) = s.next_task(t0) else {
+        panic!("the cascade sends a second probe")
+    };
+    s.on_finished(0, true, ClaimResult::Failed, t0, 1.0);
+    s.on_finished(
+        0,
+        false,
+        ClaimResult::Empty {
+            generation: g2,
+            next_wake: None,
+        },
+        t0,
+        1.0,
+    );
+    assert_eq!(s.next_task(t0), None, "backing off");
+    let retry = s.next_deadline().expect("the retry is scheduled");
+    assert_eq!(retry, t0 + Backoff::default().base);
+    assert!(
+        matches!(s.next_task(retry), Some(Task::Claim { handler: 0, .. })),
+        "the failed run's handler is probed again when the backoff ends"
+    );
+}
+
 #[test]
 fn handlers_are_served_round_robin() {
     let (mut s, t0) = started(&[1, 1], 1);

@@ -1,10 +1,13 @@
 //! Wake-ups without the listener, deep trees, and many children finishing at once.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use structured_cooperation::{RunStatus, Runtime, Saga, StepContext, StepResult};
+use structured_cooperation::{RunId, RunStatus, Runtime, Saga, StepContext, StepResult};
 
+use crate::engine::{Engine, Served, both};
 use crate::util::{ExecLog, Gate, TestDb, WAIT, eventually, history_of};
 
 fn listener_pids(db: &mut TestDb) -> i64 {
@@ -399,3 +402,51 @@ fn a_long_step_is_followed_by_the_next_without_waiting_for_the_sweep() {
         assert!(runtime.wait_for(id, WAIT).unwrap().is_committed());
     }
 }
+
+/// The lost retry (issue 10): a step's connection is killed in the step, so its worker
+/// reports an infrastructure failure while the probe the cascade sent after its claim (which
+/// found the run locked) may still be out and report "empty" afterwards. The run must be
+/// retried after the backoff, not after the safety-net sweep (an hour here). 100 rounds,
+/// each on a fresh run whose first execution kills its own connection; before the fix, a
+/// round was lost within the first 40.
+fn a_retry_after_a_killed_connection_is_never_lost<E: Engine>() {
+    let db = TestDb::new("lost_retry");
+    let killed: Arc<Mutex<HashSet<RunId>>> = Arc::default();
+    let saga = {
+        let killed = killed.clone();
+        E::saga("victim")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                    let first = killed.lock().unwrap().insert(ctx.run_id());
+                    if first {
+                        // The server ends this backend: the step's transaction and lock go
+                        // with it.
+                        E::execute(ctx, "SELECT pg_terminate_backend(pg_backend_pid())", &[])?;
+                    }
+                    Ok(())
+                },
+            )
+            .build()
+            .unwrap()
+    };
+    let runtime = E::runtime(&db)
+        .workers(2)
+        .safety_net_interval(Duration::from_secs(3600))
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(50))
+        .subscribe("t", saga)
+        .start()
+        .unwrap();
+    runtime.wait_idle(WAIT).unwrap();
+    for round in 0..100 {
+        let id = runtime.launch("t", &json!({ "round": round })).unwrap();
+        let outcome = runtime
+            .wait_for(id, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("round {round}: the retry was lost: {e}"));
+        assert!(outcome.is_committed(), "round {round}: {outcome:?}");
+    }
+    assert_eq!(killed.lock().unwrap().len(), 100);
+    assert!(runtime.stats().infra_errors >= 100);
+    runtime.shutdown().unwrap();
+}
+
+both!(a_retry_after_a_killed_connection_is_never_lost);
