@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result, from_r2d2};
 use crate::ids::{MessageId, RootId};
-use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome};
+use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
 use crate::migrate;
 use crate::options::EmitOptions;
 use crate::proto::{self, Emit, GiveUpCheck, Sql};
@@ -450,6 +450,29 @@ impl Client {
             .run(&proto::Tree::new(root))?
             .into_iter()
             .map(RunInfo::from_row)
+            .collect())
+    }
+
+    /// Unfinished runs that are being retried after transient failures or keep failing with
+    /// infrastructure errors, most recently changed first, at most `limit` of them. A run
+    /// leaves the list as soon as it moves on.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// for run in client.troubled_runs(20)? {
+    ///     println!("{} {}: {} retries, {} errors: {:?}", run.handler, run.id, run.retries,
+    ///              run.infra_failures, run.last_error);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn troubled_runs(&self, limit: usize) -> Result<Vec<TroubledRun>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .run(&proto::Troubled { limit })?
+            .into_iter()
+            .map(TroubledRun::from_row)
             .collect())
     }
 

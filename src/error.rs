@@ -94,6 +94,16 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A payload holds something PostgreSQL cannot store (the character U+0000, which `jsonb`
+    /// refuses); nothing was written.
+    #[error("{what} cannot be stored: {reason}")]
+    NotStorable {
+        /// What it was, e.g. `the payload for topic "orders"`.
+        what: String,
+        /// Why.
+        reason: &'static str,
+    },
+
     /// A run stored a return value under a name it had already used.
     #[error("run {run} of handler {handler:?} already returned a value named {name:?}")]
     ReturnValueExists {

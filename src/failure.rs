@@ -271,6 +271,8 @@ pub struct StepError {
     inner: Box<dyn std::error::Error + Send + Sync + 'static>,
     /// A failure to record as it is (rethrowing a failure received from children).
     recorded: Option<Box<Failure>>,
+    /// Worth another attempt (see [`RetryPolicy`](crate::RetryPolicy)).
+    transient: bool,
 }
 
 impl StepError {
@@ -280,6 +282,7 @@ impl StepError {
             kind: "structured_cooperation::StepFailed".to_owned(),
             inner: message.to_string().into(),
             recorded: None,
+            transient: false,
         }
     }
 
@@ -291,6 +294,7 @@ impl StepError {
             kind: failure.kind.to_string(),
             inner: failure.message.to_string().into(),
             recorded: Some(Box::new(failure)),
+            transient: false,
         }
     }
 
@@ -300,6 +304,7 @@ impl StepError {
             kind: "boxed error".to_owned(),
             inner,
             recorded: None,
+            transient: false,
         }
     }
 
@@ -310,6 +315,25 @@ impl StepError {
             kind: kind.into(),
             inner: message.to_string().into(),
             recorded: None,
+            transient: false,
+        }
+    }
+
+    /// Marks an error as transient: the step is worth another attempt, as its saga's
+    /// [`RetryPolicy`](crate::RetryPolicy) allows (three attempts by default). Use it for
+    /// failures a later try may not meet: a timeout, a rate limit, a service restarting.
+    ///
+    /// ```
+    /// use structured_cooperation::StepError;
+    ///
+    /// let e = StepError::transient(std::io::Error::other("connection reset"));
+    /// assert!(e.is_transient());
+    /// assert_eq!(e.kind(), "std::io::error::Error");
+    /// ```
+    pub fn transient(error: impl Into<StepError>) -> StepError {
+        StepError {
+            transient: true,
+            ..error.into()
         }
     }
 
@@ -317,12 +341,33 @@ impl StepError {
     pub fn kind(&self) -> &str {
         &self.kind
     }
+
+    /// Whether the error is transient: marked with [`transient`](Self::transient), or a
+    /// PostgreSQL serialization failure (`40001`) or deadlock (`40P01`) from the step's own
+    /// statements, which a new attempt in a new transaction usually passes.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+/// Whether `err` is a PostgreSQL error that a new attempt of the same transaction usually
+/// passes: a serialization failure or a deadlock.
+fn retryable_database_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let pg = match err.downcast_ref::<crate::Error>() {
+        Some(crate::Error::Postgres(pg)) => Some(pg),
+        _ => err.downcast_ref::<postgres::Error>(),
+    };
+    pg.and_then(postgres::Error::code).is_some_and(|code| {
+        *code == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+    })
 }
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for StepError {
     fn from(err: E) -> Self {
         StepError {
             kind: std::any::type_name::<E>().to_owned(),
+            transient: retryable_database_error(&err),
             inner: Box::new(err),
             recorded: None,
         }

@@ -93,6 +93,61 @@ pub struct RunInfo {
     pub rollback_failure: Option<Failure>,
     /// Its cooperation context as last saved (after its latest step).
     pub context: crate::CooperationContext,
+    /// Retries of its current step's code after transient failures (0 once it moves on).
+    pub retries: u32,
+    /// Consecutive attempts that ended in infrastructure errors (0 once it moves on).
+    pub infra_failures: u32,
+    /// The error of the latest retried or failed attempt, while `retries` or
+    /// `infra_failures` is not 0.
+    pub last_error: Option<String>,
+}
+
+/// An unfinished run that is being retried after transient failures or keeps failing with
+/// infrastructure errors, as listed by
+/// [`Client::troubled_runs`](crate::Client::troubled_runs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TroubledRun {
+    /// The run.
+    pub id: RunId,
+    /// Its tree.
+    pub root_id: RootId,
+    /// Its handler.
+    pub handler: String,
+    /// The topic of its message.
+    pub topic: String,
+    /// Its status (active or rolling back).
+    pub status: RunStatus,
+    /// The index of the step it is on.
+    pub step_index: u32,
+    /// Retries of the step's code after transient failures so far.
+    pub retries: u32,
+    /// Consecutive attempts that ended in infrastructure errors.
+    pub infra_failures: u32,
+    /// The latest error.
+    pub last_error: Option<String>,
+    /// When it is due again (database clock).
+    pub wake_at: SystemTime,
+    /// When it last changed.
+    pub updated_at: SystemTime,
+}
+
+impl TroubledRun {
+    pub(crate) fn from_row(r: crate::proto::TroubledRow) -> TroubledRun {
+        TroubledRun {
+            id: r.id,
+            root_id: r.root_id,
+            handler: r.handler,
+            topic: r.topic,
+            status: r.status,
+            step_index: r.step_index,
+            retries: r.retries,
+            infra_failures: r.infra_failures,
+            last_error: r.last_error,
+            wake_at: r.wake_at,
+            updated_at: r.updated_at,
+        }
+    }
 }
 
 /// Renders runs (as returned by [`Client::tree`](crate::Client::tree)) as an indented tree.
@@ -237,6 +292,9 @@ impl RunInfo {
             failure: r.failure,
             rollback_failure: r.rollback_failure,
             context: r.context,
+            retries: r.retries,
+            infra_failures: r.infra_failures,
+            last_error: r.last_error,
         }
     }
 }

@@ -110,13 +110,14 @@ mod validate;
 
 pub use crate::client::{Client, ClientBuilder, DEFAULT_SCHEMA, Pool};
 pub use crate::context::{ContextKey, CooperationContext};
-pub use crate::core::{EventKind, Next, RunStatus};
+pub use crate::core::{EventKind, Next, RetryPolicy, RunStatus};
 pub use crate::deadline::{DeadlineKind, Deadlines};
 pub use crate::error::{Error, PoolError, Result};
 pub use crate::failure::{Failure, Frame, StepError, StepResult};
 pub use crate::ids::{MessageId, RootId, RunId};
 pub use crate::inspect::{
-    HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome, render_tree,
+    HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome, TroubledRun,
+    render_tree,
 };
 pub use crate::options::EmitOptions;
 pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};

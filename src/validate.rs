@@ -23,6 +23,59 @@ pub(crate) fn size(what: impl FnOnce() -> String, json: &str, limit: usize) -> R
     Ok(())
 }
 
+/// JSON bound for a `jsonb` column (payloads) must not hold the escape `\u0000`: PostgreSQL
+/// refuses it (SQLSTATE 22P05), and a step whose message could never be written would be
+/// retried forever.
+pub(crate) fn storable(what: impl FnOnce() -> String, json: &str) -> Result<()> {
+    if nul_escapes(json).next().is_some() {
+        return Err(Error::NotStorable {
+            what: what(),
+            reason: "it contains the character U+0000, which PostgreSQL does not accept in json",
+        });
+    }
+    Ok(())
+}
+
+/// Replaces every `\u0000` escape in `json` with `\ufffd` (the replacement character), so
+/// that a failure's text (which can come from anywhere) can always be stored.
+pub(crate) fn scrub_nul(json: String) -> String {
+    let found: Vec<usize> = nul_escapes(&json).collect();
+    if found.is_empty() {
+        return json;
+    }
+    let mut out = json;
+    for at in found {
+        // `\u0000` and `\ufffd` have the same length: positions stay valid.
+        out.replace_range(at + 2..at + 6, "fffd");
+    }
+    out
+}
+
+/// Byte offsets of the `\u0000` escapes in a JSON text. A backslash in valid JSON always
+/// starts an escape, so reading escapes pairwise never mistakes an escaped backslash
+/// followed by `u0000` for one.
+fn nul_escapes(json: &str) -> impl Iterator<Item = usize> + '_ {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            if bytes[i] != b'\\' {
+                i += 1;
+                continue;
+            }
+            let at = i;
+            i += 2;
+            if bytes.get(at + 1) == Some(&b'u') {
+                i += 4;
+                if bytes.get(at + 2..at + 6) == Some(b"0000".as_slice()) {
+                    return Some(at);
+                }
+            }
+        }
+        None
+    })
+}
+
 /// A schema name must be a plain lowercase SQL identifier, so it never needs quoting.
 pub(crate) fn schema(name: &str) -> Result<()> {
     let bad = |reason| {
@@ -79,6 +132,31 @@ pub(crate) fn name(kind: &'static str, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_escapes_are_found_and_scrubbed_but_escaped_backslashes_are_not() {
+        let nul = serde_json::to_string(&serde_json::json!({ "a": "x\u{0}y" })).unwrap();
+        assert_eq!(nul, r#"{"a":"x\u0000y"}"#);
+        assert!(storable(|| "the payload".into(), &nul).is_err());
+        let scrubbed = scrub_nul(nul);
+        assert_eq!(scrubbed, r#"{"a":"x\ufffdy"}"#);
+        let back: serde_json::Value = serde_json::from_str(&scrubbed).unwrap();
+        assert_eq!(back["a"], "x\u{fffd}y");
+        // A literal backslash followed by "u0000" is not the character.
+        let text = serde_json::to_string("\\u0000 and \\\u{0}").unwrap();
+        assert_eq!(nul_escapes(&text).count(), 1, "{text}");
+        let plain = serde_json::to_string("\\u0000").unwrap();
+        assert!(storable(|| "x".into(), &plain).is_ok());
+        assert_eq!(scrub_nul(plain.clone()), plain);
+        let err = storable(|| "the payload for topic \"t\"".into(), r#""\u0000""#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the payload for topic \"t\" cannot be stored: it contains the character U+0000, \
+             which PostgreSQL does not accept in json"
+        );
+    }
 
     #[test]
     fn schema_names() {

@@ -14,9 +14,10 @@ use uuid::Uuid;
 
 use super::decide::{ChildrenOf, Transition};
 use super::rollback::{Compensation, Plan};
+use super::schedule::Backoff;
 use super::state::{Instance, Next, StepShape, Wake};
 use crate::context::CooperationContext;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::proto::{Applied, Claim, Claimed, ClaimedRun, Fault, GiveUpCheck};
 use crate::saga::Phase;
@@ -43,6 +44,8 @@ struct Env<'h> {
     worker: &'h str,
     /// Handlers not to notify: the runtime wakes them itself.
     quiet: &'h [&'h str],
+    /// How far a run is pushed back after infrastructure errors.
+    backoff: Backoff,
 }
 
 /// One attempt at the next due run of a handler, from `BEGIN` to the release after `COMMIT`.
@@ -90,17 +93,20 @@ enum State {
 }
 
 impl<'h> Attempt<'h> {
-    /// An attempt at `handler`'s next due run, by `worker`, not notifying `quiet` handlers.
+    /// An attempt at `handler`'s next due run, by `worker`, not notifying `quiet` handlers,
+    /// pushing a run back by `backoff` after an infrastructure error.
     pub(crate) fn new(
         handler: HandlerRef<'h>,
         worker: &'h str,
         quiet: &'h [&'h str],
+        backoff: Backoff,
     ) -> Attempt<'h> {
         Attempt {
             env: Env {
                 handler,
                 worker,
                 quiet,
+                backoff,
             },
             next: Some(Io::Begin),
             state: State::Begin,
@@ -256,8 +262,27 @@ enum Await {
         terminal: bool,
     },
     Release,
+    /// Rolling back to the savepoint after user code failed transiently, then scheduling the
+    /// retry.
+    DiscardForRetry {
+        ran: Box<Ran>,
+        failure: Failure,
+        delay: std::time::Duration,
+    },
+    /// The retry is being written.
+    Retry,
     /// Rolling back a transaction that is to leave no trace, then done.
     Rollback,
+    /// Rolling back after a fault, then recording it on the run: as its poison (a data
+    /// exception, with the failure to fail with) or as one more infrastructure failure.
+    Recover {
+        poison: Option<Failure>,
+        error: Error,
+    },
+    /// The fault is being recorded on the run (outside a transaction).
+    Recorded {
+        error: Error,
+    },
     /// Between two states.
     Nothing,
 }
@@ -359,3 +384,7 @@ mod tests;
 #[cfg(test)]
 #[path = "attempt_rollback_tests.rs"]
 mod rollback_tests;
+
+#[cfg(test)]
+#[path = "attempt_retry_tests.rs"]
+mod retry_tests;

@@ -9,12 +9,13 @@ use serde_json::json;
 
 use super::*;
 use crate::core::decide::ChildrenOf;
-use crate::core::{InstanceKind, RunStatus, RunView};
+use crate::core::schedule::Backoff;
+use crate::core::{InstanceKind, RetryPolicy, RunStatus, RunView};
 use crate::error::Error;
 use crate::failure::{StepError, StepResult};
 use crate::ids::{MessageId, RootId, RunId, new_uuid};
 use crate::options::EmitOptions;
-use crate::proto::{Claimed, ClaimedRun, Emitted};
+use crate::proto::{Claimed, ClaimedRun, Emitted, Postponed};
 use crate::saga::Emission;
 
 /// A handler named `h` with the given steps (`+c`: compensates, `+f`: handles child failures).
@@ -37,6 +38,7 @@ impl Fixture {
                         name: name.to_owned(),
                         compensates: flags.contains(&"c"),
                         handles_child_failures: flags.contains(&"f"),
+                        retry: RetryPolicy::default(),
                     }
                 })
                 .collect(),
@@ -49,7 +51,7 @@ impl Fixture {
             source: "h[1]",
             steps: &self.steps,
         };
-        Attempt::new(handler, "worker-1", &[])
+        Attempt::new(handler, "worker-1", &[], Backoff::default())
     }
 }
 
@@ -66,6 +68,8 @@ pub(super) fn claimed(view: RunView) -> ClaimedRun {
         run_count: 0,
         context: None,
         rollback_context: None,
+        poison: None,
+        retries: 0,
     }
 }
 
@@ -144,6 +148,25 @@ pub(super) fn commit(a: &mut Attempt<'_>, applied: Applied, released: Option<&st
         a.handle_output(Ok(Output::Released(released.map(str::to_owned))));
     }
     done(a)
+}
+
+/// Answers the rollback after an infrastructure fault on a claimed run and the postponement
+/// that follows it; returns the report.
+pub(super) fn postponed(a: &mut Attempt<'_>) -> Report {
+    assert!(matches!(a.poll(), Io::Rollback));
+    ok(a);
+    match a.poll() {
+        Io::RunAutocommit(Stmt::Postpone(p)) => assert!(p.base_us > 0.0 && p.max_us >= p.base_us),
+        other => panic!("expected the postponement, got {other:?}"),
+    }
+    a.handle_output(Ok(Output::Postponed(Some(Postponed {
+        failures: 1,
+        wait: Duration::from_millis(40),
+    }))));
+    let report = done(a);
+    assert!(matches!(report.outcome, Outcome::Failed(_)));
+    assert!(report.postponed.is_some());
+    report
 }
 
 pub(super) fn done(a: &mut Attempt<'_>) -> Report {
@@ -309,8 +332,7 @@ fn an_aborted_transaction_without_user_writes_is_the_engines() {
     a.handle_user(returned(Ok(Next::Continue), false));
     finish(&mut a);
     a.handle_fault(Fault::Aborted(Error::Connect("aborted".to_owned())));
-    let report = done(&mut a);
-    assert!(matches!(report.outcome, Outcome::Failed(_)));
+    let report = postponed(&mut a);
     assert_eq!(report.step_failures, 0);
 }
 
@@ -451,9 +473,9 @@ fn infrastructure_errors_after_user_code_are_not_the_users() {
     a.handle_user(returned(Ok(Next::Continue), true));
     finish(&mut a);
     a.handle_output(Err(Error::Connect("connection reset".to_owned())));
-    // No rollback to the savepoint, no recorded failure: the run is retried as it was.
-    let report = done(&mut a);
-    assert!(matches!(report.outcome, Outcome::Failed(_)));
+    // No rollback to the savepoint, no recorded failure: the run is pushed back and retried
+    // as it was.
+    let report = postponed(&mut a);
     assert_eq!(report.step_failures, 0);
 
     let mut a = f.attempt();

@@ -16,9 +16,11 @@
 pub(crate) mod attempt;
 pub(crate) mod decide;
 pub(crate) mod operator;
+mod retry;
 pub(crate) mod rollback;
 pub(crate) mod schedule;
 mod state;
 
+pub use retry::RetryPolicy;
 pub use state::{EventKind, Next, RunStatus};
 pub(crate) use state::{Instance, InstanceKind, RunView, StepShape, Wake};

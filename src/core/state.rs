@@ -46,6 +46,8 @@ pub enum EventKind {
     RollbackFailed,
     /// Cancellation of a run or tree was requested.
     CancellationRequested,
+    /// A step's code failed transiently and will run again (the failure says why).
+    Retrying,
 }
 
 impl EventKind {
@@ -61,6 +63,7 @@ impl EventKind {
             EventKind::RolledBack => "ROLLED_BACK",
             EventKind::RollbackFailed => "ROLLBACK_FAILED",
             EventKind::CancellationRequested => "CANCELLATION_REQUESTED",
+            EventKind::Retrying => "RETRYING",
         }
     }
 
@@ -76,6 +79,7 @@ impl EventKind {
             "ROLLED_BACK" => EventKind::RolledBack,
             "ROLLBACK_FAILED" => EventKind::RollbackFailed,
             "CANCELLATION_REQUESTED" => EventKind::CancellationRequested,
+            "RETRYING" => EventKind::Retrying,
             _ => return None,
         })
     }
@@ -183,6 +187,8 @@ pub(crate) struct StepShape {
     pub(crate) compensates: bool,
     /// The step has its own child-failure handler (the default rethrows).
     pub(crate) handles_child_failures: bool,
+    /// How its code is retried after transient failures.
+    pub(crate) retry: super::RetryPolicy,
 }
 
 /// The name of step `index`, or `#index` if the saga has no such step (a run whose stored
@@ -200,6 +206,7 @@ impl StepShape {
             name: name.to_owned(),
             compensates: false,
             handles_child_failures: false,
+            retry: super::RetryPolicy::default(),
         }
     }
 }

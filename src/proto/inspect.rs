@@ -83,17 +83,20 @@ impl Tree {
     pub(crate) const SQL: &'static str = "
 WITH RECURSIVE t AS (
     SELECT r.id, r.parent_id, r.handler, r.topic, r.status, r.step_index, r.pending_children,
-           r.failure, r.rollback_failure, r.context, r.created_at, 0 AS depth,
+           r.failure, r.rollback_failure, r.context, r.retries, r.infra_failures, r.last_error,
+           r.created_at, 0 AS depth,
            ARRAY[r.created_at] AS path
     FROM __S__.runs r WHERE r.message_id = $1 AND r.parent_id IS NULL
     UNION ALL
     SELECT c.id, c.parent_id, c.handler, c.topic, c.status, c.step_index, c.pending_children,
-           c.failure, c.rollback_failure, c.context, c.created_at, t.depth + 1,
+           c.failure, c.rollback_failure, c.context, c.retries, c.infra_failures, c.last_error,
+           c.created_at, t.depth + 1,
            t.path || c.created_at
     FROM __S__.runs c JOIN t ON c.parent_id = t.id
 )
 SELECT id, parent_id, handler, topic, status, step_index, pending_children, depth,
-       failure::text AS failure, rollback_failure::text AS rollback_failure, context
+       failure::text AS failure, rollback_failure::text AS rollback_failure, context, retries,
+       infra_failures, last_error
 FROM t ORDER BY path, handler";
 }
 
@@ -111,6 +114,9 @@ pub(crate) struct TreeRow {
     pub(crate) failure: Option<Failure>,
     pub(crate) rollback_failure: Option<Failure>,
     pub(crate) context: CooperationContext,
+    pub(crate) retries: u32,
+    pub(crate) infra_failures: u32,
+    pub(crate) last_error: Option<String>,
 }
 
 impl Statement for Tree {
@@ -141,6 +147,9 @@ impl Statement for Tree {
                     failure: failure_col(row, "failure")?,
                     rollback_failure: failure_col(row, "rollback_failure")?,
                     context: CooperationContext::from_stored(row.try_get("context")?)?,
+                    retries: u32_col(row, "retries")?,
+                    infra_failures: u32_col(row, "infra_failures")?,
+                    last_error: row.try_get("last_error")?,
                 })
             })
             .collect()

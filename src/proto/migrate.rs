@@ -26,6 +26,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "context_and_return_values",
         include_str!("../../migrations/0004_context_and_return_values.sql"),
     ),
+    (
+        5,
+        "retries_and_poison",
+        include_str!("../../migrations/0005_retries_and_poison.sql"),
+    ),
 ];
 
 /// The highest migration version this library ships.

@@ -18,6 +18,7 @@ mod operator;
 mod rollback;
 mod run;
 mod session;
+mod trouble;
 mod values;
 
 use std::time::Duration;
@@ -47,6 +48,7 @@ pub(crate) use run::{
     Applied, Claim, Claimed, ClaimedRun, Finish, Release, Sweep, SweepRow, Unreleased,
 };
 pub(crate) use session::{Listen, RollbackToSavepoint, Savepoint, Unlisten, WorkerSession};
+pub(crate) use trouble::{Poison, Postpone, Postponed, ScheduleRetry, Troubled, TroubledRow};
 pub(crate) use values::{ChildValueRow, ChildValues, GiveUpReason, StoreValue};
 
 /// An engine statement: what to execute and how to read what comes back.
@@ -102,6 +104,14 @@ statements! {
     Unreleased => Unreleased::SQL,
     /// [`Sweep`]
     Sweep => Sweep::SQL,
+    /// [`ScheduleRetry`]
+    ScheduleRetry => ScheduleRetry::SQL,
+    /// [`Postpone`]
+    Postpone => Postpone::SQL,
+    /// [`Poison`]
+    Poison => Poison::SQL,
+    /// [`Troubled`]
+    Troubled => Troubled::SQL,
     /// [`Register`]
     Register => Register::SQL,
     /// [`Instances`]
@@ -249,7 +259,7 @@ pub(crate) enum GiveUpCheck {
 
 impl GiveUpCheck {
     /// As the statements take it: NULL (skip) or whether the run is rolling back.
-    fn param(self) -> Option<bool> {
+    pub(super) fn param(self) -> Option<bool> {
         match self {
             GiveUpCheck::Skip => None,
             GiveUpCheck::HappyPath => Some(false),
@@ -278,6 +288,9 @@ pub(crate) enum Fault {
     Aborted(Error),
     /// A row lock taken with `NOWAIT` is held by someone else (SQLSTATE `55P03`).
     Locked(Error),
+    /// A data exception (SQLSTATE class `22`): the database refused a value, such as text it
+    /// cannot store. Retrying the same statement with the same data fails the same way.
+    Data(Error),
     /// Anything else: the database, the connection, or data the engine cannot read.
     Other(Error),
 }
@@ -297,6 +310,7 @@ impl From<Error> for Fault {
             Some(c) if *c == postgres::error::SqlState::LOCK_NOT_AVAILABLE => {
                 return Fault::Locked(e);
             }
+            Some(c) if c.code().starts_with("22") => return Fault::Data(e),
             _ => {}
         }
         let give_up = pg
@@ -318,7 +332,7 @@ impl Fault {
                 "the give-up check fired outside a step: {}",
                 failure.message()
             )),
-            Fault::Aborted(e) | Fault::Locked(e) | Fault::Other(e) => e,
+            Fault::Aborted(e) | Fault::Locked(e) | Fault::Data(e) | Fault::Other(e) => e,
         }
     }
 }
@@ -370,7 +384,14 @@ pub(super) fn failure_col(row: &Row, column: &str) -> Result<Option<Failure>> {
 
 /// A failure as the statements take it.
 pub(super) fn failure_json(failure: Option<&Failure>) -> Result<Option<String>> {
-    Ok(failure.map(serde_json::to_string).transpose()?)
+    failure.map(failure_text).transpose()
+}
+
+/// A failure as the JSON the engine stores. Its texts come from anywhere (error messages,
+/// panics, operators), so a U+0000 in them, which `jsonb` refuses, becomes U+FFFD: a failure
+/// must always be storable, or the run could never record it.
+pub(super) fn failure_text(failure: &Failure) -> Result<String> {
+    Ok(crate::validate::scrub_nul(serde_json::to_string(failure)?))
 }
 
 /// The one row a statement always returns.

@@ -137,7 +137,7 @@ impl RequestOperatorRollback {
     pub(crate) fn new(runs: &[RunId], cause: &Failure) -> Result<RequestOperatorRollback> {
         Ok(RequestOperatorRollback {
             runs: ids(runs),
-            cause: serde_json::to_string(cause)?,
+            cause: super::failure_text(cause)?,
         })
     }
 
@@ -246,7 +246,7 @@ impl RecordCancel {
         Ok(RecordCancel {
             root: root.as_uuid(),
             run: run.map(|r| r.as_uuid()),
-            failure: serde_json::to_string(failure)?,
+            failure: super::failure_text(failure)?,
             message: message.as_uuid(),
             runs: ids(runs),
         })

@@ -150,7 +150,7 @@ impl<'a> RequestRollback<'a> {
         Ok(RequestRollback {
             run: run.as_uuid(),
             instance: instance as i32,
-            cause: serde_json::to_string(cause)?,
+            cause: super::failure_text(cause)?,
             quiet,
             context,
         })

@@ -43,7 +43,7 @@ c AS (
            r.step_iteration, r.instances, r.failed_children, r.started_at IS NOT NULL AS seen,
            r.wake_at, r.cfh_iteration, r.rollback_cursor, r.waited_instance, r.rollback_seen,
            r.failure, r.happy_deadline, r.rollback_deadline, r.absolute_deadline,
-           r.context, r.rollback_context
+           r.context, r.rollback_context, r.poison, r.retries
     FROM __S__.runs r
     WHERE r.handler = $1 AND r.status IN ('active', 'rolling_back') AND r.pending_children = 0
       AND r.wake_at <= (SELECT t FROM clock)
@@ -71,6 +71,7 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
        c.waited_instance, c.rollback_seen, c.failure::text AS failure,
        true AS due, 0::int8 AS wait_ms,
        m.payload::text AS payload, m.run_count, c.context, c.rollback_context,
+       c.poison::text AS poison, c.retries,
        -- Whether the run must give up (cancelled, a deadline passed). The guard keeps the
        -- common case (no deadlines, no cancellation in the tree) to one index probe.
        CASE WHEN c.happy_deadline IS NULL AND c.rollback_deadline IS NULL
@@ -82,7 +83,7 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
 FROM c JOIN __S__.messages m ON m.id = c.message_id
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       false, later.wait_ms, NULL, NULL, NULL, NULL, NULL
+       false, later.wait_ms, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM later";
 }
 
@@ -116,6 +117,10 @@ pub(crate) struct ClaimedRun {
     pub(crate) context: Option<String>,
     /// The context a parent's rollback request carried, not merged in yet.
     pub(crate) rollback_context: Option<String>,
+    /// A failure the run's own data caused in the engine's statements: the run fails with it.
+    pub(crate) poison: Option<Failure>,
+    /// Retries of the run's current code so far (transient failures).
+    pub(crate) retries: u32,
 }
 
 impl Statement for Claim<'_> {
@@ -148,6 +153,8 @@ impl Statement for Claim<'_> {
             run_count: u32_col(&row, "run_count")?,
             context: row.try_get("context")?,
             rollback_context: row.try_get("rollback_context")?,
+            poison: failure_col(&row, "poison")?,
+            retries: u32_col(&row, "retries")?,
         })))
     }
 }
@@ -263,6 +270,7 @@ run AS (
         rollback_failure = coalesce($8::text::jsonb, rollback_failure),
         cfh_iteration = $9, rollback_cursor = $10, waited_instance = $11,
         rollback_seen = true,
+        retries = 0, infra_failures = 0, last_error = NULL, poison = NULL,
         context = CASE WHEN $27::bool THEN $28::text ELSE context END,
         rollback_context = CASE WHEN $27::bool THEN NULL ELSE rollback_context END,
         -- `$24` not before a time, `$25` microseconds from now; a sleeping run still wakes

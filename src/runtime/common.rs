@@ -33,6 +33,12 @@ pub struct RuntimeStats {
     /// Steps whose results were discarded because the run was cancelled (or missed a deadline)
     /// while they ran.
     pub gave_up_after_step: u64,
+    /// Attempts of user code that failed transiently and were scheduled to run again (see
+    /// [`RetryPolicy`](crate::RetryPolicy)).
+    pub retries: u64,
+    /// Runs whose own data the database refused in the engine's statements (a data
+    /// exception): each fails with that error instead of being retried.
+    pub data_errors: u64,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +50,8 @@ pub(crate) struct Counters {
     pub(crate) sweeps: AtomicU64,
     pub(crate) listener_reconnects: AtomicU64,
     pub(crate) gave_up_after_step: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) data_errors: AtomicU64,
 }
 
 impl Counters {
@@ -57,6 +65,8 @@ impl Counters {
             sweeps: get(&self.sweeps),
             listener_reconnects: get(&self.listener_reconnects),
             gave_up_after_step: get(&self.gave_up_after_step),
+            retries: get(&self.retries),
+            data_errors: get(&self.data_errors),
         }
     }
 }
@@ -204,6 +214,7 @@ impl<X: Flavor> Settings<X> {
             by_topic,
             stats: Counters::default(),
             started: Instant::now(),
+            backoff: self.backoff,
             stopping: AtomicBool::new(false),
         }
     }
@@ -238,6 +249,8 @@ pub(crate) struct Registry<X: Flavor> {
     pub(crate) by_topic: HashMap<String, Vec<usize>>,
     pub(crate) stats: Counters,
     pub(crate) started: Instant,
+    /// How far a run is pushed back after infrastructure errors (and the scheduler backs off).
+    pub(crate) backoff: Backoff,
     /// Set when shutdown begins, so workers stop draining early.
     pub(crate) stopping: AtomicBool,
 }
@@ -303,6 +316,20 @@ impl<X: Flavor> Registry<X> {
             .fetch_add(u64::from(report.step_failures), Ordering::Relaxed);
         if report.gave_up_after_step {
             bump(&stats.gave_up_after_step);
+        }
+        stats
+            .retries
+            .fetch_add(u64::from(report.retried), Ordering::Relaxed);
+        if report.poisoned {
+            bump(&stats.data_errors);
+        }
+        if let Some((run, postponed)) = report.postponed {
+            log::warn!(
+                "{}: run {run} failed {} times in a row on infrastructure errors; next try in {:?}",
+                self.handlers[h].name,
+                postponed.failures,
+                postponed.wait
+            );
         }
         let mut settled = Settled {
             outcome: report.outcome,

@@ -120,7 +120,8 @@ fn attempt(
         source: &entry.source,
         steps: entry.saga.shapes(),
     };
-    let mut attempt = Attempt::new(handler, &shared.registry.instance, &quiet);
+    let registry = &shared.registry;
+    let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff);
     let mut announce = || {
         if !end.claimed {
             // Lets the dispatcher put another worker on this handler while this one is busy.

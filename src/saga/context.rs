@@ -100,6 +100,8 @@ pub(crate) struct StepInfo {
     pub(crate) payload: Arc<str>,
     /// In a compensation: whether the step after the one undone ran after it (try/finally).
     pub(crate) successor_ran: bool,
+    /// Which attempt of this code this is (1 unless earlier ones failed transiently).
+    pub(crate) attempt: u32,
 }
 
 /// What step code's helpers use of the runtime: the statements, the worker connection's
@@ -151,6 +153,7 @@ impl Emission {
             &payload,
             limit,
         )?;
+        validate::storable(|| format!("the payload for topic {topic:?}"), &payload)?;
         let context = options.context.to_stored();
         if let Some(json) = &context {
             validate::size(|| format!("the context for topic {topic:?}"), json, limit)?;
@@ -329,6 +332,12 @@ impl<'c, X: Flavor> StepContext<'c, X> {
     /// For periodic sagas: how many runs of the chain came before this one (0 for the first).
     pub fn run_count(&self) -> u32 {
         self.info.run_count
+    }
+
+    /// Which attempt of this code this is: 1, or more when earlier attempts failed
+    /// transiently and were retried (see [`RetryPolicy`](crate::RetryPolicy)).
+    pub fn attempt(&self) -> u32 {
+        self.info.attempt
     }
 
     pub(crate) fn successor_ran(&self) -> bool {

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 
-use crate::core::{Next, StepShape};
+use crate::core::{Next, RetryPolicy, StepShape};
 use crate::error::{Error, Result};
 use crate::failure::{StepError, StepResult};
 use crate::validate;
@@ -34,6 +34,7 @@ struct StepDef<X: Flavor> {
     body: X::Body,
     compensate: Option<X::Compensate>,
     child_failures: Option<X::OnChildFailures>,
+    retry: Option<RetryPolicy>,
 }
 
 /// A handler of the blocking edition: a name and an ordered list of steps, each run in its
@@ -127,6 +128,7 @@ impl<X: Flavor> fmt::Debug for SagaOf<X> {
 pub struct SagaBuilder<P, X: Flavor = Blocking> {
     name: String,
     steps: Vec<StepDef<X>>,
+    default_retry: RetryPolicy,
     /// A modifier called before any step exists (reported by `build`).
     misplaced: Option<&'static str>,
     _payload: PhantomData<fn(&P)>,
@@ -151,6 +153,7 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
         SagaBuilder {
             name,
             steps: Vec::new(),
+            default_retry: RetryPolicy::default(),
             misplaced: None,
             _payload: PhantomData,
         }
@@ -226,7 +229,40 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
             body,
             compensate: None,
             child_failures: None,
+            retry: None,
         });
+        self
+    }
+
+    /// How the step added last is retried after transient failures (see [`RetryPolicy`]),
+    /// instead of the saga's [default](Self::default_retry).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use structured_cooperation::{RetryPolicy, Saga, StepError, StepResult};
+    ///
+    /// let saga = Saga::builder("charge")
+    ///     .step(|_ctx, order: &serde_json::Value| -> StepResult {
+    ///         // Say the payment provider timed out: worth another try.
+    ///         Err(StepError::transient(StepError::msg(format!("timeout charging {order}"))))
+    ///     })
+    ///     .retry(RetryPolicy::attempts(5).backoff(Duration::from_secs(1), Duration::from_secs(60)))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = saga;
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        if let Some(step) = self.last_step("retry") {
+            step.retry = Some(policy);
+        }
+        self
+    }
+
+    /// How this saga's steps are retried after transient failures unless a step says
+    /// otherwise with [`retry`](Self::retry). Defaults to [`RetryPolicy::default`] (three
+    /// attempts); [`RetryPolicy::NEVER`] turns retries off.
+    pub fn default_retry(mut self, policy: RetryPolicy) -> Self {
+        self.default_retry = policy;
         self
     }
 
@@ -268,6 +304,7 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
                 name,
                 compensates: step.compensate.is_some(),
                 handles_child_failures: step.child_failures.is_some(),
+                retry: step.retry.unwrap_or(self.default_retry),
             });
         }
         Ok(SagaOf {

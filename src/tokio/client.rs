@@ -15,7 +15,7 @@ use super::exec;
 use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA, Waiting};
 use crate::error::{Error, PoolError, Result};
 use crate::ids::{MessageId, RootId};
-use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome};
+use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
 use crate::options::EmitOptions;
 use crate::proto::{
     self, ApplyMigration, Emit, GiveUpCheck, LATEST_MIGRATION, MIGRATIONS, MigrationLock,
@@ -404,6 +404,21 @@ impl Client {
     pub async fn tree(&self, root: RootId) -> Result<Vec<RunInfo>> {
         let rows = self.run(&proto::Tree::new(root)).await?;
         Ok(rows.into_iter().map(RunInfo::from_row).collect())
+    }
+
+    /// Like [`crate::Client::troubled_runs`], but async.
+    ///
+    /// ```no_run
+    /// # async fn example(client: structured_cooperation::tokio::Client) -> structured_cooperation::Result<()> {
+    /// let troubled = client.troubled_runs(20).await?;
+    /// # let _ = troubled;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn troubled_runs(&self, limit: usize) -> Result<Vec<TroubledRun>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.run(&proto::Troubled { limit }).await?;
+        Ok(rows.into_iter().map(TroubledRun::from_row).collect())
     }
 
     /// Like [`crate::Client::outcome`], but async.

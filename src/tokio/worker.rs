@@ -210,7 +210,8 @@ async fn attempt(
         source: &entry.source,
         steps: entry.saga.shapes(),
     };
-    let mut attempt = Attempt::new(handler, &shared.registry.instance, &quiet);
+    let registry = &shared.registry;
+    let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff);
     let driven = drive(&mut attempt, conn, shared, &entry.saga, end).await;
     let report = match driven {
         Ok(report) => report,

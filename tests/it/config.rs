@@ -143,7 +143,7 @@ fn concurrent_first_starts_migrate_once() {
     );
     assert_eq!(
         db.query_i64("SELECT max(version)::int8 FROM __S__.schema_migrations"),
-        4
+        5
     );
 }
 

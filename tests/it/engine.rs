@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use structured_cooperation::{
     AsReturnName, Blocking, ChildFailures, ChildValue, EmitOptions, Failure, Flavor, HistoryEvent,
-    Next, Requested, Result, RootId, RunInfo, Runtime, RuntimeStats, SagaBuilder, SagaOf, Scope,
-    StepContext, StepResult, TreeOutcome,
+    Next, Requested, Result, RetryPolicy, RootId, RunInfo, Runtime, RuntimeStats, SagaBuilder,
+    SagaOf, Scope, StepContext, StepResult, TreeOutcome,
 };
 
 use crate::util::TestDb;
@@ -211,6 +211,16 @@ impl<P: DeserializeOwned + Send + Sync + 'static, E: Engine> Builder<P, E> {
     pub fn sleep(self, duration: Duration) -> Self {
         Builder {
             inner: self.inner.sleep(duration),
+        }
+    }
+    pub fn retry(self, policy: RetryPolicy) -> Self {
+        Builder {
+            inner: self.inner.retry(policy),
+        }
+    }
+    pub fn default_retry(self, policy: RetryPolicy) -> Self {
+        Builder {
+            inner: self.inner.default_retry(policy),
         }
     }
     pub fn periodic(self, every: Duration, runs: Option<u32>) -> Self {

@@ -32,8 +32,12 @@ mod interop;
 mod loops;
 /// The queue API and several instances of one handler (MQ-*).
 mod messaging;
+/// Data PostgreSQL refuses, and runs failing on infrastructure errors.
+mod poison;
 /// Lost notifications, deep trees, concurrent siblings.
 mod resilience;
+/// Retries after transient failures.
+mod retries;
 /// Return values (RV-*).
 mod return_values;
 /// The rollback path, child failures, distributed failures (RB-*, CF-*, EX-*, IR-*).

@@ -1,12 +1,14 @@
 //! Calling user code and turning what it left behind into the run's next state.
 
+use std::time::Duration;
+
 use super::io::{CallKind, Io, Outcome, Report, SavepointState, Stmt, UserCall, UserOutcome};
 use super::{Await, Code, Env, Persist, Ran, Run, done};
 use crate::core::decide;
 use crate::core::rollback;
 use crate::core::state::{Next, step_name};
 use crate::failure::Failure;
-use crate::proto::{Emit, Emitted, Emitter, GiveUpCheck};
+use crate::proto::{Emit, Emitted, Emitter, GiveUpCheck, ScheduleRetry};
 use crate::saga::StepInfo;
 
 impl Run {
@@ -33,6 +35,7 @@ impl Run {
             run_count: self.claimed.run_count,
             payload: self.payload.clone(),
             successor_ran,
+            attempt: self.claimed.retries + 1,
         };
         self.wait = Await::User(code);
         Io::CallUser(UserCall {
@@ -60,19 +63,35 @@ impl Run {
         let h = env.handler;
         let index = code.index();
         let name = step_name(h.steps, index);
+        let transient = matches!(&outcome.result, Ok(Err(err)) if err.is_transient());
         let result = match outcome.result {
             Ok(Ok(next)) => Ok(next),
             Ok(Err(err)) => Err(Failure::from_step_error(err, h.source, &name)),
             Err(panic) => Err(Failure::from_panic(&*panic, h.source, &name)),
         };
+        // A transient failure with attempts left: everything the code did is discarded and
+        // the same code runs again after the policy's delay.
+        let attempt = self.claimed.retries + 1;
+        let policy = h.steps.get(index).map(|s| s.retry).unwrap_or_default();
+        let retry = (transient && policy.allows_another(attempt))
+            .then(|| policy.delay(self.claimed.id, attempt));
         if let Err(failure) = &result {
-            report.step_failures += 1;
-            log::warn!(
-                "{}: {:?} of step {name:?} of run {} failed: {failure}",
-                h.name,
-                code.phase(),
-                self.claimed.id
-            );
+            let (phase, run) = (code.phase(), self.claimed.id);
+            match retry {
+                Some(delay) => log::info!(
+                    "{}: {phase:?} of step {name:?} of run {run} failed transiently (attempt \
+                     {attempt} of {}), retrying in {delay:?}: {failure}",
+                    h.name,
+                    policy.max_attempts()
+                ),
+                None => {
+                    report.step_failures += 1;
+                    log::warn!(
+                        "{}: {phase:?} of step {name:?} of run {run} failed: {failure}",
+                        h.name
+                    );
+                }
+            }
         }
         let emissions = outcome.emissions;
         let ran = Ran {
@@ -90,6 +109,10 @@ impl Run {
                 .map(|e| e.id)
                 .collect(),
         };
+        if let (Some(delay), Err(failure)) = (retry, &result) {
+            report.retried += 1;
+            return self.retry_after_code(env, report, ran, failure.clone(), delay);
+        }
         let (next, check) = match ran.code {
             // A bad `Next` fails the step before anything of it is written.
             Code::Step(_) | Code::ChildFailures { .. } => (
@@ -227,6 +250,59 @@ impl Run {
                 let step = step_name(env.handler.steps, code.index());
                 self.begin_rollback(env, report, step, failure, Some(ran))
             }
+        }
+    }
+}
+
+impl Run {
+    /// User code failed transiently and may run again: discard what it wrote, then schedule
+    /// the retry.
+    pub(super) fn retry_after_code<'h>(
+        &mut self,
+        env: Env<'h>,
+        report: &mut Report,
+        ran: Ran,
+        failure: Failure,
+        delay: Duration,
+    ) -> Io<'h> {
+        if ran.savepoint {
+            self.wait = Await::DiscardForRetry {
+                ran: Box::new(ran),
+                failure,
+                delay,
+            };
+            Io::RollbackToSavepoint
+        } else {
+            self.schedule_retry(env, report, &ran, &failure, delay)
+        }
+    }
+
+    /// Writes the retry: the run's state is unchanged, so the same code runs when it wakes.
+    pub(super) fn schedule_retry<'h>(
+        &mut self,
+        env: Env<'h>,
+        report: &mut Report,
+        ran: &Ran,
+        failure: &Failure,
+        delay: Duration,
+    ) -> Io<'h> {
+        let check = match ran.code {
+            Code::Compensation(_) => GiveUpCheck::RollbackPath,
+            _ => GiveUpCheck::HappyPath,
+        };
+        match ScheduleRetry::new(
+            self.claimed.id,
+            delay,
+            &ran.step,
+            failure,
+            env.worker,
+            check,
+        ) {
+            Ok(stmt) => {
+                self.wait = Await::Retry;
+                Io::Run(Stmt::ScheduleRetry(stmt))
+            }
+            Err(e) => done(report, Outcome::Failed(e)),
         }
     }
 }

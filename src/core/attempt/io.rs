@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::failure::{Failure, StepResult};
 use crate::ids::RunId;
 use crate::proto::{
-    Applied, Children, Claim, Claimed, Emit, Emitted, Finish, Instances, Release, RequestRollback,
-    Requested, Statement, StmtId,
+    Applied, Children, Claim, Claimed, Emit, Emitted, Finish, Instances, Poison, Postpone,
+    Postponed, Release, RequestRollback, Requested, ScheduleRetry, Statement, StmtId,
 };
 use crate::saga::{ChildFailures, Emission, StepInfo};
 
@@ -42,7 +42,8 @@ pub(crate) enum Io<'h> {
     /// Roll the transaction back. Answer: `handle_output(Ok(Output::Done))` or the error.
     Rollback,
     /// Run this statement on its own, outside any transaction (autocommit): the release of a
-    /// finished run's parent, after the run's commit. Answer: `handle_output`.
+    /// finished run's parent after the run's commit, or the record of a failed attempt after
+    /// its transaction ended. Answer: `handle_output`.
     RunAutocommit(Stmt<'h>),
     /// The attempt is over. A transaction still open (only after an error) is to be dropped,
     /// which rolls it back.
@@ -59,6 +60,9 @@ pub(crate) enum Stmt<'h> {
     RequestRollback(RequestRollback<'h>),
     Finish(Finish<'h>),
     Release(Release<'h>),
+    ScheduleRetry(ScheduleRetry<'h>),
+    Postpone(Postpone),
+    Poison(Poison),
 }
 
 /// What the driver reports back for everything but user code.
@@ -73,6 +77,9 @@ pub(crate) enum Output {
     Requested(Requested),
     Applied(Applied),
     Released(Option<String>),
+    Retried(u32),
+    Postponed(Option<Postponed>),
+    Poisoned(bool),
 }
 
 impl Statement for Stmt<'_> {
@@ -87,6 +94,9 @@ impl Statement for Stmt<'_> {
             Stmt::RequestRollback(s) => s.id(),
             Stmt::Finish(s) => s.id(),
             Stmt::Release(s) => s.id(),
+            Stmt::ScheduleRetry(s) => s.id(),
+            Stmt::Postpone(s) => s.id(),
+            Stmt::Poison(s) => s.id(),
         }
     }
 
@@ -99,6 +109,9 @@ impl Statement for Stmt<'_> {
             Stmt::RequestRollback(s) => s.params(),
             Stmt::Finish(s) => s.params(),
             Stmt::Release(s) => s.params(),
+            Stmt::ScheduleRetry(s) => s.params(),
+            Stmt::Postpone(s) => s.params(),
+            Stmt::Poison(s) => s.params(),
         }
     }
 
@@ -111,6 +124,9 @@ impl Statement for Stmt<'_> {
             Stmt::RequestRollback(s) => Output::Requested(s.decode(rows)?),
             Stmt::Finish(s) => Output::Applied(s.decode(rows)?),
             Stmt::Release(s) => Output::Released(s.decode(rows)?),
+            Stmt::ScheduleRetry(s) => Output::Retried(s.decode(rows)?),
+            Stmt::Postpone(s) => Output::Postponed(s.decode(rows)?),
+            Stmt::Poison(s) => Output::Poisoned(s.decode(rows)?),
         })
     }
 }
@@ -188,6 +204,12 @@ pub(crate) struct Report {
     /// The release of this run's parent after the commit failed; the run stays marked and a
     /// sweep finishes it.
     pub(crate) release_error: Option<(RunId, Error)>,
+    /// User code failed transiently and its run was scheduled to try again.
+    pub(crate) retried: u32,
+    /// The run's own data was refused by the database: it was marked to fail.
+    pub(crate) poisoned: bool,
+    /// The run was pushed back after an infrastructure error.
+    pub(crate) postponed: Option<(RunId, Postponed)>,
 }
 
 impl Report {
@@ -200,6 +222,9 @@ impl Report {
             woken: Vec::new(),
             root_finished: false,
             release_error: None,
+            retried: 0,
+            poisoned: false,
+            postponed: None,
         }
     }
 }

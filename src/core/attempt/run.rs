@@ -43,7 +43,13 @@ impl Run {
         };
         let h = env.handler;
         let view = &self.claimed.view;
-        match decide::next_action(view, h.steps, self.claimed.give_up.clone(), h.source) {
+        // A run whose data the database refused fails with that, as it would give up.
+        let give_up = self
+            .claimed
+            .poison
+            .clone()
+            .or_else(|| self.claimed.give_up.clone());
+        match decide::next_action(view, h.steps, give_up, h.source) {
             Action::RunStep { index, iteration } => {
                 self.call(env, CallKind::Step, Code::Step(index), iteration, false)
             }

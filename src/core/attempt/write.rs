@@ -4,8 +4,11 @@
 use super::io::{Io, Outcome, Output, Report, Stmt};
 use super::{Await, Env, Facts, Persist, Ran, Run, done};
 use crate::context::CooperationContext;
+use crate::error::Error;
 use crate::failure::Failure;
-use crate::proto::{ContextWrite, Fault, Finish, Release, RequestRollback, Requested};
+use crate::proto::{
+    Applied, ContextWrite, Fault, Finish, Poison, Postpone, Release, RequestRollback, Requested,
+};
 
 impl Run {
     /// Writes `p`: first asking children to roll back if it says so, then the transition.
@@ -113,6 +116,45 @@ impl Run {
                 done(report, Outcome::Ran)
             }
             (Await::Rollback, Output::Done) => done(report, Outcome::Ran),
+            (
+                Await::DiscardForRetry {
+                    ran,
+                    failure,
+                    delay,
+                },
+                Output::Done,
+            ) => self.schedule_retry(env, report, &ran, &failure, delay),
+            (Await::Retry, Output::Retried(_)) => {
+                // Nothing changed but the timer: no parent to release, no root finished.
+                self.wait = Await::Commit {
+                    applied: Applied {
+                        is_root: false,
+                        release_pending: false,
+                    },
+                    terminal: false,
+                };
+                Io::Commit
+            }
+            (Await::Recover { poison, error }, Output::Done) => {
+                self.record_fault(env, report, poison, error)
+            }
+            (Await::Recorded { error }, Output::Poisoned(marked)) => {
+                if !marked {
+                    return done(report, Outcome::Failed(error));
+                }
+                report.poisoned = true;
+                log::error!(
+                    "{}: run {} fails: the database refused its data ({error})",
+                    env.handler.name,
+                    self.claimed.id
+                );
+                // It is due at once: claiming it next fails it.
+                done(report, Outcome::Ran)
+            }
+            (Await::Recorded { error }, Output::Postponed(postponed)) => {
+                report.postponed = postponed.map(|p| (self.claimed.id, p));
+                done(report, Outcome::Failed(error))
+            }
             (wait, output) => {
                 panic!("attempt protocol violated: got {output:?} while waiting for {wait:?}")
             }
@@ -130,13 +172,75 @@ impl Run {
             Await::Finish { blame, .. } => {
                 self.fault_after_code(env, report, blame.map(|r| *r), fault)
             }
+            Await::Retry => self.fault_after_code(env, report, None, fault),
             // The commit is durable: a sweep performs the release.
             Await::Release => {
                 report.release_error = Some((self.claimed.id, fault.into_error()));
                 done(report, Outcome::Ran)
             }
-            _ => done(report, Outcome::Failed(fault.into_error())),
+            // Whether the commit happened is unknown; the run is retried from whatever the
+            // database holds, without recording anything on it.
+            Await::Commit { .. } | Await::Rollback => {
+                done(report, Outcome::Failed(fault.into_error()))
+            }
+            // The recovery failed too (the connection is gone): the scheduler backs off.
+            Await::Recover { error, .. } | Await::Recorded { error } => {
+                done(report, Outcome::Failed(error))
+            }
+            _ => self.recover(env, None, fault),
         }
+    }
+
+    /// A statement failed on a claimed run: end the transaction, then record the fault on the
+    /// run. A data exception in the engine's statements is the run's own data (`step` is the
+    /// code whose results they were writing, if any), so the run is marked to fail with it;
+    /// anything else pushes the run back by the retry backoff.
+    fn recover<'h>(&mut self, env: Env<'h>, step: Option<&str>, fault: Fault) -> Io<'h> {
+        let poison = match &fault {
+            Fault::Data(e) => {
+                let failure = Failure::new(
+                    "structured_cooperation::DataRejected",
+                    format!(
+                        "the database refused the run's data: {}",
+                        crate::error::with_sources(e)
+                    ),
+                    env.handler.source,
+                );
+                Some(match step {
+                    Some(step) => failure.with_step(step),
+                    None => failure,
+                })
+            }
+            _ => None,
+        };
+        self.wait = Await::Recover {
+            poison,
+            error: fault.into_error(),
+        };
+        Io::Rollback
+    }
+
+    fn record_fault<'h>(
+        &mut self,
+        env: Env<'h>,
+        report: &mut Report,
+        poison: Option<Failure>,
+        error: Error,
+    ) -> Io<'h> {
+        let stmt = match poison {
+            Some(failure) => match Poison::new(self.claimed.id, &failure) {
+                Ok(stmt) => Stmt::Poison(stmt),
+                Err(_) => return done(report, Outcome::Failed(error)),
+            },
+            None => Stmt::Postpone(Postpone::new(
+                self.claimed.id,
+                &crate::error::with_sources(&error),
+                env.backoff.base,
+                env.backoff.max,
+            )),
+        };
+        self.wait = Await::Recorded { error };
+        Io::RunAutocommit(stmt)
     }
 
     /// A statement writing the results of user code (`ran`, when it is to blame for an
@@ -172,7 +276,7 @@ impl Run {
                 .with_step(ran.step.as_str());
                 self.fail_after_code(env, report, ran, failure)
             }
-            (fault, _) => done(report, Outcome::Failed(fault.into_error())),
+            (fault, ran) => self.recover(env, ran.as_ref().map(|r| r.step.as_str()), fault),
         }
     }
 }
