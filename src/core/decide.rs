@@ -265,7 +265,38 @@ pub(crate) struct ChildrenOf {
     pub(crate) messages: Vec<uuid::Uuid>,
     pub(crate) committed: u32,
     pub(crate) rolled_back: Vec<Failure>,
+    /// The rollback failures of the children that failed to roll back.
     pub(crate) rollback_failed: Vec<Failure>,
+    /// Why those children were rolling back in the first place (their original failures).
+    pub(crate) rollback_failed_causes: Vec<Failure>,
+}
+
+impl ChildrenOf {
+    /// The causes of a "child rollback failed" failure in `step`: each child's rollback
+    /// failure, then one "child rolled back" failure holding why the children failed in the
+    /// first place (the originals of those whose rollback failed, and the failures of those
+    /// that rolled back), so that neither story hides the other. Originals that only repeat
+    /// `own` (the run's own rollback cause, which it asked its children to roll back for)
+    /// are left out: the caller adds `own` itself.
+    pub(crate) fn rollback_failed_causes(
+        &self,
+        step: &str,
+        own: Option<&Failure>,
+        source: &str,
+    ) -> Vec<Failure> {
+        let mut causes = self.rollback_failed.clone();
+        let mut originals: Vec<Failure> = Vec::new();
+        for f in self.rollback_failed_causes.iter().chain(&self.rolled_back) {
+            let repeats_own = own.is_some_and(|own| f.contains(own));
+            if !repeats_own && !originals.contains(f) && !causes.iter().any(|c| c.contains(f)) {
+                originals.push(f.clone());
+            }
+        }
+        if !originals.is_empty() {
+            causes.push(Failure::child_rolled_back(step, originals, source));
+        }
+        causes
+    }
 }
 
 /// What to do about failed children of the latest step instance.
@@ -299,8 +330,7 @@ pub(crate) fn child_failures(
     let failure = if children.rollback_failed.is_empty() {
         Failure::child_rolled_back(&shape.name, children.rolled_back.clone(), source)
     } else {
-        let mut causes = children.rollback_failed.clone();
-        causes.extend(children.rolled_back.iter().cloned());
+        let causes = children.rollback_failed_causes(&shape.name, None, source);
         Failure::child_rollback_failed(&shape.name, causes, None, source)
     };
     if !shape.handles_child_failures {

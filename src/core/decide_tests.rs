@@ -1,5 +1,6 @@
 //! Tests of `core::decide`.
 use super::*;
+use crate::failure::kinds;
 
 fn steps(n: usize) -> Vec<StepShape> {
     (0..n).map(|i| StepShape::plain(&i.to_string())).collect()
@@ -137,7 +138,51 @@ fn failed_children() -> ChildrenOf {
         committed: 1,
         rolled_back: vec![Failure::new("x::E", "child broke", "c[1]")],
         rollback_failed: vec![],
+        rollback_failed_causes: vec![],
     }
+}
+
+/// Issue 10: a child that failed ("original") and then failed to roll back ("another")
+/// shows both to its parent, the original as a cause under a "child rolled back" failure.
+#[test]
+fn a_childs_failed_rollback_keeps_its_original_failure() {
+    let original = Failure::new("x::Original", "original", "c[1]");
+    let another = Failure::new("x::Another", "another", "c[1]");
+    let sibling = Failure::new("x::Sibling", "sibling broke", "d[1]");
+    let children = ChildrenOf {
+        rolled_back: vec![sibling.clone()],
+        rollback_failed: vec![another.clone()],
+        rollback_failed_causes: vec![original.clone()],
+        ..ChildrenOf::default()
+    };
+    let causes = children.rollback_failed_causes("s", None, "p[1]");
+    assert_eq!(causes.len(), 2);
+    assert_eq!(causes[0], another);
+    assert_eq!(causes[1].kind(), kinds::CHILD_ROLLED_BACK);
+    assert_eq!(causes[1].causes(), [original.clone(), sibling]);
+    // A rollback failure that already carries its original does not repeat it.
+    let wrapped = another.clone().with_cause(original.clone());
+    let children = ChildrenOf {
+        rollback_failed: vec![wrapped.clone()],
+        rollback_failed_causes: vec![original],
+        ..ChildrenOf::default()
+    };
+    assert_eq!(
+        children.rollback_failed_causes("s", None, "p[1]"),
+        [wrapped.clone()]
+    );
+    // On the rollback path, a child's original that is only the parent's own request is left
+    // to the caller (which adds the parent's cause itself).
+    let own = Failure::new("x::Own", "third step", "p[1]");
+    let children = ChildrenOf {
+        rollback_failed: vec![another.clone()],
+        rollback_failed_causes: vec![Failure::parent_said_so(&own, "p[1]")],
+        ..ChildrenOf::default()
+    };
+    assert_eq!(
+        children.rollback_failed_causes("s", Some(&own), "p[1]"),
+        [another]
+    );
 }
 
 #[test]

@@ -180,7 +180,7 @@ fn advance(ctx: &Ctx<'_>, mut cursor: u32, mut events: Vec<Event>, allow_user: b
                 if !children.rollback_failed.is_empty() {
                     let failure = Failure::child_rollback_failed(
                         &sub.name,
-                        children.rollback_failed,
+                        children.rollback_failed_causes(&sub.name, Some(ctx.cause), ctx.source),
                         Some(ctx.cause),
                         ctx.source,
                     );
@@ -257,7 +257,7 @@ pub(crate) fn resume(ctx: &Ctx<'_>) -> Advance {
             SubKind::Children if !children.rollback_failed.is_empty() => {
                 let failure = Failure::child_rollback_failed(
                     &previous.name,
-                    children.rollback_failed,
+                    children.rollback_failed_causes(&previous.name, Some(ctx.cause), ctx.source),
                     Some(ctx.cause),
                     ctx.source,
                 );

@@ -70,7 +70,8 @@ impl Children {
         Children { run: run.as_uuid() }
     }
 
-    /// Committed count, and the failures of the children that rolled back or failed to.
+    /// Committed count, and the failures of the children that rolled back or failed to (for
+    /// the latter, their rollback failures and, apart, their original failures).
     pub(crate) const SQL: &'static str = "
 WITH c AS (
     SELECT parent_instance AS seq,
@@ -79,7 +80,10 @@ WITH c AS (
                AS rolled_back,
            jsonb_agg(coalesce(rollback_failure, failure))
                FILTER (WHERE status = 'rollback_failed'
-                       AND coalesce(rollback_failure, failure) IS NOT NULL) AS rollback_failed
+                       AND coalesce(rollback_failure, failure) IS NOT NULL) AS rollback_failed,
+           jsonb_agg(failure)
+               FILTER (WHERE status = 'rollback_failed' AND rollback_failure IS NOT NULL
+                       AND failure IS NOT NULL) AS rollback_failed_causes
     FROM __S__.runs WHERE parent_id = $1
     GROUP BY parent_instance
 ),
@@ -90,7 +94,8 @@ m AS (
 SELECT coalesce(c.seq, m.seq) AS seq, coalesce(m.messages, '{}') AS messages,
        coalesce(c.committed, 0) AS committed,
        coalesce(c.rolled_back, '[]')::text AS rolled_back,
-       coalesce(c.rollback_failed, '[]')::text AS rollback_failed
+       coalesce(c.rollback_failed, '[]')::text AS rollback_failed,
+       coalesce(c.rollback_failed_causes, '[]')::text AS rollback_failed_causes
 FROM c FULL JOIN m ON c.seq = m.seq";
 }
 
@@ -120,6 +125,7 @@ impl Statement for Children {
                         committed: u32_col(row, "committed")?,
                         rolled_back: failures(row, "rolled_back")?,
                         rollback_failed: failures(row, "rollback_failed")?,
+                        rollback_failed_causes: failures(row, "rollback_failed_causes")?,
                     },
                 ))
             })

@@ -280,7 +280,66 @@ fn a_panicking_child_failure_handler_and_compensation_are_recorded<E: Engine>() 
     );
 }
 
+/// Issue 10: a child fails ("original") and its compensation fails too ("another"). Its
+/// parent's child-failure handler, the parent's failure and the grandparent's failure (two
+/// levels up) all tell both.
+fn a_childs_failed_rollback_does_not_hide_its_original_failure<E: Engine>() {
+    let db = TestDb::new("failed_rollback_original");
+    let seen = ExecLog::default();
+    let grand = E::saga("grand")
+        .step(|ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+            ctx.emit("parent-topic", &json!({}))?;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let parent = {
+        let seen = seen.clone();
+        E::saga("parent")
+            .step(|ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                ctx.emit("child-topic", &json!({}))?;
+                Ok(())
+            })
+            .on_child_failures(move |_, _: &Value, f| {
+                seen.push(f.failure().to_string());
+                Err(f.rethrow())
+            })
+            .build()
+            .unwrap()
+    };
+    let child = E::saga("child")
+        .step(|_: &mut StepContext<'_, E::X>, _: &Value| -> StepResult { Ok(()) })
+        .rollback(|_, _: &Value, _| Err(structured_cooperation::StepError::msg("another")))
+        .step(|_: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+            Err(structured_cooperation::StepError::msg("original"))
+        })
+        .build()
+        .unwrap();
+    let runtime = E::runtime(&db)
+        .subscribe("grand-topic", grand)
+        .subscribe("parent-topic", parent)
+        .subscribe("child-topic", child)
+        .start()
+        .unwrap();
+    let root = runtime.launch("grand-topic", &json!({})).unwrap();
+    let outcome = runtime.wait_for(root, WAIT).unwrap();
+    // A failed rollback below stops every rollback above it.
+    assert_eq!(outcome.runs()[0].status, RunStatus::RollbackFailed);
+    let both = |text: &str| text.contains("original") && text.contains("another");
+    let handled = seen.entries();
+    assert_eq!(handled.len(), 1);
+    assert!(both(&handled[0]), "the handler saw: {}", handled[0]);
+    let tree = runtime.tree(root).unwrap();
+    let parent_run = tree.iter().find(|r| r.handler == "parent").unwrap();
+    let parent_failure = parent_run.failure.as_ref().unwrap().to_string();
+    assert!(both(&parent_failure), "{parent_failure}");
+    let grand_failure = outcome.runs()[0].failure.as_ref().unwrap().to_string();
+    assert!(both(&grand_failure), "{grand_failure}");
+    runtime.shutdown().unwrap();
+}
+
 both!(
+    a_childs_failed_rollback_does_not_hide_its_original_failure,
     cf_02_the_child_failure_handler_gets_its_iteration_and_may_retry,
     cf_04_the_child_failure_handler_sees_the_goto_its_step_chose,
     a_handled_child_failure_never_comes_back,
