@@ -169,7 +169,7 @@ fn a_childs_failed_rollback_keeps_its_original_failure() {
     };
     assert_eq!(
         children.rollback_failed_causes("s", None, "p[1]"),
-        [wrapped.clone()]
+        [wrapped]
     );
     // On the rollback path, a child's original that is only the parent's own request is left
     // to the caller (which adds the parent's cause itself).
