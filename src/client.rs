@@ -16,7 +16,7 @@ use crate::ids::{MessageId, RootId};
 use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
 use crate::migrate;
 use crate::options::EmitOptions;
-use crate::proto::{self, Emit, GiveUpCheck, Sql};
+use crate::proto::{self, Emit, GiveUpCheck, KeyedRoot, Sql};
 use crate::runtime::exec;
 use crate::saga::Emission;
 use crate::typed::AsTopic;
@@ -390,10 +390,18 @@ impl Client {
             &options.into(),
             self.max_json_bytes(),
         )?;
-        let id = emission.id;
+        let (id, key) = (emission.id, emission.key.clone());
         let emit = Emit::new(None, vec![emission], CLIENT_WORKER, &[], GiveUpCheck::Skip);
-        exec::run(client, self.sql(), None, &emit)?;
-        Ok(RootId::from_uuid(id))
+        let emitted = exec::run(client, self.sql(), None, &emit)?;
+        match key {
+            // Another launch holds the key: its root is the answer. (A new statement, so
+            // it sees a launch that committed while this one waited for it.)
+            Some(key) if emitted.written.is_empty() => {
+                let root = exec::run(client, self.sql(), None, &KeyedRoot { key: &key })?;
+                root.ok_or_else(|| key_vanished(&key))
+            }
+            _ => Ok(RootId::from_uuid(id)),
+        }
     }
 
     /// A message by id, or `None` if there is no such message.
@@ -535,6 +543,15 @@ impl Client {
             }
         }
     }
+}
+
+/// A keyed launch was refused as a duplicate, yet no message holds the key (it was deleted
+/// in between).
+pub(crate) fn key_vanished(key: &str) -> Error {
+    Error::UnexpectedData(format!(
+        "a launch with idempotency key {key:?} was refused as a duplicate, but no launch holds \
+         the key any more"
+    ))
 }
 
 /// How `wait_for` paces its re-reads of a tree's state (both editions): from 2 ms, doubling

@@ -27,6 +27,7 @@ use crate::deadline::Deadlines;
 pub struct EmitOptions {
     pub(crate) deadlines: Deadlines,
     pub(crate) context: CooperationContext,
+    pub(crate) idempotency_key: Option<String>,
 }
 
 impl EmitOptions {
@@ -44,6 +45,32 @@ impl EmitOptions {
     /// Sets the context entries.
     pub fn context(mut self, context: CooperationContext) -> EmitOptions {
         self.context = context;
+        self
+    }
+
+    /// Makes a launch idempotent: the first launch with this key creates the root, and every
+    /// later one (from any process, also while the first is committing) creates nothing and
+    /// returns the first one's [`RootId`](crate::RootId). Keys are unique per schema and are
+    /// kept as long as the root's message is (until the tree is pruned).
+    ///
+    /// Only for launches through a client or runtime (`launch_with`, `launch_in_with`): a
+    /// step's emissions and launches already happen exactly once with the step, and one with
+    /// a key is refused. A key is 1 to 500 characters, without U+0000.
+    ///
+    /// ```no_run
+    /// use structured_cooperation::EmitOptions;
+    ///
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let once = EmitOptions::new().idempotency_key("order-7/checkout");
+    /// let first = client.launch_with("orders", &7, once.clone())?;
+    /// let again = client.launch_with("orders", &7, once)?;
+    /// assert_eq!(first, again);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> EmitOptions {
+        self.idempotency_key = Some(key.into());
         self
     }
 }

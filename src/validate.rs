@@ -76,6 +76,28 @@ fn nul_escapes(json: &str) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
+/// Longest accepted idempotency key, in characters.
+pub(crate) const MAX_KEY_LEN: usize = 500;
+
+/// An idempotency key: 1 to [`MAX_KEY_LEN`] characters, none of them U+0000 (which
+/// PostgreSQL's text refuses).
+pub(crate) fn idempotency_key(key: &str) -> Result<()> {
+    let reason = if key.is_empty() {
+        "it is empty"
+    } else if key.chars().count() > MAX_KEY_LEN {
+        "it is longer than 500 characters"
+    } else if key.contains('\0') {
+        "it contains the character U+0000"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        kind: "idempotency key",
+        name: key.to_owned(),
+        reason,
+    })
+}
+
 /// A schema name must be a plain lowercase SQL identifier, so it never needs quoting.
 pub(crate) fn schema(name: &str) -> Result<()> {
     let bad = |reason| {

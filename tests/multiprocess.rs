@@ -6,8 +6,11 @@
 //! another process finishes the rollback, and every compensation's effect commits exactly
 //! once.
 //!
+//! And: several OS processes launch the same idempotency keys at once; each key creates one
+//! root (see `multiprocess/keyed.rs`).
+//!
 //! This binary is its own worker: with `SC_MP_ROLE=worker` (or `compensator`) it starts its
-//! runtimes, prints `ready ...` and serves until its stdin closes.
+//! runtimes, prints `ready ...` and serves until its stdin closes; `launcher` launches keys.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use structured_cooperation::{Client, Runtime, Saga, StepContext, StepResult};
+
+#[path = "multiprocess/keyed.rs"]
+mod keyed;
 
 const ROOTS: usize = 1000;
 const CHILDREN: usize = 2;
@@ -38,6 +44,7 @@ fn main() {
         #[cfg(feature = "tokio")]
         Ok("tokio-worker") => return on_tokio::worker(),
         Ok("compensator") => return compensator(),
+        Ok("launcher") => return keyed::launcher(),
         _ => {}
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +52,7 @@ fn main() {
     let mut tests: Vec<(&str, fn())> = vec![
         (NAME, || orchestrate(&[BOTH, BOTH], ROOTS)),
         (KILL_NAME, sigkill_mid_compensation),
+        (keyed::NAME, keyed::idempotent_launches_across_processes),
     ];
     #[cfg(feature = "tokio")]
     tests.extend(on_tokio::tests());

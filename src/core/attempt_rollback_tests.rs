@@ -161,6 +161,7 @@ fn a_compensation_that_succeeds_finishes_the_rollback() {
     a.handle_output(Ok(Output::Emitted(Emitted {
         children: 1,
         handlers: vec!["refund".to_owned()],
+        ..Emitted::default()
     })));
     let t = finish(&mut a);
     // The rollback waits for the refund the compensation emitted.

@@ -230,6 +230,7 @@ fn a_happy_step_writes_its_emissions_then_its_transition() {
     a.handle_output(Ok(Output::Emitted(Emitted {
         children: 3,
         handlers: vec!["pay".to_owned(), "ship".to_owned()],
+        ..Emitted::default()
     })));
     let t = finish(&mut a);
     assert_eq!(

@@ -39,6 +39,8 @@ pub(crate) struct Emit<'a> {
     /// Handlers that get runs but no notification (the calling runtime wakes them itself).
     pub(crate) quiet: &'a [&'a str],
     pub(crate) contexts: Vec<Option<String>>,
+    /// Launches' idempotency keys.
+    pub(crate) keys: Vec<Option<String>>,
 }
 
 impl<'a> Emit<'a> {
@@ -67,6 +69,7 @@ impl<'a> Emit<'a> {
             check: check.param(),
             quiet,
             contexts: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
             step: emitter.map(|e| e.step),
         };
         for e in emissions {
@@ -77,6 +80,7 @@ impl<'a> Emit<'a> {
             emit.deadlines.push(e.deadlines);
             emit.run_counts.push(e.run_count as i32);
             emit.contexts.push(e.context);
+            emit.keys.push(e.key);
         }
         emit
     }
@@ -86,7 +90,9 @@ impl<'a> Emit<'a> {
     /// emitting run (`$6`) got and which handlers got runs; the count comes from the statement
     /// that inserts the runs, so a handler registering concurrently cannot make it disagree
     /// with the rows. With `$13` set, the emitter's give-up check runs before anything is
-    /// written (see `check_give_up`).
+    /// written (see `check_give_up`). A launch whose idempotency key (`$16`) is taken writes
+    /// nothing; `launched` lists the messages that were written. (The unique index makes a
+    /// concurrent launch with the same key wait for the first one's transaction.)
     pub(crate) const SQL: &'static str = "
 WITH checked AS MATERIALIZED (
     SELECT CASE WHEN $13::bool IS NULL THEN true
@@ -95,29 +101,33 @@ WITH checked AS MATERIALIZED (
 e AS (
     SELECT e.* FROM checked,
         unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $11::text[], $12::int4[],
-               $15::text[])
-        WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, context, ord)
+               $15::text[], $16::text[])
+        WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, context, key, ord)
     WHERE checked.ok
 ),
+msg AS (
+    INSERT INTO __S__.messages (id, root_id, topic, payload, parent_run_id, parent_instance,
+                                run_count, idempotency_key)
+    SELECT e.id, CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, e.topic, e.payload::jsonb,
+           CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
+           coalesce(e.run_count, 0), e.key
+    FROM e ORDER BY e.ord
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+),
+-- The emissions written (all but launches whose key was taken).
+w AS (SELECT e.* FROM e JOIN msg USING (id)),
 ed AS MATERIALIZED (
     -- Deadlines: a child inherits its emitter's, the earliest of each kind wins (see
     -- child_deadlines). Computed only when the emission gives some or the emitter has some.
     SELECT e.id, d.happy, d.rollback, d.absolute, d.trace
-    FROM e LEFT JOIN LATERAL (
+    FROM w e LEFT JOIN LATERAL (
         SELECT * FROM __S__.child_deadlines(CASE WHEN e.scoped THEN $6::uuid END,
                                             e.deadlines::jsonb)
         WHERE e.deadlines IS NOT NULL
            OR (e.scoped AND EXISTS (SELECT 1 FROM __S__.runs r
                                     WHERE r.id = $6::uuid AND r.deadline_trace IS NOT NULL))
     ) d ON true
-),
-msg AS (
-    INSERT INTO __S__.messages (id, root_id, topic, payload, parent_run_id, parent_instance,
-                                run_count)
-    SELECT e.id, CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, e.topic, e.payload::jsonb,
-           CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
-           coalesce(e.run_count, 0)
-    FROM e
 ),
 child AS (
     INSERT INTO __S__.runs (id, root_id, parent_id, parent_instance, message_id, handler, topic,
@@ -127,7 +137,7 @@ child AS (
            CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
            e.id, h.handler, e.topic, d.happy, d.rollback, d.absolute, d.trace, clock_timestamp(),
            e.context
-    FROM e JOIN ed d ON d.id = e.id JOIN __S__.handlers h ON h.topic = e.topic
+    FROM w e JOIN ed d ON d.id = e.id JOIN __S__.handlers h ON h.topic = e.topic
     RETURNING parent_id, handler
 ),
 hist AS (
@@ -135,7 +145,7 @@ hist AS (
     SELECT CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, CASE WHEN e.scoped THEN $6::uuid END,
            e.id, 'EMITTED', CASE WHEN e.scoped THEN $8::text END,
            CASE WHEN e.scoped THEN $9::text END, $10::text
-    FROM e
+    FROM w e
     ORDER BY e.ord
 ),
 woken AS (SELECT DISTINCT handler FROM child),
@@ -144,7 +154,8 @@ notified AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM child WHERE parent_id IS NOT NULL)::int4 AS children,
        coalesce((SELECT array_agg(handler) FROM woken), '{}') AS woken,
-       (SELECT count(*) FROM notified)::int4 AS notified";
+       (SELECT count(*) FROM notified)::int4 AS notified,
+       coalesce((SELECT array_agg(id) FROM msg), '{}') AS launched";
 }
 
 /// What an emission created.
@@ -154,6 +165,8 @@ pub(crate) struct Emitted {
     pub(crate) children: u32,
     /// Handlers that got new runs.
     pub(crate) handlers: Vec<String>,
+    /// The messages written (a launch whose idempotency key was taken is not).
+    pub(crate) written: Vec<Uuid>,
 }
 
 impl Statement for Emit<'_> {
@@ -180,6 +193,7 @@ impl Statement for Emit<'_> {
             &self.check,
             &self.quiet,
             &self.contexts,
+            &self.keys,
         ]
     }
 
@@ -188,6 +202,7 @@ impl Statement for Emit<'_> {
         Ok(Emitted {
             children: u32_col(&row, "children")?,
             handlers: row.try_get("woken")?,
+            written: row.try_get("launched")?,
         })
     }
 }
@@ -228,5 +243,35 @@ impl Statement for Register<'_> {
 
     fn decode(&self, _rows: Vec<Row>) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The root a launch with this idempotency key created.
+#[derive(Debug)]
+pub(crate) struct KeyedRoot<'a> {
+    pub(crate) key: &'a str,
+}
+
+impl KeyedRoot<'_> {
+    pub(crate) const SQL: &'static str = "
+SELECT root_id FROM __S__.messages WHERE idempotency_key = $1";
+}
+
+impl Statement for KeyedRoot<'_> {
+    /// `None` if no launch holds the key.
+    type Output = Option<RootId>;
+
+    fn id(&self) -> StmtId {
+        StmtId::KeyedRoot
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.key]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Option<RootId>> {
+        rows.first()
+            .map(|row| Ok(RootId::from_uuid(row.try_get("root_id")?)))
+            .transpose()
     }
 }

@@ -30,7 +30,7 @@ use crate::core::{RunStatus, RunView};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 
-pub(crate) use emit::{Emit, Emitted, Emitter, Register};
+pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register};
 pub(crate) use inspect::{
     ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootRunRow, RootRuns,
     Tree, TreeRow,
@@ -96,6 +96,8 @@ statements! {
     Claim => Claim::SQL,
     /// [`Emit`]
     Emit => Emit::SQL,
+    /// [`KeyedRoot`]
+    KeyedRoot => KeyedRoot::SQL,
     /// [`Finish`]
     Finish => Finish::SQL,
     /// [`Release`]

@@ -132,6 +132,8 @@ pub(crate) struct Emission {
     pub(crate) run_count: u32,
     /// The new runs' cooperation context (`None` = empty).
     pub(crate) context: Option<String>,
+    /// A launch's idempotency key.
+    pub(crate) key: Option<String>,
 }
 
 impl Emission {
@@ -158,6 +160,9 @@ impl Emission {
         if let Some(json) = &context {
             validate::size(|| format!("the context for topic {topic:?}"), json, limit)?;
         }
+        if let Some(key) = &options.idempotency_key {
+            validate::idempotency_key(key)?;
+        }
         Ok(Emission {
             id: new_uuid(),
             topic: topic.to_owned(),
@@ -166,6 +171,7 @@ impl Emission {
             deadlines: options.deadlines.to_json(),
             run_count: 0,
             context,
+            key: options.idempotency_key.clone(),
         })
     }
 }
@@ -284,6 +290,13 @@ impl<'c, X: Flavor> StepContext<'c, X> {
         options: &EmitOptions,
     ) -> Result<Uuid> {
         let limit = self.engine.max_json_bytes;
+        if options.idempotency_key.is_some() {
+            return Err(Error::Config(format!(
+                "an idempotency key makes launches from a client or runtime idempotent; a \
+                 step's emissions and launches (here on topic {topic:?}) already happen exactly \
+                 once with the step"
+            )));
+        }
         let emission = Emission::new(topic, payload, options, limit)?;
         let context = if scoped {
             let context = self.context.clone().merged(&options.context).to_stored();
@@ -314,6 +327,7 @@ impl<'c, X: Flavor> StepContext<'c, X> {
             deadlines: None,
             run_count: self.info.run_count + 1,
             context: None,
+            key: None,
         });
     }
 

@@ -12,14 +12,14 @@ use serde::Serialize;
 use tokio_postgres::{GenericClient, NoTls};
 
 use super::exec;
-use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA, Waiting};
+use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA, Waiting, key_vanished};
 use crate::error::{Error, PoolError, Result};
 use crate::ids::{MessageId, RootId};
 use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
 use crate::options::EmitOptions;
 use crate::proto::{
-    self, ApplyMigration, Emit, GiveUpCheck, LATEST_MIGRATION, MIGRATIONS, MigrationLock,
-    MigrationSetup, MigrationVersion, RecordMigration, Sql,
+    self, ApplyMigration, Emit, GiveUpCheck, KeyedRoot, LATEST_MIGRATION, MIGRATIONS,
+    MigrationLock, MigrationSetup, MigrationVersion, RecordMigration, Sql,
 };
 use crate::saga::Emission;
 use crate::typed::AsTopic;
@@ -298,9 +298,8 @@ impl Client {
         payload: &P,
         options: impl Into<EmitOptions>,
     ) -> Result<RootId> {
-        let emit = self.launch_statement(topic.topic_name(), payload, options.into())?;
-        self.run(&emit.0).await?;
-        Ok(emit.1)
+        let conn = self.conn().await?;
+        self.launch_in_with(&**conn, topic, payload, options).await
     }
 
     /// Like [`crate::Client::launch_in`], but async, on the caller's connection or
@@ -345,21 +344,23 @@ impl Client {
         payload: &P,
         options: impl Into<EmitOptions>,
     ) -> Result<RootId> {
-        let (emit, root) = self.launch_statement(topic.topic_name(), payload, options.into())?;
-        exec::run(client, self.sql(), None, &emit).await?;
-        Ok(root)
-    }
-
-    fn launch_statement<P: Serialize + ?Sized>(
-        &self,
-        topic: &str,
-        payload: &P,
-        options: EmitOptions,
-    ) -> Result<(Emit<'static>, RootId)> {
-        let emission = Emission::new(topic, payload, &options, self.max_json_bytes())?;
-        let root = RootId::from_uuid(emission.id);
+        let emission = Emission::new(
+            topic.topic_name(),
+            payload,
+            &options.into(),
+            self.max_json_bytes(),
+        )?;
+        let (id, key) = (emission.id, emission.key.clone());
         let emit = Emit::new(None, vec![emission], CLIENT_WORKER, &[], GiveUpCheck::Skip);
-        Ok((emit, root))
+        let emitted = exec::run(client, self.sql(), None, &emit).await?;
+        match key {
+            // Another launch holds the key (see `crate::Client::launch_in_with`).
+            Some(key) if emitted.written.is_empty() => {
+                let root = exec::run(client, self.sql(), None, &KeyedRoot { key: &key }).await?;
+                root.ok_or_else(|| key_vanished(&key))
+            }
+            _ => Ok(RootId::from_uuid(id)),
+        }
     }
 
     /// Like [`crate::Client::message`], but async.

@@ -25,6 +25,8 @@ mod failures;
 mod goto;
 /// Happy-path scenarios of the reference (HP-*).
 mod happy_path;
+/// Idempotent launches.
+mod idempotency;
 /// The tokio runtime, alone and beside the blocking one.
 #[cfg(feature = "tokio")]
 mod interop;
