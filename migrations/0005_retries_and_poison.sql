@@ -1,5 +1,5 @@
--- structured-cooperation schema, version 5: retries, runs the database cannot store, and
--- idempotent launches.
+-- structured-cooperation schema, version 5: retries, runs the database cannot store,
+-- idempotent launches and scheduled chains.
 
 ALTER TABLE runs
     -- Attempts of the run's current code (a step, a child-failure handler or a compensation)
@@ -32,3 +32,25 @@ ALTER TABLE messages
 
 CREATE UNIQUE INDEX messages_idempotency_key ON messages (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+
+ALTER TABLE messages
+    -- For launches: the cooperation context given at launch (a periodic saga's next run, and
+    -- a schedule's next occurrence, start from it).
+    ADD COLUMN context       text,
+    -- For occurrences of a scheduled chain: the chain's key, its schedule (as stored by the
+    -- library) and the time this occurrence was scheduled for. `run_count` numbers them.
+    ADD COLUMN chain         text,
+    ADD COLUMN schedule      text,
+    ADD COLUMN scheduled_for timestamptz;
+
+-- One message per occurrence of a chain (a second launch of it writes nothing), and the
+-- chain's latest occurrence by index.
+CREATE UNIQUE INDEX messages_chain ON messages (chain, run_count) WHERE chain IS NOT NULL;
+
+-- Stopped chains: no further occurrence is launched, and one that has not started gives up.
+CREATE TABLE chain_stops (
+    chain      text        PRIMARY KEY,
+    source     text        NOT NULL,
+    reason     text        NOT NULL,
+    stopped_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);

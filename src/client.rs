@@ -1,6 +1,7 @@
 //! Talking to the engine without running handlers: launching, inspecting and waiting here;
 //! operators' requests (rollback, cancel, out-of-band completion) in `client/operate.rs`.
 
+pub(crate) mod chains;
 mod operate;
 
 use std::ops::ControlFlow;

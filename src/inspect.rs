@@ -132,6 +132,69 @@ pub struct TroubledRun {
     pub updated_at: SystemTime,
 }
 
+/// Where a scheduled chain is, as [`Client::chain`](crate::Client::chain) reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChainInfo {
+    /// The chain's key.
+    pub key: String,
+    /// The topic its occurrences are launched on.
+    pub topic: String,
+    /// Its schedule, as text (for example `every 600s`).
+    pub schedule: String,
+    /// How many occurrences were launched so far.
+    pub occurrences: u32,
+    /// The latest occurrence's root.
+    pub latest_root: RootId,
+    /// The time the latest occurrence was scheduled for.
+    pub latest_scheduled_for: Option<SystemTime>,
+    /// The status of the latest occurrence's (first) top-level run: `Active` while it waits
+    /// for its time or runs; `None` if no handler was registered for the topic.
+    pub latest_status: Option<RunStatus>,
+    /// When the chain was stopped, if it was.
+    pub stopped_at: Option<SystemTime>,
+}
+
+impl ChainInfo {
+    pub(crate) fn from_row(key: &str, r: crate::proto::ChainRow) -> ChainInfo {
+        let schedule =
+            crate::schedule::Schedule::parse(&r.schedule).map_or(r.schedule, |s| s.to_string());
+        ChainInfo {
+            key: key.to_owned(),
+            topic: r.topic,
+            schedule,
+            occurrences: r.run_count + 1,
+            latest_root: r.root,
+            latest_scheduled_for: r.scheduled_for,
+            latest_status: r.status,
+            stopped_at: r.stopped_at,
+        }
+    }
+}
+
+/// What [`Client::stop_chain`](crate::Client::stop_chain) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChainStop {
+    /// The chain is stopped now: no occurrence follows, and one waiting for its time gives
+    /// up at once (one already running finishes).
+    Stopped,
+    /// It was stopped before; nothing changed.
+    AlreadyStopped,
+    /// No chain has this key.
+    Unknown,
+}
+
+impl ChainStop {
+    pub(crate) fn from_stopped(s: crate::proto::Stopped) -> ChainStop {
+        match s {
+            crate::proto::Stopped::Now => ChainStop::Stopped,
+            crate::proto::Stopped::Already => ChainStop::AlreadyStopped,
+            crate::proto::Stopped::Unknown => ChainStop::Unknown,
+        }
+    }
+}
+
 impl TroubledRun {
     pub(crate) fn from_row(r: crate::proto::TroubledRow) -> TroubledRun {
         TroubledRun {

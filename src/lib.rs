@@ -103,6 +103,7 @@ mod options;
 mod proto;
 mod runtime;
 mod saga;
+mod schedule;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 mod typed;
@@ -116,14 +117,15 @@ pub use crate::error::{Error, PoolError, Result};
 pub use crate::failure::{Failure, Frame, StepError, StepResult};
 pub use crate::ids::{MessageId, RootId, RunId};
 pub use crate::inspect::{
-    HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome, TroubledRun,
-    render_tree,
+    ChainInfo, ChainStop, HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome,
+    TroubledRun, render_tree,
 };
 pub use crate::options::EmitOptions;
 pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};
 pub use crate::saga::{
     Blocking, ChildFailures, Flavor, Phase, Saga, SagaBuilder, SagaOf, StepContext,
 };
+pub use crate::schedule::Schedule;
 pub use crate::typed::{
     Action, AsReturnName, AsTopic, ChildValue, Handler, Request, ReturnName, Topic,
 };

@@ -9,6 +9,7 @@ mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use uuid::Uuid;
 
@@ -46,6 +47,8 @@ struct Env<'h> {
     quiet: &'h [&'h str],
     /// How far a run is pushed back after infrastructure errors.
     backoff: Backoff,
+    /// The time the attempt started, given by the driver (for a schedule's next time).
+    now: SystemTime,
 }
 
 /// One attempt at the next due run of a handler, from `BEGIN` to the release after `COMMIT`.
@@ -94,12 +97,14 @@ enum State {
 
 impl<'h> Attempt<'h> {
     /// An attempt at `handler`'s next due run, by `worker`, not notifying `quiet` handlers,
-    /// pushing a run back by `backoff` after an infrastructure error.
+    /// pushing a run back by `backoff` after an infrastructure error; `now` is when it starts
+    /// (the only clock reading the machine uses: the next time of a scheduled chain).
     pub(crate) fn new(
         handler: HandlerRef<'h>,
         worker: &'h str,
         quiet: &'h [&'h str],
         backoff: Backoff,
+        now: SystemTime,
     ) -> Attempt<'h> {
         Attempt {
             env: Env {
@@ -107,6 +112,7 @@ impl<'h> Attempt<'h> {
                 worker,
                 quiet,
                 backoff,
+                now,
             },
             next: Some(Io::Begin),
             state: State::Begin,
@@ -225,6 +231,8 @@ struct Run {
     instances: Vec<Instance>,
     children: HashMap<u32, ChildrenOf>,
     wait: Await,
+    /// The next occurrence of its chain is written (or there is none to write).
+    next_scheduled: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +259,8 @@ enum Await {
         failure: Failure,
     },
     RequestRollback(Box<Persist>),
+    /// The next occurrence of the run's chain is being written, before its last transition.
+    ScheduleNext(Box<Persist>),
     Finish {
         terminal: bool,
         /// The code whose results are being written, when a transaction it left aborted is

@@ -51,7 +51,13 @@ impl Fixture {
             source: "h[1]",
             steps: &self.steps,
         };
-        Attempt::new(handler, "worker-1", &[], Backoff::default())
+        Attempt::new(
+            handler,
+            "worker-1",
+            &[],
+            Backoff::default(),
+            std::time::SystemTime::UNIX_EPOCH,
+        )
     }
 }
 
@@ -70,6 +76,10 @@ pub(super) fn claimed(view: RunView) -> ClaimedRun {
         rollback_context: None,
         poison: None,
         retries: 0,
+        top_level: true,
+        launch_context: None,
+        occurrence: None,
+        chain_stop: None,
     }
 }
 

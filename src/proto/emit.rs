@@ -1,5 +1,7 @@
 //! Writing messages (children of a run, launches) and the durable topology they fan out to.
 
+use std::time::SystemTime;
+
 use postgres::Row;
 use postgres::types::ToSql;
 use uuid::Uuid;
@@ -41,6 +43,10 @@ pub(crate) struct Emit<'a> {
     pub(crate) contexts: Vec<Option<String>>,
     /// Launches' idempotency keys.
     pub(crate) keys: Vec<Option<String>>,
+    /// Scheduled occurrences: not before when, of which chain, on which schedule.
+    pub(crate) not_before: Vec<Option<SystemTime>>,
+    pub(crate) chains: Vec<Option<String>>,
+    pub(crate) schedules: Vec<Option<String>>,
 }
 
 impl<'a> Emit<'a> {
@@ -70,6 +76,9 @@ impl<'a> Emit<'a> {
             quiet,
             contexts: Vec::with_capacity(n),
             keys: Vec::with_capacity(n),
+            not_before: Vec::with_capacity(n),
+            chains: Vec::with_capacity(n),
+            schedules: Vec::with_capacity(n),
             step: emitter.map(|e| e.step),
         };
         for e in emissions {
@@ -81,6 +90,11 @@ impl<'a> Emit<'a> {
             emit.run_counts.push(e.run_count as i32);
             emit.contexts.push(e.context);
             emit.keys.push(e.key);
+            let occurrence = e.occurrence;
+            emit.not_before.push(occurrence.as_ref().map(|o| o.at));
+            emit.schedules
+                .push(occurrence.as_ref().map(|o| o.schedule.clone()));
+            emit.chains.push(occurrence.map(|o| o.chain));
         }
         emit
     }
@@ -90,9 +104,11 @@ impl<'a> Emit<'a> {
     /// emitting run (`$6`) got and which handlers got runs; the count comes from the statement
     /// that inserts the runs, so a handler registering concurrently cannot make it disagree
     /// with the rows. With `$13` set, the emitter's give-up check runs before anything is
-    /// written (see `check_give_up`). A launch whose idempotency key (`$16`) is taken writes
-    /// nothing; `launched` lists the messages that were written. (The unique index makes a
-    /// concurrent launch with the same key wait for the first one's transaction.)
+    /// written (see `check_give_up`). A launch whose idempotency key (`$16`) is taken, or an
+    /// occurrence of a chain (`$18`, run count `$12`) that exists already, writes nothing, and
+    /// neither does an occurrence of a stopped chain; `launched` lists the messages that were
+    /// written. (A unique index makes a concurrent duplicate wait for the first one's
+    /// transaction.) A scheduled occurrence's runs are due at `$17`, or at a deadline before.
     pub(crate) const SQL: &'static str = "
 WITH checked AS MATERIALIZED (
     SELECT CASE WHEN $13::bool IS NULL THEN true
@@ -101,18 +117,24 @@ WITH checked AS MATERIALIZED (
 e AS (
     SELECT e.* FROM checked,
         unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $11::text[], $12::int4[],
-               $15::text[], $16::text[])
-        WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, context, key, ord)
+               $15::text[], $16::text[], $17::timestamptz[], $18::text[], $19::text[])
+        WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, context, key,
+                             not_before, chain, schedule, ord)
     WHERE checked.ok
 ),
 msg AS (
     INSERT INTO __S__.messages (id, root_id, topic, payload, parent_run_id, parent_instance,
-                                run_count, idempotency_key)
+                                run_count, idempotency_key, context, chain, schedule,
+                                scheduled_for)
     SELECT e.id, CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, e.topic, e.payload::jsonb,
            CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
-           coalesce(e.run_count, 0), e.key
-    FROM e ORDER BY e.ord
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+           coalesce(e.run_count, 0), e.key, CASE WHEN NOT e.scoped THEN e.context END,
+           e.chain, e.schedule, e.not_before
+    FROM e
+    WHERE e.chain IS NULL
+       OR NOT EXISTS (SELECT 1 FROM __S__.chain_stops s WHERE s.chain = e.chain)
+    ORDER BY e.ord
+    ON CONFLICT DO NOTHING
     RETURNING id
 ),
 -- The emissions written (all but launches whose key was taken).
@@ -135,7 +157,9 @@ child AS (
                             wake_at, context)
     SELECT __S__.uuid_v7(), CASE WHEN e.scoped THEN $5::uuid ELSE e.id END,
            CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
-           e.id, h.handler, e.topic, d.happy, d.rollback, d.absolute, d.trace, clock_timestamp(),
+           e.id, h.handler, e.topic, d.happy, d.rollback, d.absolute, d.trace,
+           least(greatest(clock_timestamp(), coalesce(e.not_before, clock_timestamp())),
+                 d.happy, d.absolute),
            e.context
     FROM w e JOIN ed d ON d.id = e.id JOIN __S__.handlers h ON h.topic = e.topic
     RETURNING parent_id, handler
@@ -194,6 +218,9 @@ impl Statement for Emit<'_> {
             &self.quiet,
             &self.contexts,
             &self.keys,
+            &self.not_before,
+            &self.chains,
+            &self.schedules,
         ]
     }
 

@@ -11,6 +11,7 @@
 //! `postgres` re-exports, so a second runtime on tokio-postgres runs the very same statements;
 //! only the executor (`runtime::exec` for the blocking runtime) differs.
 
+mod chain;
 mod emit;
 mod inspect;
 mod migrate;
@@ -30,6 +31,7 @@ use crate::core::{RunStatus, RunView};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 
+pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register};
 pub(crate) use inspect::{
     ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootRunRow, RootRuns,
@@ -98,6 +100,10 @@ statements! {
     Emit => Emit::SQL,
     /// [`KeyedRoot`]
     KeyedRoot => KeyedRoot::SQL,
+    /// [`ChainState`]
+    ChainState => ChainState::SQL,
+    /// [`StopChain`]
+    StopChain => StopChain::SQL,
     /// [`Finish`]
     Finish => Finish::SQL,
     /// [`Release`]

@@ -16,6 +16,7 @@ use crate::core::{RunView, Wake};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::ids::{MessageId, RootId, RunId};
+use crate::saga::Occurrence;
 
 /// Claims the oldest runnable run of a handler.
 #[derive(Debug)]
@@ -43,7 +44,7 @@ c AS (
            r.step_iteration, r.instances, r.failed_children, r.started_at IS NOT NULL AS seen,
            r.wake_at, r.cfh_iteration, r.rollback_cursor, r.waited_instance, r.rollback_seen,
            r.failure, r.happy_deadline, r.rollback_deadline, r.absolute_deadline,
-           r.context, r.rollback_context, r.poison, r.retries
+           r.context, r.rollback_context, r.poison, r.retries, r.parent_id IS NULL AS top_level
     FROM __S__.runs r
     WHERE r.handler = $1 AND r.status IN ('active', 'rolling_back') AND r.pending_children = 0
       AND r.wake_at <= (SELECT t FROM clock)
@@ -71,7 +72,8 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
        c.waited_instance, c.rollback_seen, c.failure::text AS failure,
        true AS due, 0::int8 AS wait_ms,
        m.payload::text AS payload, m.run_count, c.context, c.rollback_context,
-       c.poison::text AS poison, c.retries,
+       c.poison::text AS poison, c.retries, c.top_level, m.context AS launch_context,
+       m.chain, m.schedule, m.scheduled_for, s.source AS stop_source, s.reason AS stop_reason,
        -- Whether the run must give up (cancelled, a deadline passed). The guard keeps the
        -- common case (no deadlines, no cancellation in the tree) to one index probe.
        CASE WHEN c.happy_deadline IS NULL AND c.rollback_deadline IS NULL
@@ -81,9 +83,12 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
             ELSE __S__.give_up_reason(c.root_id, c.id, c.status = 'rolling_back')::text
        END AS give_up
 FROM c JOIN __S__.messages m ON m.id = c.message_id
+    -- An occurrence of a stopped chain that has not started gives up.
+    LEFT JOIN __S__.chain_stops s ON s.chain = m.chain AND NOT c.seen
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       false, later.wait_ms, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+       false, later.wait_ms, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL
 FROM later";
 }
 
@@ -121,6 +126,14 @@ pub(crate) struct ClaimedRun {
     pub(crate) poison: Option<Failure>,
     /// Retries of the run's current code so far (transient failures).
     pub(crate) retries: u32,
+    /// The run is a top-level run of its root (not a child).
+    pub(crate) top_level: bool,
+    /// The context its message was launched with.
+    pub(crate) launch_context: Option<String>,
+    /// For an occurrence of a scheduled chain: which, and when it was due.
+    pub(crate) occurrence: Option<Occurrence>,
+    /// Its chain was stopped before it started: it gives up with this.
+    pub(crate) chain_stop: Option<Failure>,
 }
 
 impl Statement for Claim<'_> {
@@ -155,8 +168,36 @@ impl Statement for Claim<'_> {
             rollback_context: row.try_get("rollback_context")?,
             poison: failure_col(&row, "poison")?,
             retries: u32_col(&row, "retries")?,
+            top_level: row.try_get("top_level")?,
+            launch_context: row.try_get("launch_context")?,
+            occurrence: occurrence(&row)?,
+            chain_stop: chain_stop(&row)?,
         })))
     }
+}
+
+/// The chain, schedule and time of a claimed occurrence, if it is one.
+fn occurrence(row: &Row) -> Result<Option<Occurrence>> {
+    let chain: Option<String> = row.try_get("chain")?;
+    let schedule: Option<String> = row.try_get("schedule")?;
+    let at: Option<SystemTime> = row.try_get("scheduled_for")?;
+    Ok(match (chain, schedule, at) {
+        (Some(chain), Some(schedule), Some(at)) => Some(Occurrence {
+            chain,
+            schedule,
+            at,
+        }),
+        _ => None,
+    })
+}
+
+/// Why a claimed occurrence gives up: its chain was stopped.
+fn chain_stop(row: &Row) -> Result<Option<Failure>> {
+    let source: Option<String> = row.try_get("stop_source")?;
+    let reason: Option<String> = row.try_get("stop_reason")?;
+    Ok(source.zip(reason).map(|(source, reason)| {
+        Failure::new("structured_cooperation::ChainStopped", reason, source)
+    }))
 }
 
 /// Persists a transition of a run: its new state, the step instance it executed (if any),

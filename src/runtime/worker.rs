@@ -121,7 +121,8 @@ fn attempt(
         steps: entry.saga.shapes(),
     };
     let registry = &shared.registry;
-    let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff);
+    let now = std::time::SystemTime::now();
+    let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now);
     let mut announce = || {
         if !end.claimed {
             // Lets the dispatcher put another worker on this handler while this one is busy.

@@ -102,6 +102,8 @@ pub(crate) struct StepInfo {
     pub(crate) successor_ran: bool,
     /// Which attempt of this code this is (1 unless earlier ones failed transiently).
     pub(crate) attempt: u32,
+    /// The context the run's message was launched with (for a periodic saga's next run).
+    pub(crate) launch_context: Option<String>,
 }
 
 /// What step code's helpers use of the runtime: the statements, the worker connection's
@@ -134,6 +136,19 @@ pub(crate) struct Emission {
     pub(crate) context: Option<String>,
     /// A launch's idempotency key.
     pub(crate) key: Option<String>,
+    /// For an occurrence of a scheduled chain: which, and when it runs.
+    pub(crate) occurrence: Option<Occurrence>,
+}
+
+/// An occurrence of a scheduled chain, as launched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Occurrence {
+    /// The chain's key.
+    pub(crate) chain: String,
+    /// The chain's schedule, as stored.
+    pub(crate) schedule: String,
+    /// When this occurrence runs (not before).
+    pub(crate) at: std::time::SystemTime,
 }
 
 impl Emission {
@@ -172,6 +187,7 @@ impl Emission {
             run_count: 0,
             context,
             key: options.idempotency_key.clone(),
+            occurrence: None,
         })
     }
 }
@@ -326,8 +342,9 @@ impl<'c, X: Flavor> StepContext<'c, X> {
             scoped: false,
             deadlines: None,
             run_count: self.info.run_count + 1,
-            context: None,
+            context: self.info.launch_context.clone(),
             key: None,
+            occurrence: None,
         });
     }
 

@@ -22,7 +22,7 @@ use crate::failure::{StepError, StepResult};
 use crate::validate;
 
 pub use context::{ChildFailures, Phase, StepContext};
-pub(crate) use context::{Emission, Engine, StepInfo, UserStatements};
+pub(crate) use context::{Emission, Engine, Occurrence, StepInfo, UserStatements};
 #[cfg(feature = "tokio")]
 pub use flavor::Tokio;
 pub use flavor::{Blocking, Flavor};

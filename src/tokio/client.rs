@@ -1,6 +1,7 @@
 //! The tokio edition's client: launching, inspecting and waiting here; operators' requests in
 //! `client/operate.rs`. Each method runs the same statements as the blocking client's.
 
+mod chains;
 mod operate;
 
 use std::ops::ControlFlow;

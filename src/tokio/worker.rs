@@ -211,7 +211,8 @@ async fn attempt(
         steps: entry.saga.shapes(),
     };
     let registry = &shared.registry;
-    let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff);
+    let now = std::time::SystemTime::now();
+    let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now);
     let driven = drive(&mut attempt, conn, shared, &entry.saga, end).await;
     let report = match driven {
         Ok(report) => report,

@@ -5,6 +5,8 @@
 mod atomicity;
 /// Cancellation (CN-*).
 mod cancellation;
+/// Scheduled chains and periodic sagas' context.
+mod chains;
 /// Child failures and their handlers (CF-*).
 mod child_failures;
 /// Compensations across a tree, failed rollbacks, operator requests.

@@ -36,6 +36,7 @@ impl Run {
             payload: self.payload.clone(),
             successor_ran,
             attempt: self.claimed.retries + 1,
+            launch_context: self.claimed.launch_context.clone(),
         };
         self.wait = Await::User(code);
         Io::CallUser(UserCall {

@@ -25,6 +25,7 @@ impl Run {
             instances: Vec::new(),
             children: HashMap::new(),
             wait: Await::Announce,
+            next_scheduled: false,
         }
     }
 
@@ -43,12 +44,12 @@ impl Run {
         };
         let h = env.handler;
         let view = &self.claimed.view;
-        // A run whose data the database refused fails with that, as it would give up.
-        let give_up = self
-            .claimed
-            .poison
-            .clone()
-            .or_else(|| self.claimed.give_up.clone());
+        // A run whose data the database refused fails with that, as it would give up; so
+        // does an occurrence of a stopped chain that has not started.
+        let claimed = &self.claimed;
+        let give_up = (claimed.poison.clone())
+            .or_else(|| claimed.chain_stop.clone())
+            .or_else(|| claimed.give_up.clone());
         match decide::next_action(view, h.steps, give_up, h.source) {
             Action::RunStep { index, iteration } => {
                 self.call(env, CallKind::Step, Code::Step(index), iteration, false)

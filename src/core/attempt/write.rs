@@ -6,13 +6,26 @@ use super::{Await, Env, Facts, Persist, Ran, Run, done};
 use crate::context::CooperationContext;
 use crate::error::Error;
 use crate::failure::Failure;
+use crate::ids::new_uuid;
 use crate::proto::{
-    Applied, ContextWrite, Fault, Finish, Poison, Postpone, Release, RequestRollback, Requested,
+    Applied, ContextWrite, Emit, Fault, Finish, GiveUpCheck, Poison, Postpone, Release,
+    RequestRollback, Requested,
 };
+use crate::saga::{Emission, Occurrence};
+use crate::schedule::Schedule;
 
 impl Run {
-    /// Writes `p`: first asking children to roll back if it says so, then the transition.
+    /// Writes `p`: first the next occurrence of the run's chain if `p` ends the run, then
+    /// asking children to roll back if it says so, then the transition.
     pub(super) fn persist<'h>(&mut self, env: Env<'h>, report: &mut Report, p: Persist) -> Io<'h> {
+        if p.t.status.is_terminal() && !self.next_scheduled {
+            self.next_scheduled = true;
+            if let Some(next) = self.next_occurrence(env) {
+                let emit = Emit::new(None, vec![next], env.worker, env.quiet, GiveUpCheck::Skip);
+                self.wait = Await::ScheduleNext(Box::new(p));
+                return Io::Run(Stmt::Emit(emit));
+            }
+        }
         let Some((instance, cause)) = &p.t.rollback_request else {
             return self.finish(env, report, p);
         };
@@ -29,6 +42,42 @@ impl Run {
                 Io::Run(Stmt::RequestRollback(stmt))
             }
             Err(e) => done(report, Outcome::Failed(e)),
+        }
+    }
+
+    /// The occurrence of the run's chain that follows this one, if the run is a top-level
+    /// run of an occurrence: same topic, payload and launch context, at the schedule's next
+    /// time after this occurrence's time and now. Written in the run's last transaction, so
+    /// occurrences never overlap and the chain goes on whichever way the run ended.
+    fn next_occurrence(&self, env: Env<'_>) -> Option<Emission> {
+        let claimed = &self.claimed;
+        let this = claimed.occurrence.as_ref().filter(|_| claimed.top_level)?;
+        let at = Schedule::parse(&this.schedule).and_then(|s| s.next(this.at, env.now));
+        match at {
+            Ok(at) => Some(Emission {
+                id: new_uuid(),
+                topic: claimed.topic.clone(),
+                payload: claimed.payload.clone(),
+                scoped: false,
+                deadlines: None,
+                run_count: claimed.run_count + 1,
+                context: claimed.launch_context.clone(),
+                key: None,
+                occurrence: Some(Occurrence {
+                    chain: this.chain.clone(),
+                    schedule: this.schedule.clone(),
+                    at,
+                }),
+            }),
+            Err(e) => {
+                log::error!(
+                    "{}: chain {:?} ends after occurrence {}: {e}",
+                    env.handler.name,
+                    this.chain,
+                    claimed.run_count
+                );
+                None
+            }
         }
     }
 
@@ -88,6 +137,10 @@ impl Run {
             }
             (Await::Discard { ran, failure }, Output::Done) => {
                 self.after_discard(env, report, *ran, failure)
+            }
+            (Await::ScheduleNext(p), Output::Emitted(emitted)) => {
+                report.woken.extend(emitted.handlers);
+                self.persist(env, report, *p)
             }
             (
                 Await::RequestRollback(mut p),
