@@ -52,8 +52,10 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `tokio` | no | `structured_cooperation::tokio`: the same engine on a tokio runtime over `tokio-postgres` (with a deadpool pool): async steps, an async `Client` and `Runtime`, interoperating with blocking runtimes on one schema |
+//! | `cron` | no | `Schedule::cron` and `Schedule::in_timezone`: scheduled chains on cron expressions in IANA time zones (croner, chrono-tz) |
 //!
-//! Without features the crate has no async code at all.
+//! Without features the crate has no async code at all; interval schedules, retries and
+//! idempotent launches need none.
 //!
 //! ## Brief overview
 //!
