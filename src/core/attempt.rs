@@ -20,7 +20,8 @@ use super::state::{Instance, Next, StepShape, Wake};
 use crate::context::CooperationContext;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
-use crate::proto::{Applied, Claim, Claimed, ClaimedRun, Fault, GiveUpCheck};
+use crate::ids::RunId;
+use crate::proto::{Applied, Claim, Claimed, ClaimedRun, Fault, GiveUpCheck, Postpone};
 use crate::saga::Phase;
 
 pub(crate) use io::{
@@ -87,6 +88,9 @@ pub(crate) struct Attempt<'h> {
 
 #[derive(Debug)]
 enum State {
+    /// Recording, before anything else, the failures earlier attempts could not record (the
+    /// one being recorded first).
+    Owed(Vec<(RunId, String)>),
     Begin,
     Claim,
     /// Nothing due: rolling back, then done.
@@ -120,6 +124,50 @@ impl<'h> Attempt<'h> {
         }
     }
 
+    /// Makes the attempt first record `owed`: runs whose earlier attempts ended in an
+    /// infrastructure error that could not be recorded on them then (the connection was
+    /// gone), each with its error. Each is pushed back like any other (see `Postpone`); one
+    /// that cannot be recorded now either is reported again in [`Report::unrecorded`].
+    pub(crate) fn owing(mut self, mut owed: Vec<(RunId, String)>) -> Attempt<'h> {
+        owed.reverse();
+        if let Some(io) = self.next_owed(&owed) {
+            self.next = Some(io);
+            self.state = State::Owed(owed);
+        }
+        self
+    }
+
+    /// The postponement for the last of `owed` (which is in reverse order), if any.
+    fn next_owed(&self, owed: &[(RunId, String)]) -> Option<Io<'h>> {
+        let (run, error) = owed.last()?;
+        let b = self.env.backoff;
+        Some(Io::RunAutocommit(Stmt::Postpone(Postpone::new(
+            *run, error, b.base, b.max,
+        ))))
+    }
+
+    /// An owed record was written (or not: `failed`); on to the next, or to the attempt.
+    fn after_owed(&mut self, mut owed: Vec<(RunId, String)>, failed: bool) -> Io<'h> {
+        let done = owed.pop();
+        if failed {
+            // The connection is likely gone again: owe them all still.
+            self.report.unrecorded.extend(done);
+            self.report.unrecorded.extend(owed.into_iter().rev());
+            self.state = State::Begin;
+            return Io::Begin;
+        }
+        match self.next_owed(&owed) {
+            Some(io) => {
+                self.state = State::Owed(owed);
+                io
+            }
+            None => {
+                self.state = State::Begin;
+                Io::Begin
+            }
+        }
+    }
+
     /// What to do next.
     ///
     /// # Panics
@@ -142,8 +190,13 @@ impl<'h> Attempt<'h> {
 
     /// Like an error given to [`handle_output`](Self::handle_output), already classified.
     pub(crate) fn handle_fault(&mut self, fault: Fault) {
-        let io = match &mut self.state {
-            State::Claimed(run) => run.on_fault(self.env, &mut self.report, fault),
+        let io = match std::mem::replace(&mut self.state, State::Over) {
+            State::Claimed(mut run) => {
+                let io = run.on_fault(self.env, &mut self.report, fault);
+                self.state = State::Claimed(run);
+                io
+            }
+            State::Owed(owed) => self.after_owed(owed, true),
             _ => done(&mut self.report, Outcome::Failed(fault.into_error())),
         };
         self.set_next(io);
@@ -170,6 +223,7 @@ impl<'h> Attempt<'h> {
     fn on_output(&mut self, output: Output) {
         let env = self.env;
         let io = match (std::mem::replace(&mut self.state, State::Over), output) {
+            (State::Owed(owed), Output::Postponed(_)) => self.after_owed(owed, false),
             (State::Begin, Output::Done) => {
                 self.state = State::Claim;
                 Io::Run(Stmt::Claim(Claim {

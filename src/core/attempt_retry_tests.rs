@@ -7,6 +7,7 @@ use super::*;
 use crate::core::{RetryPolicy, RunView};
 use crate::error::Error;
 use crate::failure::{StepError, StepResult};
+use crate::ids::RunId;
 use crate::proto::{ClaimedRun, Fault};
 
 fn transient() -> StepResult<Next> {
@@ -198,4 +199,49 @@ fn a_recovery_that_fails_too_ends_the_attempt_with_the_first_error() {
     assert!(matches!(a.poll(), Io::Commit));
     a.handle_output(Err(Error::Connect("reset".to_owned())));
     assert!(matches!(tests::done(&mut a).outcome, Outcome::Failed(_)));
+}
+
+#[test]
+fn failures_that_could_not_be_recorded_are_recorded_by_the_next_attempt() {
+    let f = Fixture::new(&["a"]);
+    // The connection died with the failure: the recovery fails too, and the failure is owed.
+    let mut a = f.attempt();
+    let run = attempt_no(0);
+    claim(&mut a, &run);
+    user_call(&mut a);
+    a.handle_user(returned(Ok(Next::Continue), false));
+    finish(&mut a);
+    a.handle_output(Err(Error::Connect("gone".to_owned())));
+    assert!(matches!(a.poll(), Io::Rollback));
+    a.handle_output(Err(Error::Connect("still gone".to_owned())));
+    let report = tests::done(&mut a);
+    assert_eq!(report.unrecorded.len(), 1);
+    assert_eq!(report.unrecorded[0].0, run.id);
+    assert!(report.unrecorded[0].1.contains("gone"));
+
+    // The next attempt records it first, then goes on as usual.
+    let other = RunId::from_uuid(uuid::Uuid::from_u128(7));
+    let mut a = f
+        .attempt()
+        .owing(vec![report.unrecorded[0].clone(), (other, "x".into())]);
+    for expected in [run.id, other] {
+        match a.poll() {
+            Io::RunAutocommit(Stmt::Postpone(p)) => assert_eq!(p.run, expected.as_uuid()),
+            io => panic!("expected a postponement, got {io:?}"),
+        }
+        a.handle_output(Ok(Output::Postponed(None)));
+    }
+    assert!(matches!(a.poll(), Io::Begin));
+
+    // If it cannot record them either, it owes them still and tries its own work anyway.
+    let mut a = f
+        .attempt()
+        .owing(vec![(run.id, "e".into()), (other, "x".into())]);
+    assert!(matches!(a.poll(), Io::RunAutocommit(Stmt::Postpone(_))));
+    a.handle_output(Err(Error::Connect("down".to_owned())));
+    assert!(matches!(a.poll(), Io::Begin));
+    a.handle_output(Err(Error::Connect("down".to_owned())));
+    let report = tests::done(&mut a);
+    let owed: Vec<RunId> = report.unrecorded.iter().map(|(r, _)| *r).collect();
+    assert_eq!(owed, [run.id, other]);
 }

@@ -3,13 +3,14 @@
 //! dispatcher's events, and what an attempt's report asks of a runtime. None of it does I/O.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::core::attempt::{Outcome, Report};
 use crate::core::schedule::{Backoff, ClaimResult, Jitter, Scheduler, SweepEntry};
 use crate::error::{Error, Result};
+use crate::ids::RunId;
 use crate::saga::{Flavor, SagaOf};
 use crate::validate;
 
@@ -191,6 +192,7 @@ impl<X: Flavor> Settings<X> {
             .into_iter()
             .map(|sub| HandlerEntry {
                 last_notified: AtomicU64::new(0),
+                owed: Mutex::new(Vec::new()),
                 name: Arc::from(sub.saga.name()),
                 source: format!("{}[{instance}]", sub.saga.name()),
                 concurrency: sub.concurrency.unwrap_or(workers).min(workers),
@@ -232,6 +234,18 @@ pub(crate) struct HandlerEntry<X: Flavor> {
     /// When this runtime last notified other runtimes about the handler's new runs
     /// (milliseconds since start, plus one; 0 = never).
     pub(crate) last_notified: AtomicU64,
+    /// Runs of this handler whose infrastructure failure could not be recorded on them when
+    /// it happened (the connection was gone), with the error; the next attempt records them.
+    owed: Mutex<Vec<(RunId, String)>>,
+}
+
+impl<X: Flavor> HandlerEntry<X> {
+    /// Takes the failures owed to runs of this handler (see [`Attempt::owing`]).
+    ///
+    /// [`Attempt::owing`]: crate::core::attempt::Attempt::owing
+    pub(crate) fn take_owed(&self) -> Vec<(RunId, String)> {
+        std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// While a handler served here was notified this recently, further notifications for it are
@@ -322,6 +336,13 @@ impl<X: Flavor> Registry<X> {
             .fetch_add(u64::from(report.retried), Ordering::Relaxed);
         if report.poisoned {
             bump(&stats.data_errors);
+        }
+        if !report.unrecorded.is_empty() {
+            let mut owed = self.handlers[h]
+                .owed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            owed.extend(report.unrecorded);
         }
         if let Some((run, postponed)) = report.postponed {
             log::warn!(

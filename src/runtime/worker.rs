@@ -122,7 +122,8 @@ fn attempt(
     };
     let registry = &shared.registry;
     let now = std::time::SystemTime::now();
-    let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now);
+    let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now)
+        .owing(entry.take_owed());
     let mut announce = || {
         if !end.claimed {
             // Lets the dispatcher put another worker on this handler while this one is busy.

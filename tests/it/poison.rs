@@ -2,6 +2,8 @@
 //! before it is written or fails the run once, and a run whose attempts keep failing on
 //! infrastructure errors backs off, is counted and listed, and never spins.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -177,7 +179,57 @@ fn a_sleep_the_database_cannot_represent_fails_the_run<E: Engine>() {
     runtime.shutdown().unwrap();
 }
 
+/// A run whose every attempt kills its own connection (so nothing can be recorded with the
+/// failure), while healthy runs of the same handler keep succeeding (which resets the
+/// handler's in-memory backoff): the failures are recorded by later attempts, and the run is
+/// pushed back further each time instead of being retried every few milliseconds.
+fn a_run_killing_its_connection_backs_off_amid_healthy_runs<E: Engine>() {
+    let db = TestDb::new("killer_backoff");
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let saga = {
+        let attempts = attempts.clone();
+        E::saga("mixed")
+            .step(
+                move |ctx: &mut StepContext<'_, E::X>, payload: &Value| -> StepResult {
+                    if payload["poison"] == json!(true) {
+                        attempts.fetch_add(1, Ordering::SeqCst);
+                        E::execute(ctx, "SELECT pg_terminate_backend(pg_backend_pid())", &[])?;
+                    }
+                    Ok(())
+                },
+            )
+            .build()
+            .unwrap()
+    };
+    let runtime = E::runtime(&db)
+        .workers(2)
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(400))
+        .subscribe("t", saga)
+        .start()
+        .unwrap();
+    let poison = runtime.launch("t", &json!({ "poison": true })).unwrap();
+    let started = std::time::Instant::now();
+    let mut healthy = Vec::new();
+    while started.elapsed() < Duration::from_millis(1500) {
+        healthy.push(runtime.launch("t", &json!({ "poison": false })).unwrap());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let tried = attempts.load(Ordering::SeqCst);
+    // Waits of 10-20, 20-40, 40-80, ... up to 200-400 ms: at most a dozen tries in 1.5 s
+    // (retried at the handler's reset backoff, it was tried every 25-50 ms: 30 and more).
+    assert!((3..=14).contains(&tried), "{tried} attempts in 1.5 s");
+    for root in healthy {
+        assert!(runtime.wait_for(root, WAIT).unwrap().is_committed());
+    }
+    let tree = runtime.tree(poison).unwrap();
+    assert_eq!(tree[0].status, RunStatus::Active);
+    assert!(tree[0].infra_failures >= 2, "{:?}", tree[0]);
+    runtime.cancel(poison, "test", "enough").unwrap();
+    runtime.shutdown().unwrap();
+}
+
 both!(
+    a_run_killing_its_connection_backs_off_amid_healthy_runs,
     a_run_failing_on_infrastructure_errors_backs_off_and_is_listed,
     a_data_exception_in_the_engines_statements_fails_the_run_once,
     a_payload_postgres_cannot_store_is_refused_before_it_is_written,

@@ -210,6 +210,10 @@ pub(crate) struct Report {
     pub(crate) poisoned: bool,
     /// The run was pushed back after an infrastructure error.
     pub(crate) postponed: Option<(RunId, Postponed)>,
+    /// Runs whose infrastructure failure could not be recorded on them (the connection was
+    /// gone), with the error: a later attempt at the handler records them (see
+    /// `Attempt::owing`).
+    pub(crate) unrecorded: Vec<(RunId, String)>,
 }
 
 impl Report {
@@ -225,6 +229,7 @@ impl Report {
             retried: 0,
             poisoned: false,
             postponed: None,
+            unrecorded: Vec::new(),
         }
     }
 }

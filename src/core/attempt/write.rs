@@ -236,8 +236,11 @@ impl Run {
             Await::Commit { .. } | Await::Rollback => {
                 done(report, Outcome::Failed(fault.into_error()))
             }
-            // The recovery failed too (the connection is gone): the scheduler backs off.
+            // The recovery failed too (the connection is gone): the scheduler backs off, and
+            // a later attempt at the handler records the failure on the run.
             Await::Recover { error, .. } | Await::Recorded { error } => {
+                let text = crate::error::with_sources(&error);
+                report.unrecorded.push((self.claimed.id, text));
                 done(report, Outcome::Failed(error))
             }
             _ => self.recover(env, None, fault),
