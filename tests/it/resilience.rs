@@ -445,7 +445,12 @@ fn a_retry_after_a_killed_connection_is_never_lost<E: Engine>() {
         assert!(outcome.is_committed(), "round {round}: {outcome:?}");
     }
     assert_eq!(killed.lock().unwrap().len(), 100);
-    assert!(runtime.stats().infra_errors >= 100);
+    // Another worker may retry a killed run before the killed step's task has counted its
+    // failure (the lock went with the backend), so the count may trail the last outcome.
+    eventually(
+        "every killed step counted as an infrastructure error",
+        || runtime.stats().infra_errors >= 100,
+    );
     runtime.shutdown().unwrap();
 }
 
