@@ -59,7 +59,55 @@ struct Inner {
     pool: Pool,
     sql: Sql,
     schema: Arc<str>,
-    max_json_bytes: usize,
+    options: Options,
+}
+
+/// What a client of either edition is set up with besides its pool and schema.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub(crate) max_json_bytes: usize,
+    /// Whether a launch on a topic without handlers is refused.
+    pub(crate) strict_topics: bool,
+    /// Whether connecting brings the schema up to date; if not, it is left alone.
+    pub(crate) migrate: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_json_bytes: validate::DEFAULT_MAX_JSON_BYTES,
+            strict_topics: false,
+            migrate: true,
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_json_bytes == 0 {
+            return Err(Error::Config("max_json_bytes must be >= 1".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// What a launch wrote, as its caller sees it (both editions): refused if strict and nobody
+/// handles the topic; a warning if nobody does and it was written anyway.
+pub(crate) fn check_launch(emitted: &proto::Emitted, topic: &str, id: RootId) -> Result<()> {
+    if emitted.refused {
+        return Err(Error::Unhandled {
+            topic: topic.to_owned(),
+        });
+    }
+    if !emitted.unhandled.is_empty() {
+        log::warn!(
+            target: "structured_cooperation::unhandled",
+            topic = topic, root:% = id;
+            "root {id} launched on topic {topic:?}, which no handler is registered for: \
+             nothing will run for it"
+        );
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Client {
@@ -128,7 +176,7 @@ pub struct ClientBuilder {
     schema: String,
     pool_size: u32,
     connect_timeout: Duration,
-    max_json_bytes: usize,
+    options: Options,
 }
 
 impl ClientBuilder {
@@ -153,11 +201,28 @@ impl ClientBuilder {
     /// The largest payload, context or return value accepted, in bytes of JSON. Defaults to
     /// 2 MiB. Anything larger is refused with [`Error::TooLarge`] before it is written.
     pub fn max_json_bytes(mut self, limit: usize) -> Self {
-        self.max_json_bytes = limit;
+        self.options.max_json_bytes = limit;
         self
     }
 
-    /// Connects and brings the schema up to date.
+    /// Whether a launch on a topic that no handler is registered for fails with
+    /// [`Error::Unhandled`] (writing nothing) instead of being written with a warning. Off by
+    /// default; one launch can say otherwise with [`EmitOptions::strict`].
+    pub fn strict_topics(mut self, strict: bool) -> Self {
+        self.options.strict_topics = strict;
+        self
+    }
+
+    /// Whether [`connect`](Self::connect) brings the schema up to date (the default). Teams
+    /// that migrate in a deploy step turn it off and run [`Client::migrate`] there (or apply
+    /// [`Client::pending_migrations_sql`] with their own tool); then connecting touches
+    /// nothing.
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.options.migrate = migrate;
+        self
+    }
+
+    /// Connects and, unless told otherwise, brings the schema up to date.
     pub fn connect(self) -> Result<Client> {
         validate::schema(&self.schema)?;
         if self.pool_size == 0 {
@@ -167,7 +232,7 @@ impl ClientBuilder {
             Source::Url(url) => build_pool(&url, self.pool_size, self.connect_timeout)?,
             Source::Pool(pool) => pool,
         };
-        Client::new(pool, self.schema, self.max_json_bytes)
+        Client::new(pool, self.schema, self.options)
     }
 }
 
@@ -188,7 +253,7 @@ impl Client {
             schema: DEFAULT_SCHEMA.to_owned(),
             pool_size: 4,
             connect_timeout: Duration::from_secs(10),
-            max_json_bytes: validate::DEFAULT_MAX_JSON_BYTES,
+            options: Options::default(),
         }
     }
 
@@ -211,26 +276,72 @@ impl Client {
     pub fn from_pool(pool: Pool, schema: impl Into<String>) -> Result<Client> {
         let schema = schema.into();
         validate::schema(&schema)?;
-        Client::new(pool, schema, validate::DEFAULT_MAX_JSON_BYTES)
+        Client::new(pool, schema, Options::default())
     }
 
-    pub(crate) fn new(pool: Pool, schema: String, max_json_bytes: usize) -> Result<Client> {
-        if max_json_bytes == 0 {
-            return Err(Error::Config("max_json_bytes must be >= 1".to_owned()));
-        }
+    pub(crate) fn new(pool: Pool, schema: String, options: Options) -> Result<Client> {
+        options.validate()?;
         let sql = Sql::new(&schema);
         // The first connection is where an unreachable database shows, as when building the
         // pool from a URL.
         let mut conn = pool.get().map_err(|e| Error::Connect(e.to_string()))?;
-        migrate::migrate(&mut *conn, &sql, &schema)?;
+        if options.migrate {
+            migrate::migrate(&mut *conn, &sql, &schema)?;
+        }
+        drop(conn);
         Ok(Client {
             inner: Arc::new(Inner {
                 sql,
                 pool,
                 schema: schema.into(),
-                max_json_bytes,
+                options,
             }),
         })
+    }
+
+    /// Brings the schema up to date: creates it if needed and applies the migrations it
+    /// lacks, in one transaction, under a lock that makes concurrent migrators wait for each
+    /// other. Returns the versions applied (empty when it was up to date). Connecting does
+    /// this by itself unless [`ClientBuilder::migrate`] turned it off.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// // In a deploy step:
+    /// let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres")
+    ///     .migrate(false)
+    ///     .connect()?;
+    /// let applied = client.migrate()?;
+    /// println!("applied migrations {applied:?}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn migrate(&self) -> Result<Vec<i32>> {
+        let mut conn = self.conn()?;
+        migrate::migrate(&mut *conn, self.sql(), self.schema())
+    }
+
+    /// The SQL that [`migrate`](Self::migrate) would run now, as one script (a transaction)
+    /// for a migration tool or a review; empty when the schema is up to date.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").migrate(false).connect()?;
+    /// print!("{}", client.pending_migrations_sql()?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pending_migrations_sql(&self) -> Result<String> {
+        let mut conn = self.conn()?;
+        let version = migrate::applied_version(&mut *conn, self.schema())?;
+        migrate::script(self.schema(), version)
+    }
+
+    /// [`Error::SchemaOutdated`] (or [`Error::SchemaTooNew`]) unless the schema is at the
+    /// version this library needs (a runtime told not to migrate).
+    pub(crate) fn require_current_schema(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        let version = migrate::applied_version(&mut *conn, self.schema())?;
+        migrate::require_current(self.schema(), version)
     }
 
     /// The schema.
@@ -256,7 +367,13 @@ impl Client {
     /// # }
     /// ```
     pub fn max_json_bytes(&self) -> usize {
-        self.inner.max_json_bytes
+        self.inner.options.max_json_bytes
+    }
+
+    /// Whether launches on topics without handlers are refused (see
+    /// [`ClientBuilder::strict_topics`]).
+    pub fn strict_topics(&self) -> bool {
+        self.inner.options.strict_topics
     }
 
     /// The connection pool, for the application's own queries (for example to launch inside
@@ -392,8 +509,17 @@ impl Client {
             self.max_json_bytes(),
         )?;
         let (id, key) = (emission.id, emission.key.clone());
-        let emit = Emit::new(None, vec![emission], CLIENT_WORKER, &[], GiveUpCheck::Skip);
+        let topic = emission.topic.clone();
+        let emit = Emit::new(
+            None,
+            vec![emission],
+            CLIENT_WORKER,
+            &[],
+            GiveUpCheck::Skip,
+            self.strict_topics(),
+        );
         let emitted = exec::run(client, self.sql(), None, &emit)?;
+        check_launch(&emitted, &topic, RootId::from_uuid(id))?;
         match key {
             // Another launch holds the key: its root is the answer. (A new statement, so
             // it sees a launch that committed while this one waited for it.)
@@ -435,11 +561,9 @@ impl Client {
     /// # }
     /// ```
     pub fn history(&self, root: RootId) -> Result<Vec<HistoryEvent>> {
-        Ok(self
-            .run(&proto::History::new(root))?
-            .into_iter()
-            .map(HistoryEvent::from_row)
-            .collect())
+        let rows = self.run(&proto::History::new(root))?;
+        self.found(root, !rows.is_empty())?;
+        Ok(rows.into_iter().map(HistoryEvent::from_row).collect())
     }
 
     /// Every run of the root's tree, parents before their children.
@@ -455,11 +579,19 @@ impl Client {
     /// # }
     /// ```
     pub fn tree(&self, root: RootId) -> Result<Vec<RunInfo>> {
-        Ok(self
-            .run(&proto::Tree::new(root))?
-            .into_iter()
-            .map(RunInfo::from_row)
-            .collect())
+        let rows = self.run(&proto::Tree::new(root))?;
+        self.found(root, !rows.is_empty())?;
+        Ok(rows.into_iter().map(RunInfo::from_row).collect())
+    }
+
+    /// [`Error::NotFound`] when a read of `root` found nothing (`any` false) and no such root
+    /// was launched; a root whose topic had no handler exists but has no runs.
+    fn found(&self, root: RootId, any: bool) -> Result<()> {
+        if any || self.run(&proto::RootExists::new(root))? {
+            Ok(())
+        } else {
+            Err(not_found(root))
+        }
     }
 
     /// Unfinished runs that are being retried after transient failures or keep failing with
@@ -499,12 +631,12 @@ impl Client {
     /// # }
     /// ```
     pub fn outcome(&self, root: RootId) -> Result<TreeOutcome> {
-        let runs = self
-            .run(&proto::RootRuns::new(root))?
-            .into_iter()
-            .map(RootRun::from_row)
-            .collect();
-        Ok(TreeOutcome::new(root, runs))
+        let rows = self.run(&proto::RootRuns::new(root))?;
+        self.found(root, !rows.is_empty())?;
+        Ok(TreeOutcome::new(
+            root,
+            rows.into_iter().map(RootRun::from_row).collect(),
+        ))
     }
 
     /// Waits until every run of the root's tree has finished, or `timeout` passes
@@ -543,6 +675,14 @@ impl Client {
                 ControlFlow::Continue(wait) => pause(wait),
             }
         }
+    }
+}
+
+/// The error for a root id that names nothing.
+pub(crate) fn not_found(root: RootId) -> Error {
+    Error::NotFound {
+        what: "root",
+        id: root.to_string(),
     }
 }
 

@@ -163,6 +163,52 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// A strict launch named a topic that no handler is registered for; nothing was written.
+    #[error(
+        "no handler is registered for topic {topic:?} and the launch is strict: nothing was \
+         written (register the topic's handlers first, e.g. with Client::register_handler)"
+    )]
+    Unhandled {
+        /// The topic.
+        topic: String,
+    },
+
+    /// The schema lacks migrations and this runtime was told not to apply them.
+    #[error(
+        "schema {schema:?} is at migration version {found}, older than the {needed} this \
+         library needs, and migrating at start is turned off: run the migrations first \
+         (Client::migrate, or the SQL of Client::pending_migrations_sql)"
+    )]
+    SchemaOutdated {
+        /// The schema in question.
+        schema: String,
+        /// The highest version applied (0: none, or no such schema).
+        found: i32,
+        /// The version this library needs.
+        needed: i32,
+    },
+
+    /// The id names nothing in the schema: no root was launched with it (or its tree was
+    /// deleted).
+    #[error("{what} {id} does not exist")]
+    NotFound {
+        /// What was looked for, e.g. `"root"`.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+
+    /// A string is not a valid id.
+    #[error("{input:?} is not a valid {kind}: {source}")]
+    InvalidId {
+        /// What the id was for, e.g. `"root id"`.
+        kind: &'static str,
+        /// The rejected text.
+        input: String,
+        /// The parser's reason.
+        source: uuid::Error,
+    },
+
     /// An out-of-band completion named a run that does not exist or is not waiting for one.
     #[error("no run of handler {handler:?} for message {message} can be completed: {reason}")]
     NotCompletable {

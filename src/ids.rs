@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
@@ -32,9 +32,13 @@ macro_rules! id_type {
         }
 
         impl FromStr for $name {
-            type Err = uuid::Error;
+            type Err = crate::Error;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s).map(Self)
+                Uuid::parse_str(s.trim()).map(Self).map_err(|source| crate::Error::InvalidId {
+                    kind: $kind,
+                    input: s.to_owned(),
+                    source,
+                })
             }
         }
 
@@ -49,15 +53,18 @@ macro_rules! id_type {
 id_type!(
     /// The id of a cooperation root: the message launched on the global scope that started a
     /// tree of runs. It equals that message's [`MessageId`].
-    RootId
+    RootId,
+    "root id"
 );
 id_type!(
     /// The id of a message (an emission on a topic).
-    MessageId
+    MessageId,
+    "message id"
 );
 id_type!(
     /// The id of a run: one handler's execution of one message.
-    RunId
+    RunId,
+    "run id"
 );
 
 impl RootId {

@@ -51,9 +51,15 @@ impl TreeOutcome {
         self.runs.iter().all(|r| r.status.is_terminal())
     }
 
-    /// Every top-level run committed.
+    /// There is at least one top-level run and every one of them committed. A root launched
+    /// on a topic nobody handled has no runs: finished, but never committed.
     pub fn is_committed(&self) -> bool {
-        self.runs.iter().all(|r| r.status == RunStatus::Committed)
+        !self.runs.is_empty() && self.runs.iter().all(|r| r.status == RunStatus::Committed)
+    }
+
+    /// No handler was registered for the root's topic when it was launched, so nothing ran.
+    pub fn is_unhandled(&self) -> bool {
+        self.runs.is_empty()
     }
 
     pub(crate) fn unfinished(&self) -> String {

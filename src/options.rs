@@ -28,6 +28,7 @@ pub struct EmitOptions {
     pub(crate) deadlines: Deadlines,
     pub(crate) context: CooperationContext,
     pub(crate) idempotency_key: Option<String>,
+    pub(crate) strict: Option<bool>,
 }
 
 impl EmitOptions {
@@ -71,6 +72,28 @@ impl EmitOptions {
     /// ```
     pub fn idempotency_key(mut self, key: impl Into<String>) -> EmitOptions {
         self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+impl EmitOptions {
+    /// Whether this emission is refused when no handler is registered for its topic,
+    /// overriding the runtime's or client's `strict_topics` setting. Strict, a step's
+    /// emission fails the step (a failure of type `structured_cooperation::UnhandledTopic`,
+    /// nothing of the step is kept) and a launch fails with
+    /// [`Error::Unhandled`](crate::Error::Unhandled), writing nothing. Not strict (the
+    /// default), the message is written and waited for by nobody: its emitter carries on at
+    /// once, and the history, the log and [`RuntimeStats::unhandled`](crate::RuntimeStats)
+    /// say so.
+    ///
+    /// ```
+    /// use structured_cooperation::EmitOptions;
+    ///
+    /// let must_be_handled = EmitOptions::new().strict(true);
+    /// # let _ = must_be_handled;
+    /// ```
+    pub fn strict(mut self, strict: bool) -> EmitOptions {
+        self.strict = Some(strict);
         self
     }
 }

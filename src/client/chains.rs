@@ -5,8 +5,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::{CLIENT_WORKER, Client};
+use super::{CLIENT_WORKER, Client, check_launch};
 use crate::error::{Error, Result};
+use crate::ids::RootId;
 use crate::inspect::{ChainInfo, ChainStop};
 use crate::options::EmitOptions;
 use crate::proto::{ChainState, Emit, GiveUpCheck, StopChain};
@@ -114,8 +115,17 @@ impl Client {
             &options.into(),
             self.max_json_bytes(),
         )?;
-        let emit = Emit::new(None, vec![first], CLIENT_WORKER, &[], GiveUpCheck::Skip);
-        self.run(&emit)?;
+        let (topic, id) = (first.topic.clone(), RootId::from_uuid(first.id));
+        let emit = Emit::new(
+            None,
+            vec![first],
+            CLIENT_WORKER,
+            &[],
+            GiveUpCheck::Skip,
+            self.strict_topics(),
+        );
+        let emitted = self.run(&emit)?;
+        check_launch(&emitted, &topic, id)?;
         self.chain(key)?.ok_or_else(|| chain_vanished(key))
     }
 

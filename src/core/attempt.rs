@@ -50,6 +50,8 @@ struct Env<'h> {
     backoff: Backoff,
     /// The time the attempt started, given by the driver (for a schedule's next time).
     now: SystemTime,
+    /// Whether emissions on topics without handlers fail the step, unless they say.
+    strict: bool,
 }
 
 /// One attempt at the next due run of a handler, from `BEGIN` to the release after `COMMIT`.
@@ -117,11 +119,19 @@ impl<'h> Attempt<'h> {
                 quiet,
                 backoff,
                 now,
+                strict: false,
             },
             next: Some(Io::Begin),
             state: State::Begin,
             report: Report::new(),
         }
+    }
+
+    /// Makes emissions on topics without handlers fail their step (unless the emission says
+    /// otherwise); by default they are written and reported in [`Report::unhandled`].
+    pub(crate) fn strict_topics(mut self, strict: bool) -> Attempt<'h> {
+        self.env.strict = strict;
+        self
     }
 
     /// Makes the attempt first record `owed`: runs whose earlier attempts ended in an

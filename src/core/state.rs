@@ -48,6 +48,9 @@ pub enum EventKind {
     CancellationRequested,
     /// A step's code failed transiently and will run again (the failure says why).
     Retrying,
+    /// The message just emitted had no registered handler: nobody runs it and its emitter
+    /// does not wait for it.
+    Unhandled,
 }
 
 impl EventKind {
@@ -64,6 +67,7 @@ impl EventKind {
             EventKind::RollbackFailed => "ROLLBACK_FAILED",
             EventKind::CancellationRequested => "CANCELLATION_REQUESTED",
             EventKind::Retrying => "RETRYING",
+            EventKind::Unhandled => "UNHANDLED",
         }
     }
 
@@ -80,6 +84,7 @@ impl EventKind {
             "ROLLBACK_FAILED" => EventKind::RollbackFailed,
             "CANCELLATION_REQUESTED" => EventKind::CancellationRequested,
             "RETRYING" => EventKind::Retrying,
+            "UNHANDLED" => EventKind::Unhandled,
             _ => return None,
         })
     }

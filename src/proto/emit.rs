@@ -47,17 +47,21 @@ pub(crate) struct Emit<'a> {
     pub(crate) not_before: Vec<Option<SystemTime>>,
     pub(crate) chains: Vec<Option<String>>,
     pub(crate) schedules: Vec<Option<String>>,
+    /// Whether an emission on a topic nobody handles is refused (else only marked).
+    pub(crate) strict: Vec<bool>,
 }
 
 impl<'a> Emit<'a> {
     /// Writes `emissions` (children of `emitter`, or global launches without one). With a
-    /// check, the emitter's give-up check runs first.
+    /// check, the emitter's give-up check runs first. `strict` says whether an emission on a
+    /// topic without handlers is refused, for emissions that do not say it themselves.
     pub(crate) fn new(
         emitter: Option<Emitter<'a>>,
         emissions: Vec<Emission>,
         worker: &'a str,
         quiet: &'a [&'a str],
         check: GiveUpCheck,
+        strict: bool,
     ) -> Emit<'a> {
         let n = emissions.len();
         let mut emit = Emit {
@@ -79,6 +83,7 @@ impl<'a> Emit<'a> {
             not_before: Vec::with_capacity(n),
             chains: Vec::with_capacity(n),
             schedules: Vec::with_capacity(n),
+            strict: Vec::with_capacity(n),
             step: emitter.map(|e| e.step),
         };
         for e in emissions {
@@ -90,6 +95,7 @@ impl<'a> Emit<'a> {
             emit.run_counts.push(e.run_count as i32);
             emit.contexts.push(e.context);
             emit.keys.push(e.key);
+            emit.strict.push(e.strict.unwrap_or(strict));
             let occurrence = e.occurrence;
             emit.not_before.push(occurrence.as_ref().map(|o| o.at));
             emit.schedules
@@ -109,19 +115,27 @@ impl<'a> Emit<'a> {
     /// neither does an occurrence of a stopped chain; `launched` lists the messages that were
     /// written. (A unique index makes a concurrent duplicate wait for the first one's
     /// transaction.) A scheduled occurrence's runs are due at `$17`, or at a deadline before.
+    ///
+    /// An emission on a topic without registered handlers gets an `UNHANDLED` history entry
+    /// and is listed in `unhandled`; if it is strict (`$20`), nothing at all is written and
+    /// `refused` says so.
     pub(crate) const SQL: &'static str = "
 WITH checked AS MATERIALIZED (
     SELECT CASE WHEN $13::bool IS NULL THEN true
                 ELSE __S__.check_give_up($5::uuid, $6::uuid, $13::bool) END AS ok
 ),
-e AS (
-    SELECT e.* FROM checked,
+given AS MATERIALIZED (
+    SELECT e.*, NOT EXISTS (SELECT 1 FROM __S__.handlers h WHERE h.topic = e.topic) AS bare
+    FROM checked,
         unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $11::text[], $12::int4[],
-               $15::text[], $16::text[], $17::timestamptz[], $18::text[], $19::text[])
+               $15::text[], $16::text[], $17::timestamptz[], $18::text[], $19::text[],
+               $20::bool[])
         WITH ORDINALITY AS e(id, topic, payload, scoped, deadlines, run_count, context, key,
-                             not_before, chain, schedule, ord)
+                             not_before, chain, schedule, strict, ord)
     WHERE checked.ok
 ),
+refused AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM given WHERE bare AND strict) AS yes),
+e AS (SELECT given.* FROM given, refused WHERE NOT refused.yes),
 msg AS (
     INSERT INTO __S__.messages (id, root_id, topic, payload, parent_run_id, parent_instance,
                                 run_count, idempotency_key, context, chain, schedule,
@@ -167,10 +181,11 @@ child AS (
 hist AS (
     INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, step, worker)
     SELECT CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, CASE WHEN e.scoped THEN $6::uuid END,
-           e.id, 'EMITTED', CASE WHEN e.scoped THEN $8::text END,
+           e.id, k.event, CASE WHEN e.scoped THEN $8::text END,
            CASE WHEN e.scoped THEN $9::text END, $10::text
-    FROM w e
-    ORDER BY e.ord
+    FROM w e CROSS JOIN LATERAL (VALUES (1, 'EMITTED'), (2, 'UNHANDLED')) AS k(n, event)
+    WHERE k.n = 1 OR e.bare
+    ORDER BY e.ord, k.n
 ),
 woken AS (SELECT DISTINCT handler FROM child),
 notified AS MATERIALIZED (
@@ -179,7 +194,12 @@ notified AS MATERIALIZED (
 SELECT (SELECT count(*) FROM child WHERE parent_id IS NOT NULL)::int4 AS children,
        coalesce((SELECT array_agg(handler) FROM woken), '{}') AS woken,
        (SELECT count(*) FROM notified)::int4 AS notified,
-       coalesce((SELECT array_agg(id) FROM msg), '{}') AS launched";
+       coalesce((SELECT array_agg(id) FROM msg), '{}') AS launched,
+       coalesce(CASE WHEN (SELECT yes FROM refused)
+                     THEN (SELECT array_agg(topic ORDER BY ord) FROM given WHERE bare AND strict)
+                     ELSE (SELECT array_agg(topic ORDER BY ord) FROM w WHERE bare) END,
+                '{}') AS unhandled,
+       (SELECT yes FROM refused) AS refused";
 }
 
 /// What an emission created.
@@ -191,6 +211,11 @@ pub(crate) struct Emitted {
     pub(crate) handlers: Vec<String>,
     /// The messages written (a launch whose idempotency key was taken is not).
     pub(crate) written: Vec<Uuid>,
+    /// The topics of written messages that no handler was registered for (one per message);
+    /// when `refused`, those of the strict emissions that caused it.
+    pub(crate) unhandled: Vec<String>,
+    /// A strict emission had no handler: nothing was written.
+    pub(crate) refused: bool,
 }
 
 impl Statement for Emit<'_> {
@@ -221,6 +246,7 @@ impl Statement for Emit<'_> {
             &self.not_before,
             &self.chains,
             &self.schedules,
+            &self.strict,
         ]
     }
 
@@ -230,6 +256,9 @@ impl Statement for Emit<'_> {
             children: u32_col(&row, "children")?,
             handlers: row.try_get("woken")?,
             written: row.try_get("launched")?,
+            unhandled: row.try_get("unhandled")?,
+            // NULL when the give-up check stopped everything (nothing was written either).
+            refused: row.try_get::<_, Option<bool>>("refused")?.unwrap_or(false),
         })
     }
 }

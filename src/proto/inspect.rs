@@ -7,7 +7,7 @@ use postgres::Row;
 use postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{Statement, StmtId, failure_col, run_view, status, u32_col};
+use super::{Statement, StmtId, failure_col, one, run_view, status, u32_col};
 use crate::context::CooperationContext;
 use crate::core::{EventKind, RunStatus, RunView};
 use crate::error::{Error, Result};
@@ -31,6 +31,39 @@ impl RootRuns {
 SELECT handler, status, failure::text AS failure, rollback_failure::text AS rollback_failure
 FROM __S__.runs WHERE message_id = $1 AND parent_id IS NULL
 ORDER BY handler";
+}
+
+/// Whether a root (a message launched on the global scope) exists.
+#[derive(Debug)]
+pub(crate) struct RootExists {
+    root: Uuid,
+}
+
+impl RootExists {
+    pub(crate) fn new(root: RootId) -> RootExists {
+        RootExists {
+            root: root.as_uuid(),
+        }
+    }
+
+    pub(crate) const SQL: &'static str = "
+SELECT EXISTS (SELECT 1 FROM __S__.messages WHERE id = $1 AND root_id = id) AS found";
+}
+
+impl Statement for RootExists {
+    type Output = bool;
+
+    fn id(&self) -> StmtId {
+        StmtId::RootExists
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.root]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<bool> {
+        Ok(one(rows)?.try_get("found")?)
+    }
 }
 
 /// A top-level run of a root.

@@ -183,3 +183,38 @@ impl Statement for RecordMigration {
         Ok(())
     }
 }
+
+/// Reads the highest applied migration of `schema` (a validated plain identifier) without
+/// creating anything; fails with `undefined_table` on a schema never migrated.
+pub(crate) fn version_query(schema: &str) -> String {
+    format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations")
+}
+
+/// The script that brings `schema` from migration `version` up to date: the statements the
+/// migrator runs ([`MigrationLock`], [`MigrationSetup`], each pending [`ApplyMigration`] and
+/// [`RecordMigration`]) as one transaction, for a team's own migration tool. Empty when
+/// nothing is pending.
+pub(crate) fn migration_script(schema: &str, version: i32) -> String {
+    let pending: Vec<_> = MIGRATIONS.iter().filter(|m| m.0 > version).collect();
+    if pending.is_empty() {
+        return String::new();
+    }
+    let lock = MigrationLock::new(schema);
+    let mut out = format!(
+        "-- structured-cooperation: schema {schema}, from migration {version} to {LATEST_MIGRATION}\n\
+         BEGIN;\n\
+         SELECT pg_advisory_xact_lock(hashtextextended('{}', 0));\n",
+        lock.key
+    );
+    out.push_str(MigrationSetup::SQL.replace("__S__", schema).trim_start());
+    out.push('\n');
+    for (version, name, text) in pending {
+        out.push_str(&format!("\n-- migration {version}: {name}\n"));
+        out.push_str(text.trim_end());
+        out.push_str(&format!(
+            "\nINSERT INTO schema_migrations (version, name) VALUES ({version}, '{name}');\n"
+        ));
+    }
+    out.push_str("COMMIT;\n");
+    out
+}

@@ -34,12 +34,12 @@ use crate::failure::Failure;
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register};
 pub(crate) use inspect::{
-    ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootRunRow, RootRuns,
-    Tree, TreeRow,
+    ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootExists, RootRunRow,
+    RootRuns, Tree, TreeRow,
 };
 pub(crate) use migrate::{
     ApplyMigration, LATEST_MIGRATION, MIGRATIONS, MigrationLock, MigrationSetup, MigrationVersion,
-    RecordMigration,
+    RecordMigration, migration_script, version_query,
 };
 pub(crate) use operator::{
     BusyAround, CancelScope, LockRoot, LockTargets, RecordCancel, RequestOperatorRollback,
@@ -146,6 +146,8 @@ statements! {
     LockRoot => LockRoot::SQL,
     /// [`RootRuns`]
     RootRuns => RootRuns::SQL,
+    /// [`RootExists`]
+    RootExists => RootExists::SQL,
     /// [`Tree`]
     Tree => Tree::SQL,
     /// [`History`]

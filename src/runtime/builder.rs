@@ -82,6 +82,27 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Whether a step's emission on a topic that no handler is registered for fails the step
+    /// (a failure of type `structured_cooperation::UnhandledTopic`: nothing of the step is
+    /// kept, the run takes its rollback path), and a launch through this runtime fails with
+    /// [`Error::Unhandled`]. Off by default: such a message is written, nobody runs it and
+    /// nobody waits for it, and the runtime says so (a warning in the log, an `UNHANDLED`
+    /// entry in the root's history, [`RuntimeStats::unhandled`](crate::RuntimeStats)). One
+    /// emission can say otherwise with [`EmitOptions::strict`](crate::EmitOptions::strict).
+    pub fn strict_topics(mut self, strict: bool) -> Self {
+        self.settings.strict_topics = strict;
+        self
+    }
+
+    /// Whether [`start`](Self::start) brings the schema up to date (the default). Turned off,
+    /// start only checks that the schema is at the version this library needs and fails with
+    /// [`Error::SchemaOutdated`] if it is not: for teams that migrate in a deploy step (with
+    /// [`Client::migrate`] or the SQL of [`Client::pending_migrations_sql`]).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.settings.migrate = migrate;
+        self
+    }
+
     /// Subscribes a typed [`Handler`] in one call: a saga named [`Handler::NAME`], built by
     /// [`Handler::saga`], on [`Handler::TOPIC`]. A saga that does not build is reported by
     /// [`start`](Self::start).
@@ -142,7 +163,10 @@ impl RuntimeBuilder {
                 pool.clone()
             }
         };
-        let client = Client::new(pool, settings.schema.clone(), settings.max_json_bytes)?;
+        let client = Client::new(pool, settings.schema.clone(), settings.client_options())?;
+        if !settings.migrate {
+            client.require_current_schema()?;
+        }
         let registry = settings.registry();
         {
             let pairs: Vec<(&str, &str)> = registry

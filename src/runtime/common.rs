@@ -40,6 +40,10 @@ pub struct RuntimeStats {
     /// Runs whose own data the database refused in the engine's statements (a data
     /// exception): each fails with that error instead of being retried.
     pub data_errors: u64,
+    /// Messages emitted by this runtime's steps on topics that no handler was registered
+    /// for: nobody ran them and their emitters did not wait (each is logged at warn and
+    /// marked `UNHANDLED` in its root's history).
+    pub unhandled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +57,7 @@ pub(crate) struct Counters {
     pub(crate) gave_up_after_step: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) data_errors: AtomicU64,
+    pub(crate) unhandled: AtomicU64,
 }
 
 impl Counters {
@@ -68,6 +73,7 @@ impl Counters {
             gave_up_after_step: get(&self.gave_up_after_step),
             retries: get(&self.retries),
             data_errors: get(&self.data_errors),
+            unhandled: get(&self.unhandled),
         }
     }
 }
@@ -94,6 +100,8 @@ pub(crate) struct Settings<X: Flavor> {
     pub(crate) connect_timeout: Duration,
     pub(crate) backoff: Backoff,
     pub(crate) max_json_bytes: usize,
+    pub(crate) strict_topics: bool,
+    pub(crate) migrate: bool,
     pub(crate) subscriptions: Vec<Subscription<X>>,
     /// The first error met while building a typed handler's saga (reported by `start`).
     pub(crate) deferred: Option<Error>,
@@ -109,6 +117,8 @@ impl<X: Flavor> Settings<X> {
             connect_timeout: Duration::from_secs(10),
             backoff: Backoff::default(),
             max_json_bytes: validate::DEFAULT_MAX_JSON_BYTES,
+            strict_topics: false,
+            migrate: true,
             subscriptions: Vec::new(),
             deferred: None,
         }
@@ -217,7 +227,18 @@ impl<X: Flavor> Settings<X> {
             stats: Counters::default(),
             started: Instant::now(),
             backoff: self.backoff,
+            strict_topics: self.strict_topics,
             stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// What the runtime's client is set up with: no migration there (the runtime migrates,
+    /// or checks the version, itself).
+    pub(crate) fn client_options(&self) -> crate::client::Options {
+        crate::client::Options {
+            max_json_bytes: self.max_json_bytes,
+            strict_topics: self.strict_topics,
+            migrate: self.migrate,
         }
     }
 }
@@ -265,6 +286,8 @@ pub(crate) struct Registry<X: Flavor> {
     pub(crate) started: Instant,
     /// How far a run is pushed back after infrastructure errors (and the scheduler backs off).
     pub(crate) backoff: Backoff,
+    /// Whether steps' emissions on topics without handlers fail the step.
+    pub(crate) strict_topics: bool,
     /// Set when shutdown begins, so workers stop draining early.
     pub(crate) stopping: AtomicBool,
 }
@@ -343,6 +366,19 @@ impl<X: Flavor> Registry<X> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             owed.extend(report.unrecorded);
+        }
+        for u in &report.unhandled {
+            bump(&stats.unhandled);
+            let handler = &*self.handlers[h].name;
+            let step = u.step.as_deref().unwrap_or("-");
+            log::warn!(
+                target: "structured_cooperation::unhandled",
+                topic = u.topic.as_str(), handler = handler, step = step, run:% = u.run;
+                "{handler}: step {step:?} of run {} emitted on topic {:?}, which no handler is \
+                 registered for: nothing runs it and the run does not wait for it",
+                u.run,
+                u.topic
+            );
         }
         if let Some((run, postponed)) = report.postponed {
             log::warn!(

@@ -123,6 +123,7 @@ fn attempt(
     let registry = &shared.registry;
     let now = std::time::SystemTime::now();
     let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now)
+        .strict_topics(registry.strict_topics)
         .owing(entry.take_owed());
     let mut announce = || {
         if !end.claimed {

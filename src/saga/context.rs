@@ -138,6 +138,8 @@ pub(crate) struct Emission {
     pub(crate) key: Option<String>,
     /// For an occurrence of a scheduled chain: which, and when it runs.
     pub(crate) occurrence: Option<Occurrence>,
+    /// Whether a topic without handlers is refused; `None`: as the runtime or client says.
+    pub(crate) strict: Option<bool>,
 }
 
 /// An occurrence of a scheduled chain, as launched.
@@ -188,6 +190,7 @@ impl Emission {
             context,
             key: options.idempotency_key.clone(),
             occurrence: None,
+            strict: options.strict,
         })
     }
 }
@@ -345,6 +348,7 @@ impl<'c, X: Flavor> StepContext<'c, X> {
             context: self.info.launch_context.clone(),
             key: None,
             occurrence: None,
+            strict: None,
         });
     }
 

@@ -107,6 +107,18 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Like [`crate::RuntimeBuilder::strict_topics`]. Off by default.
+    pub fn strict_topics(mut self, strict: bool) -> Self {
+        self.settings.strict_topics = strict;
+        self
+    }
+
+    /// Like [`crate::RuntimeBuilder::migrate`]. On by default.
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.settings.migrate = migrate;
+        self
+    }
+
     /// The longest a step's code (a step, a child-failure handler, a compensation) may run.
     /// When it runs longer, its future is dropped, its query in flight is cancelled on the
     /// server, its connection is closed, and the run is retried from its last committed state
@@ -175,7 +187,10 @@ impl RuntimeBuilder {
             }
         };
         let listen_config = parse_config(&url, settings.connect_timeout)?;
-        let client = Client::new(pool, settings.schema.clone(), settings.max_json_bytes).await?;
+        let client = Client::new(pool, settings.schema.clone(), settings.client_options()).await?;
+        if !settings.migrate {
+            client.require_current_schema().await?;
+        }
         let registry = settings.registry();
         {
             let pairs: Vec<(&str, &str)> = registry

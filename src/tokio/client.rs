@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio_postgres::{GenericClient, NoTls};
 
 use super::exec;
-use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA, Waiting, key_vanished};
+use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA, Options, Waiting, check_launch, key_vanished};
 use crate::error::{Error, PoolError, Result};
 use crate::ids::{MessageId, RootId};
 use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
@@ -53,7 +53,7 @@ struct Inner {
     pool: Pool,
     sql: Sql,
     schema: Arc<str>,
-    max_json_bytes: usize,
+    options: Options,
 }
 
 impl std::fmt::Debug for Client {
@@ -128,7 +128,7 @@ pub struct ClientBuilder {
     schema: String,
     pool_size: u32,
     connect_timeout: Duration,
-    max_json_bytes: usize,
+    options: Options,
 }
 
 impl ClientBuilder {
@@ -153,7 +153,19 @@ impl ClientBuilder {
     /// The largest payload, context or return value accepted, in bytes of JSON. Defaults to
     /// 2 MiB.
     pub fn max_json_bytes(mut self, limit: usize) -> Self {
-        self.max_json_bytes = limit;
+        self.options.max_json_bytes = limit;
+        self
+    }
+
+    /// Like [`crate::ClientBuilder::strict_topics`]. Off by default.
+    pub fn strict_topics(mut self, strict: bool) -> Self {
+        self.options.strict_topics = strict;
+        self
+    }
+
+    /// Like [`crate::ClientBuilder::migrate`]. On by default.
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.options.migrate = migrate;
         self
     }
 
@@ -165,7 +177,7 @@ impl ClientBuilder {
         }
         let config = parse_config(&self.url, self.connect_timeout)?;
         let pool = build_pool(config, self.pool_size, self.connect_timeout)?;
-        Client::new(pool, self.schema, self.max_json_bytes).await
+        Client::new(pool, self.schema, self.options).await
     }
 }
 
@@ -187,7 +199,7 @@ impl Client {
             schema: DEFAULT_SCHEMA.to_owned(),
             pool_size: 4,
             connect_timeout: Duration::from_secs(10),
-            max_json_bytes: validate::DEFAULT_MAX_JSON_BYTES,
+            options: Options::default(),
         }
     }
 
@@ -209,28 +221,73 @@ impl Client {
     pub async fn from_pool(pool: Pool, schema: impl Into<String>) -> Result<Client> {
         let schema = schema.into();
         validate::schema(&schema)?;
-        Client::new(pool, schema, validate::DEFAULT_MAX_JSON_BYTES).await
+        Client::new(pool, schema, Options::default()).await
     }
 
-    pub(crate) async fn new(pool: Pool, schema: String, max_json_bytes: usize) -> Result<Client> {
-        if max_json_bytes == 0 {
-            return Err(Error::Config("max_json_bytes must be >= 1".to_owned()));
-        }
+    pub(crate) async fn new(pool: Pool, schema: String, options: Options) -> Result<Client> {
+        options.validate()?;
         let sql = Sql::new(&schema);
         // The first connection is where an unreachable database shows.
         let mut conn = pool
             .get()
             .await
             .map_err(|e| Error::Connect(e.to_string()))?;
-        migrate(&mut conn, &sql, &schema).await?;
+        if options.migrate {
+            migrate(&mut conn, &sql, &schema).await?;
+        }
+        drop(conn);
         Ok(Client {
             inner: Arc::new(Inner {
                 sql,
                 pool,
                 schema: schema.into(),
-                max_json_bytes,
+                options,
             }),
         })
+    }
+
+    /// Like [`crate::Client::migrate`], but async.
+    ///
+    /// ```no_run
+    /// # async fn example(client: structured_cooperation::tokio::Client) -> structured_cooperation::Result<()> {
+    /// let applied = client.migrate().await?;
+    /// # let _ = applied;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn migrate(&self) -> Result<Vec<i32>> {
+        let mut conn = self.conn().await?;
+        migrate(&mut conn, self.sql(), self.schema()).await
+    }
+
+    /// Like [`crate::Client::pending_migrations_sql`], but async.
+    ///
+    /// ```no_run
+    /// # async fn example(client: structured_cooperation::tokio::Client) -> structured_cooperation::Result<()> {
+    /// print!("{}", client.pending_migrations_sql().await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn pending_migrations_sql(&self) -> Result<String> {
+        let version = self.applied_version().await?;
+        crate::migrate::script(self.schema(), version)
+    }
+
+    /// Like `crate::Client::require_current_schema`.
+    pub(crate) async fn require_current_schema(&self) -> Result<()> {
+        let version = self.applied_version().await?;
+        crate::migrate::require_current(self.schema(), version)
+    }
+
+    /// Like `crate::migrate::applied_version`.
+    async fn applied_version(&self) -> Result<i32> {
+        let conn = self.conn().await?;
+        let query = proto::version_query(self.schema());
+        match conn.query_one(&query, &[]).await {
+            Ok(row) => Ok(row.try_get(0)?),
+            Err(e) if crate::migrate::is_undefined_table(&e) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Like [`crate::Client::schema`].
@@ -240,7 +297,12 @@ impl Client {
 
     /// Like [`crate::Client::max_json_bytes`].
     pub fn max_json_bytes(&self) -> usize {
-        self.inner.max_json_bytes
+        self.inner.options.max_json_bytes
+    }
+
+    /// Like [`crate::Client::strict_topics`].
+    pub fn strict_topics(&self) -> bool {
+        self.inner.options.strict_topics
     }
 
     /// Like [`crate::Client::pool`]: the deadpool pool, for the application's own queries.
@@ -352,8 +414,17 @@ impl Client {
             self.max_json_bytes(),
         )?;
         let (id, key) = (emission.id, emission.key.clone());
-        let emit = Emit::new(None, vec![emission], CLIENT_WORKER, &[], GiveUpCheck::Skip);
+        let topic = emission.topic.clone();
+        let emit = Emit::new(
+            None,
+            vec![emission],
+            CLIENT_WORKER,
+            &[],
+            GiveUpCheck::Skip,
+            self.strict_topics(),
+        );
         let emitted = exec::run(client, self.sql(), None, &emit).await?;
+        check_launch(&emitted, &topic, RootId::from_uuid(id))?;
         match key {
             // Another launch holds the key (see `crate::Client::launch_in_with`).
             Some(key) if emitted.written.is_empty() => {
@@ -392,6 +463,7 @@ impl Client {
     /// ```
     pub async fn history(&self, root: RootId) -> Result<Vec<HistoryEvent>> {
         let rows = self.run(&proto::History::new(root)).await?;
+        self.found(root, !rows.is_empty()).await?;
         Ok(rows.into_iter().map(HistoryEvent::from_row).collect())
     }
 
@@ -405,7 +477,18 @@ impl Client {
     /// ```
     pub async fn tree(&self, root: RootId) -> Result<Vec<RunInfo>> {
         let rows = self.run(&proto::Tree::new(root)).await?;
+        self.found(root, !rows.is_empty()).await?;
         Ok(rows.into_iter().map(RunInfo::from_row).collect())
+    }
+
+    /// Like `crate::Client::found`: [`Error::NotFound`] when nothing was read and no such
+    /// root was launched.
+    async fn found(&self, root: RootId, any: bool) -> Result<()> {
+        if any || self.run(&proto::RootExists::new(root)).await? {
+            Ok(())
+        } else {
+            Err(crate::client::not_found(root))
+        }
     }
 
     /// Like [`crate::Client::troubled_runs`], but async.
@@ -434,6 +517,7 @@ impl Client {
     /// ```
     pub async fn outcome(&self, root: RootId) -> Result<TreeOutcome> {
         let rows = self.run(&proto::RootRuns::new(root)).await?;
+        self.found(root, !rows.is_empty()).await?;
         let runs = rows.into_iter().map(RootRun::from_row).collect();
         Ok(TreeOutcome::new(root, runs))
     }

@@ -213,6 +213,7 @@ async fn attempt(
     let registry = &shared.registry;
     let now = std::time::SystemTime::now();
     let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now)
+        .strict_topics(registry.strict_topics)
         .owing(entry.take_owed());
     let driven = drive(&mut attempt, conn, shared, &entry.saga, end).await;
     let report = match driven {

@@ -112,6 +112,7 @@ pub struct Config<E: Engine> {
     safety_net: Option<Duration>,
     backoff: Option<(Duration, Duration)>,
     max_json_bytes: Option<usize>,
+    strict_topics: bool,
 }
 
 impl<E: Engine> Config<E> {
@@ -134,6 +135,10 @@ impl<E: Engine> Config<E> {
     }
     pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff = Some((base, max));
+        self
+    }
+    pub fn strict_topics(mut self) -> Self {
+        self.strict_topics = true;
         self
     }
     pub fn max_json_bytes(mut self, limit: usize) -> Self {
@@ -334,6 +339,7 @@ pub trait Engine: Sized + 'static {
             safety_net: None,
             backoff: None,
             max_json_bytes: None,
+            strict_topics: false,
         }
     }
 }
@@ -365,6 +371,7 @@ impl Engine for OnBlocking {
         if let Some(limit) = config.max_json_bytes {
             b = b.max_json_bytes(limit);
         }
+        b = b.strict_topics(config.strict_topics);
         for (topic, saga, concurrency) in config.subscriptions {
             b = match concurrency {
                 Some(c) => b.subscribe_with(topic, saga, c),
@@ -597,6 +604,7 @@ mod on_tokio {
             if let Some(limit) = config.max_json_bytes {
                 b = b.max_json_bytes(limit);
             }
+            b = b.strict_topics(config.strict_topics);
             for (topic, saga, concurrency) in config.subscriptions {
                 b = match concurrency {
                     Some(c) => b.subscribe_with(topic, saga, c),

@@ -54,3 +54,5 @@ mod try_finally;
 mod typed;
 /// Shared fixtures.
 mod util;
+/// Safe defaults: unhandled topics, unknown ids, migrations left to a deploy step.
+mod visibility;

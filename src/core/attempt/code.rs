@@ -136,7 +136,14 @@ impl Run {
                     handler: h.name,
                     step: ran.step.clone(),
                 };
-                let emit = Emit::new(Some(emitter), emissions, env.worker, env.quiet, check);
+                let emit = Emit::new(
+                    Some(emitter),
+                    emissions,
+                    env.worker,
+                    env.quiet,
+                    check,
+                    env.strict,
+                );
                 self.wait = Await::Emit {
                     ran: Box::new(ran),
                     next,

@@ -214,6 +214,18 @@ pub(crate) struct Report {
     /// gone), with the error: a later attempt at the handler records them (see
     /// `Attempt::owing`).
     pub(crate) unrecorded: Vec<(RunId, String)>,
+    /// Messages written on topics without any registered handler (one entry per message):
+    /// nobody runs them, nobody waits for them.
+    pub(crate) unhandled: Vec<Unhandled>,
+}
+
+/// A message written on a topic that no handler was registered for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unhandled {
+    pub(crate) topic: String,
+    /// The run whose step (or whose end, for a chain's next occurrence) emitted it.
+    pub(crate) run: RunId,
+    pub(crate) step: Option<String>,
 }
 
 impl Report {
@@ -230,6 +242,7 @@ impl Report {
             poisoned: false,
             postponed: None,
             unrecorded: Vec::new(),
+            unhandled: Vec::new(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Writing a transition (with the rollback requests it carries), committing, releasing, and
 //! what the answers and failures of those statements mean.
 
-use super::io::{Io, Outcome, Output, Report, Stmt};
+use super::io::{Io, Outcome, Output, Report, Stmt, Unhandled};
 use super::{Await, Env, Facts, Persist, Ran, Run, done};
 use crate::context::CooperationContext;
 use crate::error::Error;
@@ -21,7 +21,14 @@ impl Run {
         if p.t.status.is_terminal() && !self.next_scheduled {
             self.next_scheduled = true;
             if let Some(next) = self.next_occurrence(env) {
-                let emit = Emit::new(None, vec![next], env.worker, env.quiet, GiveUpCheck::Skip);
+                let emit = Emit::new(
+                    None,
+                    vec![next],
+                    env.worker,
+                    env.quiet,
+                    GiveUpCheck::Skip,
+                    env.strict,
+                );
                 self.wait = Await::ScheduleNext(Box::new(p));
                 return Io::Run(Stmt::Emit(emit));
             }
@@ -68,6 +75,9 @@ impl Run {
                     schedule: this.schedule.clone(),
                     at,
                 }),
+                // The chain's own topic: a missing handler is marked, never refused (that
+                // would end the chain).
+                strict: Some(false),
             }),
             Err(e) => {
                 log::error!(
@@ -132,14 +142,35 @@ impl Run {
                 self.facts = Facts::Read;
                 self.then(env, report, then)
             }
-            (Await::Emit { ran, next }, Output::Emitted(emitted)) => {
+            (Await::Emit { ran, next }, Output::Emitted(mut emitted)) => {
+                if emitted.refused {
+                    let failure = unhandled_failure(&emitted.unhandled, env.handler.source)
+                        .with_step(&ran.step);
+                    return self.fail_after_code(env, report, *ran, failure);
+                }
+                let run = self.claimed.id;
+                report
+                    .unhandled
+                    .extend(emitted.unhandled.drain(..).map(|topic| Unhandled {
+                        topic,
+                        run,
+                        step: Some(ran.step.clone()),
+                    }));
                 self.after_code(env, report, *ran, next, emitted, true)
             }
             (Await::Discard { ran, failure }, Output::Done) => {
                 self.after_discard(env, report, *ran, failure)
             }
-            (Await::ScheduleNext(p), Output::Emitted(emitted)) => {
+            (Await::ScheduleNext(p), Output::Emitted(mut emitted)) => {
                 report.woken.extend(emitted.handlers);
+                let run = self.claimed.id;
+                report
+                    .unhandled
+                    .extend(emitted.unhandled.drain(..).map(|topic| Unhandled {
+                        topic,
+                        run,
+                        step: None,
+                    }));
                 self.persist(env, report, *p)
             }
             (
@@ -335,4 +366,16 @@ impl Run {
             (fault, ran) => self.recover(env, ran.as_ref().map(|r| r.step.as_str()), fault),
         }
     }
+}
+
+/// A strict emission's topic had no handler: the step fails with this (nothing of it kept).
+fn unhandled_failure(topics: &[String], source: &str) -> Failure {
+    Failure::new(
+        "structured_cooperation::UnhandledTopic",
+        format!(
+            "no handler is registered for topic {:?}, and the emission is strict",
+            topics.first().map_or("", String::as_str)
+        ),
+        source,
+    )
 }

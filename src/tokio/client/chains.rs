@@ -4,7 +4,9 @@ use serde::Serialize;
 
 use super::{CLIENT_WORKER, Client};
 use crate::client::chains::{chain_vanished, first_occurrence};
+use crate::client::check_launch;
 use crate::error::Result;
+use crate::ids::RootId;
 use crate::inspect::{ChainInfo, ChainStop};
 use crate::options::EmitOptions;
 use crate::proto::{ChainState, Emit, GiveUpCheck, StopChain};
@@ -64,8 +66,17 @@ impl Client {
             &options.into(),
             self.max_json_bytes(),
         )?;
-        let emit = Emit::new(None, vec![first], CLIENT_WORKER, &[], GiveUpCheck::Skip);
-        self.run(&emit).await?;
+        let (topic, id) = (first.topic.clone(), RootId::from_uuid(first.id));
+        let emit = Emit::new(
+            None,
+            vec![first],
+            CLIENT_WORKER,
+            &[],
+            GiveUpCheck::Skip,
+            self.strict_topics(),
+        );
+        let emitted = self.run(&emit).await?;
+        check_launch(&emitted, &topic, id)?;
         self.chain(key).await?.ok_or_else(|| chain_vanished(key))
     }
 
