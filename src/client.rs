@@ -8,8 +8,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postgres::{GenericClient, NoTls};
-use r2d2_postgres::PostgresConnectionManager;
+use postgres::GenericClient;
 use serde::Serialize;
 
 use crate::error::{Error, Result, from_r2d2};
@@ -17,14 +16,13 @@ use crate::ids::{MessageId, RootId};
 use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
 use crate::migrate;
 use crate::options::EmitOptions;
+pub(crate) use crate::pool::build_pool;
+use crate::pool::{ConnectionManager, Pool};
 use crate::proto::{self, Emit, GiveUpCheck, KeyedRoot, Sql};
 use crate::runtime::exec;
 use crate::saga::Emission;
 use crate::typed::AsTopic;
 use crate::validate;
-
-/// The connection pool type the engine uses (and accepts).
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 /// The default schema.
 pub const DEFAULT_SCHEMA: &str = "scoop";
@@ -135,24 +133,6 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// Builds an r2d2 pool for `url`, failing within `connect_timeout` if the database cannot be
-/// reached.
-pub(crate) fn build_pool(url: &str, size: u32, connect_timeout: Duration) -> Result<Pool> {
-    let mut config: postgres::Config = url
-        .parse()
-        .map_err(|e| Error::Config(format!("invalid database url: {e}")))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(connect_timeout);
-    }
-    let manager = PostgresConnectionManager::new(config, NoTls);
-    r2d2::Pool::builder()
-        .max_size(size)
-        .min_idle(Some(1))
-        .connection_timeout(connect_timeout)
-        .build(manager)
-        .map_err(|e| Error::Connect(e.to_string()))
-}
-
 /// Builds a [`Client`].
 ///
 /// ```no_run
@@ -260,13 +240,10 @@ impl Client {
     /// A client over an existing pool, using `schema` (created and migrated if needed).
     ///
     /// ```no_run
-    /// use structured_cooperation::{Client, postgres::NoTls, r2d2, r2d2_postgres::PostgresConnectionManager};
+    /// use structured_cooperation::{Client, ConnectionManager, r2d2};
     ///
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let manager = PostgresConnectionManager::new(
-    ///     "postgres://postgres@127.0.0.1/postgres".parse()?,
-    ///     NoTls,
-    /// );
+    /// let manager = ConnectionManager::from_url("postgres://postgres@127.0.0.1/postgres")?;
     /// let pool = r2d2::Pool::builder().max_size(4).build(manager)?;
     /// let client = Client::from_pool(pool, "scoop")?;
     /// # let _ = client;
@@ -336,6 +313,11 @@ impl Client {
         migrate::script(self.schema(), version)
     }
 
+    /// What the server allows in connections (checked by runtimes at start).
+    pub(crate) fn connection_limits(&self) -> Result<proto::Limits> {
+        self.run(&proto::ConnectionLimits)
+    }
+
     /// [`Error::SchemaOutdated`] (or [`Error::SchemaTooNew`]) unless the schema is at the
     /// version this library needs (a runtime told not to migrate).
     pub(crate) fn require_current_schema(&self) -> Result<()> {
@@ -395,8 +377,17 @@ impl Client {
         &self.inner.sql
     }
 
-    pub(crate) fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    pub(crate) fn conn(&self) -> Result<r2d2::PooledConnection<ConnectionManager>> {
         self.inner.pool.get().map_err(from_r2d2)
+    }
+
+    /// A pooled connection, waiting at most `wait` (a worker that cannot get one gives its
+    /// handler back rather than hold it for the whole connection timeout).
+    pub(crate) fn conn_within(
+        &self,
+        wait: Duration,
+    ) -> Result<r2d2::PooledConnection<ConnectionManager>> {
+        self.inner.pool.get_timeout(wait).map_err(from_r2d2)
     }
 
     /// Runs one statement on a pooled connection, outside any transaction.

@@ -290,7 +290,7 @@ impl std::fmt::Display for PoolError {
         write!(
             f,
             "could not get a connection from the pool: {}",
-            self.source
+            with_sources(&*self.source)
         )
     }
 }

@@ -93,6 +93,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod connect;
 mod context;
 mod core;
 mod deadline;
@@ -102,16 +103,19 @@ mod ids;
 mod inspect;
 mod migrate;
 mod options;
+mod pool;
 mod proto;
 mod runtime;
 mod saga;
 mod schedule;
+#[cfg(feature = "rustls")]
+mod tls;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 mod typed;
 mod validate;
 
-pub use crate::client::{Client, ClientBuilder, DEFAULT_SCHEMA, Pool};
+pub use crate::client::{Client, ClientBuilder, DEFAULT_SCHEMA};
 pub use crate::context::{ContextKey, CooperationContext};
 pub use crate::core::{EventKind, Next, RetryPolicy, RunStatus};
 pub use crate::deadline::{DeadlineKind, Deadlines};
@@ -123,6 +127,7 @@ pub use crate::inspect::{
     TroubledRun, render_tree,
 };
 pub use crate::options::EmitOptions;
+pub use crate::pool::{ConnectError, ConnectionManager, Pool};
 pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};
 pub use crate::saga::{
     Blocking, ChildFailures, Flavor, Phase, Saga, SagaBuilder, SagaOf, StepContext,
@@ -136,8 +141,6 @@ pub use crate::typed::{
 pub use postgres;
 /// The `r2d2` crate, re-exported for building a [`Pool`].
 pub use r2d2;
-/// The `r2d2_postgres` crate, re-exported for building a [`Pool`].
-pub use r2d2_postgres;
 
 /// The public handles cross threads: a runtime's client goes to other threads, sagas and
 /// failures are shared by workers. Checked at compile time so that no change takes it away.

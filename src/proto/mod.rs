@@ -49,7 +49,9 @@ pub(crate) use rollback::{Children, Instances, RequestRollback, Requested};
 pub(crate) use run::{
     Applied, Claim, Claimed, ClaimedRun, Finish, Release, Sweep, SweepRow, Unreleased,
 };
-pub(crate) use session::{Listen, RollbackToSavepoint, Savepoint, Unlisten, WorkerSession};
+pub(crate) use session::{
+    ConnectionLimits, Limits, Listen, RollbackToSavepoint, Savepoint, Unlisten, WorkerSession,
+};
 pub(crate) use trouble::{Poison, Postpone, Postponed, ScheduleRetry, Troubled, TroubledRow};
 pub(crate) use values::{ChildValueRow, ChildValues, GiveUpReason, StoreValue};
 
@@ -168,6 +170,8 @@ statements! {
     RollbackToSavepoint => RollbackToSavepoint::SQL,
     /// [`WorkerSession`]
     WorkerSession => WorkerSession::SQL,
+    /// [`ConnectionLimits`]
+    ConnectionLimits => ConnectionLimits::SQL,
     /// [`Listen`]
     Listen => Listen::SQL,
     /// [`Unlisten`]

@@ -66,3 +66,58 @@ simple_statement!(
     Unlisten,
     "UNLISTEN *; RESET application_name"
 );
+
+/// What the server allows this role in connections, and how many are in use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectionLimits;
+
+impl ConnectionLimits {
+    pub(crate) const SQL: &'static str = "
+SELECT current_setting('max_connections')::int4 AS max_connections,
+       current_setting('superuser_reserved_connections')::int4
+         + coalesce(nullif(current_setting('reserved_connections', true), '')::int4, 0)
+         AS reserved,
+       r.rolsuper AS superuser, r.rolconnlimit AS role_limit, d.datconnlimit AS database_limit,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int4
+         AS in_use
+FROM pg_roles r, pg_database d
+WHERE r.rolname = current_user AND d.datname = current_database()";
+}
+
+/// The server's connection limits as [`ConnectionLimits`] reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) max_connections: i32,
+    /// Slots only superusers (or, from PostgreSQL 16, privileged roles) may take.
+    pub(crate) reserved: i32,
+    pub(crate) superuser: bool,
+    /// The role's and the database's own limits (-1: none).
+    pub(crate) role_limit: i32,
+    pub(crate) database_limit: i32,
+    /// Client connections open now, ours included.
+    pub(crate) in_use: i32,
+}
+
+impl Statement for ConnectionLimits {
+    type Output = Limits;
+
+    fn id(&self) -> StmtId {
+        StmtId::ConnectionLimits
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        Vec::new()
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Limits> {
+        let row = super::one(rows)?;
+        Ok(Limits {
+            max_connections: row.try_get("max_connections")?,
+            reserved: row.try_get("reserved")?,
+            superuser: row.try_get("superuser")?,
+            role_limit: row.try_get("role_limit")?,
+            database_limit: row.try_get("database_limit")?,
+            in_use: row.try_get("in_use")?,
+        })
+    }
+}

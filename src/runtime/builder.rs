@@ -1,5 +1,6 @@
 //! Configuring and starting a runtime.
 
+use crate::runtime::limits::check_connection_limits;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,6 +167,10 @@ impl RuntimeBuilder {
         let client = Client::new(pool, settings.schema.clone(), settings.client_options())?;
         if !settings.migrate {
             client.require_current_schema()?;
+        }
+        let limits = client.connection_limits()?;
+        if let Some(warning) = check_connection_limits(&limits, settings.workers)? {
+            log::warn!("{warning}");
         }
         let registry = settings.registry();
         {

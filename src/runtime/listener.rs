@@ -65,7 +65,7 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, ready: Sender<Result<
     }
 }
 
-type Conn = r2d2::PooledConnection<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>;
+type Conn = r2d2::PooledConnection<crate::pool::ConnectionManager>;
 
 fn connect(shared: &Shared) -> Result<Conn> {
     let mut conn = shared.client.conn()?;

@@ -16,8 +16,9 @@ mod builder;
 pub(crate) mod common;
 mod dispatcher;
 pub(crate) mod exec;
+pub(crate) mod limits;
 mod listener;
-mod worker;
+pub(crate) mod worker;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -28,10 +29,11 @@ use crossbeam_channel::{Receiver, Sender};
 use postgres::GenericClient;
 use serde::Serialize;
 
-use crate::client::{Client, Pool, Source};
+use crate::client::{Client, Source};
 use crate::error::{Error, Result};
 use crate::ids::RootId;
 use crate::inspect::{HistoryEvent, TreeOutcome};
+use crate::pool::Pool;
 use crate::proto::Sweep;
 use crate::saga::Blocking;
 use crate::typed::AsTopic;

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use postgres::{NoTls, Transaction};
+use postgres::Transaction;
 use r2d2::PooledConnection;
-use r2d2_postgres::PostgresConnectionManager;
 
 use super::common::{self, Event, SweepEnd, bump, sweep_entries};
 use super::{Shared, exec};
@@ -27,9 +26,13 @@ use crate::saga::{Engine, Saga, StepContext, UserStatements};
 const BATCH_STEPS: usize = 64;
 const BATCH_TIME: Duration = Duration::from_millis(100);
 
+/// How long a worker without a connection waits for one before it gives its handler back
+/// (the handler is retried after the backoff, by whichever worker is free).
+pub(crate) const WORKER_CONNECT_WAIT: Duration = Duration::from_millis(500);
+
 /// A worker's own connection, kept for its whole life so its prepared statements stay valid.
 struct WorkerConn {
-    client: PooledConnection<PostgresConnectionManager<NoTls>>,
+    client: PooledConnection<crate::pool::ConnectionManager>,
     cache: StmtCache,
     user: UserStatements,
 }
@@ -291,7 +294,7 @@ fn connection<'a>(shared: &Shared, slot: &'a mut Option<WorkerConn>) -> Result<&
     match slot {
         Some(conn) => Ok(conn),
         None => {
-            let mut client = shared.client.conn()?;
+            let mut client = shared.client.conn_within(WORKER_CONNECT_WAIT)?;
             exec::run(&mut *client, shared.client.sql(), None, &WorkerSession)?;
             Ok(slot.insert(WorkerConn {
                 client,

@@ -2,6 +2,7 @@
 //! blocking [`crate::RuntimeBuilder`], plus how many connections the workers share and an
 //! optional step timeout.
 
+use crate::runtime::limits::check_connection_limits;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,9 +172,12 @@ impl RuntimeBuilder {
         let needed = connections as u32 + 1;
         let (pool, url) = match self.source {
             Source::Url(url) => {
-                let config = parse_config(&url, settings.connect_timeout)?;
+                let endpoint = parse_config(&url, settings.connect_timeout)?;
                 let size = settings.pool_size_for(needed)?;
-                (build_pool(config, size, settings.connect_timeout)?, url)
+                (
+                    build_pool(endpoint, size, settings.connect_timeout).await?,
+                    url,
+                )
             }
             Source::Pool(pool, url) => {
                 let max = pool.status().max_size;
@@ -186,10 +190,14 @@ impl RuntimeBuilder {
                 (pool, url)
             }
         };
-        let listen_config = parse_config(&url, settings.connect_timeout)?;
+        let endpoint = parse_config(&url, settings.connect_timeout)?;
         let client = Client::new(pool, settings.schema.clone(), settings.client_options()).await?;
         if !settings.migrate {
             client.require_current_schema().await?;
+        }
+        let limits = client.connection_limits().await?;
+        if let Some(warning) = check_connection_limits(&limits, connections)? {
+            log::warn!("{warning}");
         }
         let registry = settings.registry();
         {
@@ -213,16 +221,12 @@ impl RuntimeBuilder {
             quiescent: watch::channel(false).0,
             conns: Conns::new(connections),
             step_timeout: self.step_timeout,
+            endpoint: endpoint.clone(),
         });
         let settings = &self.settings;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let listener = ::tokio::spawn(listener::run(
-            shared.clone(),
-            listen_config,
-            stop_rx,
-            ready_tx,
-        ));
+        let listener = ::tokio::spawn(listener::run(shared.clone(), endpoint, stop_rx, ready_tx));
         let wait = settings.connect_timeout + Duration::from_secs(1);
         match ::tokio::time::timeout(wait, ready_rx).await {
             Ok(Ok(Ok(()))) => {}

@@ -14,7 +14,8 @@ use tokio_postgres::{GenericClient, NoTls};
 
 use super::exec;
 use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA, Options, Waiting, check_launch, key_vanished};
-use crate::error::{Error, PoolError, Result};
+use crate::connect::{Target, Tls, is_transient_connect};
+use crate::error::{Error, PoolError, Result, with_sources};
 use crate::ids::{MessageId, RootId};
 use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
 use crate::options::EmitOptions;
@@ -65,31 +66,82 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Where the tokio edition connects: the driver's configuration and the TLS connector the
+/// URL's `sslmode` calls for.
+#[derive(Clone, Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) tls: Tls,
+}
+
 /// Parses a `postgres://` URL or a `key=value` string, with `connect_timeout` unless the
 /// configuration sets its own.
-pub(crate) fn parse_config(url: &str, connect_timeout: Duration) -> Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = url
+pub(crate) fn parse_config(url: &str, connect_timeout: Duration) -> Result<Endpoint> {
+    let target = Target::parse(url)?;
+    let mut config: tokio_postgres::Config = target
+        .url
         .parse()
         .map_err(|e| Error::Config(format!("invalid database url: {e}")))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(connect_timeout);
     }
-    Ok(config)
+    Ok(Endpoint {
+        config,
+        tls: target.tls,
+    })
 }
 
-/// Builds a deadpool pool of `size` connections for `config`.
-pub(crate) fn build_pool(
-    config: tokio_postgres::Config,
+impl Endpoint {
+    /// Connects once, retrying transient failures until `timeout` (see
+    /// `crate::connect::first_connection`), and drops the connection: the pool's first
+    /// connection is where a wrong password or an unknown database shows, at once.
+    pub(crate) async fn check(&self, timeout: Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let attempt = match &self.tls {
+                Tls::Plain => self.config.connect(NoTls).await.map(drop),
+                #[cfg(feature = "rustls")]
+                Tls::Rustls(tls) => self.config.connect(tls.clone()).await.map(drop),
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if is_transient_connect(&e) && start.elapsed() + pause < timeout => {
+                    log::warn!("connecting to postgres: {}; trying again", with_sources(&e));
+                    ::tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(Error::Connect(with_sources(&e))),
+            }
+        }
+    }
+
+    /// Cancels the query running on the connection of `token`, over the same TLS settings.
+    pub(crate) async fn cancel(&self, token: &tokio_postgres::CancelToken) {
+        let _ = match &self.tls {
+            Tls::Plain => token.cancel_query(NoTls).await,
+            #[cfg(feature = "rustls")]
+            Tls::Rustls(tls) => token.cancel_query(tls.clone()).await,
+        };
+    }
+}
+
+/// Builds a deadpool pool of `size` connections for `endpoint`, after a first connection
+/// (see [`Endpoint::check`]).
+pub(crate) async fn build_pool(
+    endpoint: Endpoint,
     size: u32,
     connect_timeout: Duration,
 ) -> Result<Pool> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    endpoint.check(connect_timeout).await?;
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match endpoint.tls {
+        Tls::Plain => Manager::from_config(endpoint.config, NoTls, manager_config),
+        #[cfg(feature = "rustls")]
+        Tls::Rustls(tls) => Manager::from_config(endpoint.config, tls, manager_config),
+    };
     Pool::builder(manager)
         .max_size(size as usize)
         .wait_timeout(Some(connect_timeout))
@@ -175,8 +227,8 @@ impl ClientBuilder {
         if self.pool_size == 0 {
             return Err(Error::Config("pool size must be >= 1".to_owned()));
         }
-        let config = parse_config(&self.url, self.connect_timeout)?;
-        let pool = build_pool(config, self.pool_size, self.connect_timeout)?;
+        let endpoint = parse_config(&self.url, self.connect_timeout)?;
+        let pool = build_pool(endpoint, self.pool_size, self.connect_timeout).await?;
         Client::new(pool, self.schema, self.options).await
     }
 }
@@ -231,7 +283,7 @@ impl Client {
         let mut conn = pool
             .get()
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(|e| Error::Connect(with_sources(&e)))?;
         if options.migrate {
             migrate(&mut conn, &sql, &schema).await?;
         }
@@ -271,6 +323,11 @@ impl Client {
     pub async fn pending_migrations_sql(&self) -> Result<String> {
         let version = self.applied_version().await?;
         crate::migrate::script(self.schema(), version)
+    }
+
+    /// Like `crate::Client::connection_limits`.
+    pub(crate) async fn connection_limits(&self) -> Result<proto::Limits> {
+        self.run(&proto::ConnectionLimits).await
     }
 
     /// Like `crate::Client::require_current_schema`.
@@ -316,6 +373,17 @@ impl Client {
 
     pub(crate) async fn conn(&self) -> Result<Object> {
         self.inner.pool.get().await.map_err(pool_error)
+    }
+
+    /// Like `crate::Client::conn_within`.
+    pub(crate) async fn conn_within(&self, wait: Duration) -> Result<Object> {
+        let mut timeouts = self.inner.pool.timeouts();
+        timeouts.wait = Some(wait);
+        self.inner
+            .pool
+            .timeout_get(&timeouts)
+            .await
+            .map_err(pool_error)
     }
 
     /// Runs one statement on a pooled connection, outside any transaction.

@@ -6,11 +6,14 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
+use super::client::Endpoint;
 use super::exec;
 use super::runtime::Shared;
+use crate::connect::Tls;
 use crate::core::schedule::Backoff;
 use crate::error::Result;
 use crate::proto::{Listen, Unlisten};
@@ -18,7 +21,7 @@ use crate::runtime::common::{Event, bump};
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    config: tokio_postgres::Config,
+    endpoint: Endpoint,
     mut stop: watch::Receiver<bool>,
     ready: oneshot::Sender<Result<()>>,
 ) {
@@ -28,7 +31,7 @@ pub(crate) async fn run(
         if *stop.borrow() {
             return;
         }
-        let (client, mut notifications, driver) = match connect(&shared, &config).await {
+        let (client, mut notifications, driver) = match connect(&shared, &endpoint).await {
             Ok(connected) => connected,
             Err(e) => {
                 if let Some(ready) = ready.take() {
@@ -83,10 +86,37 @@ type Connected = (
 
 /// Opens the connection, starts the task that drives it (before `LISTEN`, which completes
 /// only while the connection is polled) and subscribes.
-async fn connect(shared: &Shared, config: &tokio_postgres::Config) -> Result<Connected> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+async fn connect(shared: &Shared, endpoint: &Endpoint) -> Result<Connected> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let driver = ::tokio::spawn(async move {
+    let (client, driver) = match &endpoint.tls {
+        Tls::Plain => {
+            let (client, connection) = endpoint.config.connect(tokio_postgres::NoTls).await?;
+            (client, drive(connection, tx))
+        }
+        #[cfg(feature = "rustls")]
+        Tls::Rustls(tls) => {
+            let (client, connection) = endpoint.config.connect(tls.clone()).await?;
+            (client, drive(connection, tx))
+        }
+    };
+    // Named `sc-listener:<schema>`, so operators (and tests) find it in pg_stat_activity.
+    if let Err(e) = exec::run(&client, shared.client.sql(), None, &Listen).await {
+        driver.abort();
+        return Err(e);
+    }
+    Ok((client, rx, driver))
+}
+
+/// The task that polls `connection`, forwarding notifications' payloads to `tx`.
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    tx: mpsc::UnboundedSender<String>,
+) -> ::tokio::task::JoinHandle<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    ::tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
@@ -102,11 +132,5 @@ async fn connect(shared: &Shared, config: &tokio_postgres::Config) -> Result<Con
                 }
             }
         }
-    });
-    // Named `sc-listener:<schema>`, so operators (and tests) find it in pg_stat_activity.
-    if let Err(e) = exec::run(&client, shared.client.sql(), None, &Listen).await {
-        driver.abort();
-        return Err(e);
-    }
-    Ok((client, rx, driver))
+    })
 }

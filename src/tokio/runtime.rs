@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) conns: Conns,
     /// Longest a step's user code may run.
     pub(crate) step_timeout: Option<Duration>,
+    /// Where the listener connects, and how queries are cancelled.
+    pub(crate) endpoint: super::client::Endpoint,
 }
 
 impl Shared {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Object;
 use futures_util::FutureExt;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::Transaction;
 
 use super::exec;
 use super::runtime::Shared;
@@ -70,7 +70,10 @@ impl Conns {
         let conn = match idle {
             Some(conn) if !conn.client.is_closed() => conn,
             _ => {
-                let client = shared.client.conn().await?;
+                let client = shared
+                    .client
+                    .conn_within(crate::runtime::worker::WORKER_CONNECT_WAIT)
+                    .await?;
                 exec::run(&**client, shared.client.sql(), None, &WorkerSession).await?;
                 WorkerConn {
                     client,
@@ -260,6 +263,7 @@ async fn drive(
                         saga,
                         max_json_bytes: shared.client.max_json_bytes(),
                         step_timeout: shared.step_timeout,
+                        endpoint: &shared.endpoint,
                     };
                     if let Some(report) = open.serve(attempt, tx, shared, end).await? {
                         return Ok(report);
@@ -285,6 +289,7 @@ struct Open<'a> {
     saga: &'a SagaOf<Tokio>,
     max_json_bytes: usize,
     step_timeout: Option<Duration>,
+    endpoint: &'a super::client::Endpoint,
 }
 
 impl<'a> Open<'a> {
@@ -384,7 +389,7 @@ impl<'a> Open<'a> {
                 Ok(result) => result,
                 Err(_) => {
                     drop(ctx);
-                    let _ = token.cancel_query(NoTls).await;
+                    self.endpoint.cancel(&token).await;
                     return Err(Error::StepTimeout {
                         handler: handler.to_string(),
                         step,

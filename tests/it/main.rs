@@ -13,6 +13,8 @@ mod child_failures;
 mod compensation;
 /// Bad configuration gives clear errors.
 mod config;
+/// Connecting: fast, clear failures; connection limits.
+mod connecting;
 /// The cooperation context (CX-*).
 mod context;
 /// Unknown context entries survive three services (property test).

@@ -218,21 +218,24 @@ fn unknown_and_malformed_ids_are_errors() {
     // Surrounding whitespace (a pasted id) is fine.
     assert_eq!(format!(" {NOBODY}\n").parse::<RootId>().unwrap(), nobody);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = structured_cooperation::tokio::Client::builder(&db.url)
-            .schema(&db.schema)
-            .connect()
-            .await
+    #[cfg(feature = "tokio")]
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .unwrap();
-        not_found(client.outcome(nobody).await.map(drop));
-        not_found(client.tree(nobody).await.map(drop));
-        not_found(client.history(nobody).await.map(drop));
-        not_found(client.wait_for(nobody, WAIT).await.map(drop));
-    });
+        rt.block_on(async {
+            let client = structured_cooperation::tokio::Client::builder(&db.url)
+                .schema(&db.schema)
+                .connect()
+                .await
+                .unwrap();
+            not_found(client.outcome(nobody).await.map(drop));
+            not_found(client.tree(nobody).await.map(drop));
+            not_found(client.history(nobody).await.map(drop));
+            not_found(client.wait_for(nobody, WAIT).await.map(drop));
+        });
+    }
 }
 
 #[test]
