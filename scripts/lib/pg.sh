@@ -117,10 +117,72 @@ sc_provision_postgres() {
 }
 
 sc_stop_postgres() {
+    if [ -n "${SC_TLS_STARTED:-}" ]; then
+        # shellcheck disable=SC2086
+        sc_as_owner $SC_TLS_STARTED -m fast stop >/dev/null 2>&1 || true
+        SC_TLS_STARTED=""
+    fi
     if [ -n "$SC_PG_STARTED" ]; then
         sc_log "stopping the private cluster"
         # shellcheck disable=SC2086
         sc_as_owner $SC_PG_STARTED -m fast stop >/dev/null 2>&1 || true
         SC_PG_STARTED=""
     fi
+}
+
+# sc_start_tls_cluster starts a second private cluster for the TLS tests (tests/tls.rs): TLS
+# on, with a certificate for "localhost" signed by a CA made here, and password
+# (scram-sha-256) authentication for TCP connections, with or without TLS. It exports
+# SC_TLS_PORT, SC_TLS_CA (the CA's certificate), SC_TLS_OTHER_CA (a CA that signed nothing
+# of the server's) and SC_TLS_USER / SC_TLS_PASSWORD, and is stopped by sc_stop_postgres.
+SC_TLS_STARTED=""
+sc_start_tls_cluster() {
+    local bindir port base
+    if ! bindir=$(sc_pg_bindir); then
+        sc_install_postgres || return 1
+        bindir=$(sc_pg_bindir) || { sc_log "initdb still not found after installing"; return 1; }
+    fi
+    if ! sc_have openssl; then
+        [ "$(id -u)" = 0 ] || { sc_log "openssl is missing (apt-get install openssl)"; return 1; }
+        sc_log "installing openssl"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+    fi
+    port=${SC_TLS_PG_PORT:-55433}
+    base="${TMPDIR:-/tmp}/structured-cooperation-pg-tls"
+    if [ -f "$base/data/postmaster.pid" ]; then
+        sc_as_owner "$bindir/pg_ctl" -D "$base/data" -m immediate stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$base"
+    mkdir -p "$base/certs"
+    (
+        cd "$base/certs"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=sc test ca" \
+            -keyout ca.key -out ca.crt >/dev/null 2>&1
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=sc other ca" \
+            -keyout other-ca.key -out other-ca.crt >/dev/null 2>&1
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+            -keyout server.key -out server.csr >/dev/null 2>&1
+        printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile server.ext -out server.crt >/dev/null 2>&1
+        chmod 600 server.key
+    ) || { sc_log "could not make the test certificates"; return 1; }
+    if [ "$(id -u)" = 0 ]; then
+        id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql postgres
+        chown -R postgres "$base"
+    fi
+    sc_as_owner "$bindir/initdb" -D "$base/data" -U postgres --auth-local=trust \
+        --auth-host=scram-sha-256 -E UTF8 >"$base/initdb.log" 2>&1 \
+        || { cat "$base/initdb.log" >&2; return 1; }
+    sc_log "starting the TLS cluster on 127.0.0.1:$port"
+    sc_as_owner "$bindir/pg_ctl" -D "$base/data" -l "$base/server.log" -w -t 60 \
+        -o "-p $port -k $base -c listen_addresses=127.0.0.1 -c ssl=on \
+            -c ssl_cert_file=$base/certs/server.crt -c ssl_key_file=$base/certs/server.key" \
+        start >/dev/null || { tail -n 20 "$base/server.log" >&2; return 1; }
+    SC_TLS_STARTED="$bindir/pg_ctl -D $base/data"
+    sc_as_owner psql -h "$base" -p "$port" -U postgres -d postgres -qc \
+        "CREATE ROLE sc_tls LOGIN SUPERUSER PASSWORD 'sc-tls-secret'" >/dev/null \
+        || { sc_log "could not create the TLS test role"; return 1; }
+    export SC_TLS_PORT=$port SC_TLS_CA="$base/certs/ca.crt" \
+        SC_TLS_OTHER_CA="$base/certs/other-ca.crt" SC_TLS_USER=sc_tls SC_TLS_PASSWORD=sc-tls-secret
 }
