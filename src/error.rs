@@ -238,6 +238,10 @@ pub enum Error {
         after: Duration,
     },
 
+    /// The signal handlers for a graceful shutdown could not be installed.
+    #[error("could not install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+
     /// A thread of the runtime could not be started.
     #[error("could not start a thread: {0}")]
     Spawn(#[source] std::io::Error),

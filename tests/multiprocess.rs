@@ -9,6 +9,9 @@
 //! And: several OS processes launch the same idempotency keys at once; each key creates one
 //! root (see `multiprocess/keyed.rs`).
 //!
+//! And: a process is sent SIGTERM with steps in flight; they commit, it exits cleanly, and
+//! another finishes the rest (see `multiprocess/graceful.rs`, `signals` feature).
+//!
 //! This binary is its own worker: with `SC_MP_ROLE=worker` (or `compensator`) it starts its
 //! runtimes, prints `ready ...` and serves until its stdin closes; `launcher` launches keys.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +23,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use structured_cooperation::{Client, Runtime, Saga, StepContext, StepResult};
 
+#[cfg(all(unix, feature = "signals"))]
+#[path = "multiprocess/graceful.rs"]
+mod graceful;
 #[path = "multiprocess/keyed.rs"]
 mod keyed;
 
@@ -45,6 +51,8 @@ fn main() {
         Ok("tokio-worker") => return on_tokio::worker(),
         Ok("compensator") => return compensator(),
         Ok("launcher") => return keyed::launcher(),
+        #[cfg(all(unix, feature = "signals"))]
+        Ok("graceful") => return graceful::worker(),
         _ => {}
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,6 +64,8 @@ fn main() {
     ];
     #[cfg(feature = "tokio")]
     tests.extend(on_tokio::tests());
+    #[cfg(all(unix, feature = "signals"))]
+    tests.push((graceful::NAME, graceful::sigterm_with_steps_in_flight));
     if args.iter().any(|a| a == "--list") {
         for (name, _) in tests {
             println!("{name}: test");

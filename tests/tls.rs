@@ -95,7 +95,10 @@ fn verify_full_checks_the_chain_and_the_name() {
     .connect()
     .unwrap_err();
     assert!(matches!(e, Error::Connect(_)), "{e:?}");
-    assert!(e.to_string().contains("certificate not valid for name"), "{e}");
+    assert!(
+        e.to_string().contains("certificate not valid for name"),
+        "{e}"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
     // ...verify-ca does not look at the name...
     Client::builder(good(
@@ -155,7 +158,10 @@ fn disable_connects_without_tls() {
 fn the_tokio_runtime_uses_tls_too() {
     let ca = env("SC_TLS_CA");
     let schema = schema("tokio");
-    let url = good("localhost", &format!("sslmode=verify-full&sslrootcert={ca}"));
+    let url = good(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -18,6 +18,8 @@ mod dispatcher;
 pub(crate) mod exec;
 pub(crate) mod limits;
 mod listener;
+#[cfg(all(unix, feature = "signals"))]
+pub(crate) mod signals;
 pub(crate) mod worker;
 
 use std::sync::atomic::Ordering;

@@ -170,6 +170,7 @@ fn drive(
                         user: &mut conn.user,
                         saga,
                         max_json_bytes: shared.client.max_json_bytes(),
+                        stopping: &shared.registry.stopping,
                     };
                     if let Some(report) = open.serve(attempt, tx, announce) {
                         return report;
@@ -193,6 +194,7 @@ struct Open<'a> {
     user: &'a mut UserStatements,
     saga: &'a Saga,
     max_json_bytes: usize,
+    stopping: &'a std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Open<'a> {
@@ -261,6 +263,7 @@ impl<'a> Open<'a> {
             cache: std::mem::take(self.cache),
             statements: std::mem::take(self.user),
             max_json_bytes: self.max_json_bytes,
+            stopping: self.stopping,
         };
         let mut ctx = StepContext::new(tx, info, engine, context);
         let result = panic::catch_unwind(AssertUnwindSafe(|| match &kind {

@@ -118,6 +118,8 @@ pub(crate) struct Engine<'c> {
     pub(crate) statements: UserStatements,
     /// Largest payload, context or return value, in bytes of JSON.
     pub(crate) max_json_bytes: usize,
+    /// Set when the runtime starts shutting down.
+    pub(crate) stopping: &'c std::sync::atomic::AtomicBool,
 }
 
 /// A message to be written when the step returns.
@@ -382,6 +384,20 @@ impl<'c, X: Flavor> StepContext<'c, X> {
     /// The handler (saga) name.
     pub fn handler(&self) -> &str {
         &self.info.handler
+    }
+
+    /// Whether the runtime running this step has begun to shut down (`shutdown`,
+    /// `shutdown_timeout`, or a signal with `run_until_signal`). A long step can check it
+    /// now and then and stop early: returning a [`StepError::transient`] error discards the
+    /// step and lets the run be retried (by this runtime's successor, or another one) after
+    /// its retry delay. Nothing else changes: a step that ignores it runs to its end, within
+    /// the shutdown's grace period.
+    ///
+    /// [`StepError::transient`]: crate::StepError::transient
+    pub fn is_shutting_down(&self) -> bool {
+        self.engine
+            .stopping
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This run's id.

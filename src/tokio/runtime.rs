@@ -245,6 +245,31 @@ impl Runtime {
         self.stop(Some(timeout)).await
     }
 
+    /// Like [`crate::Runtime::run_until_signal`], but async: serves until SIGTERM or SIGINT,
+    /// then shuts down giving running steps up to `grace`. Needs the `signals` feature.
+    ///
+    /// ```no_run
+    /// # async fn example(runtime: structured_cooperation::tokio::Runtime) -> structured_cooperation::Result<()> {
+    /// runtime.run_until_signal(std::time::Duration::from_secs(20)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(all(unix, feature = "signals"))]
+    pub async fn run_until_signal(self, grace: Duration) -> Result<()> {
+        use crate::runtime::signals::{name, termination_signals};
+        let (mut signals, second) = termination_signals()?;
+        let received = ::tokio::task::spawn_blocking(move || signals.forever().next())
+            .await
+            .ok()
+            .flatten();
+        second.store(true, Ordering::SeqCst);
+        log::info!(
+            "{}: shutting down; running steps have {grace:?} to finish",
+            received.map_or("signals closed", name)
+        );
+        self.shutdown_timeout(grace).await
+    }
+
     async fn stop(&mut self, timeout: Option<Duration>) -> Result<()> {
         let Some(tasks) = self.tasks.take() else {
             return Ok(());

@@ -262,6 +262,7 @@ async fn drive(
                         user: &mut conn.user,
                         saga,
                         max_json_bytes: shared.client.max_json_bytes(),
+                        stopping: &shared.registry.stopping,
                         step_timeout: shared.step_timeout,
                         endpoint: &shared.endpoint,
                     };
@@ -288,6 +289,7 @@ struct Open<'a> {
     user: &'a mut UserStatements,
     saga: &'a SagaOf<Tokio>,
     max_json_bytes: usize,
+    stopping: &'a std::sync::atomic::AtomicBool,
     step_timeout: Option<Duration>,
     endpoint: &'a super::client::Endpoint,
 }
@@ -367,6 +369,7 @@ impl<'a> Open<'a> {
             cache: std::mem::take(self.cache),
             statements: std::mem::take(self.user),
             max_json_bytes: self.max_json_bytes,
+            stopping: self.stopping,
         };
         let mut ctx = StepContext::<Tokio>::new(tx, info, engine, context);
         let code = AssertUnwindSafe(async {

@@ -48,6 +48,8 @@ mod retries;
 mod return_values;
 /// The rollback path, child failures, distributed failures (RB-*, CF-*, EX-*, IR-*).
 mod rollback;
+/// Shutdown as a long step sees it.
+mod shutdown;
 /// Durable time: sleep, schedules, periodic sagas (SL-*).
 mod time;
 /// try/finally (TF-*).
