@@ -2,6 +2,8 @@
 //! starts (`sc_start_tls_cluster` in scripts/lib/pg.sh): TLS on with a certificate for
 //! `localhost` signed by a CA made by the script, scram-sha-256 passwords.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
