@@ -25,7 +25,7 @@ use crate::proto::{Applied, Claim, Claimed, ClaimedRun, Fault, GiveUpCheck, Post
 use crate::saga::Phase;
 
 pub(crate) use io::{
-    CallKind, Io, Outcome, Output, Report, SavepointState, Stmt, UserCall, UserOutcome,
+    CallKind, Io, Outcome, Output, Report, RunNews, SavepointState, Stmt, UserCall, UserOutcome,
 };
 
 /// The handler an attempt is for, as the machine needs to know it.
@@ -297,6 +297,8 @@ struct Run {
     wait: Await,
     /// The next occurrence of its chain is written (or there is none to write).
     next_scheduled: bool,
+    /// What the transition being written changes that the log should tell (once committed).
+    news: Option<RunNews>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -367,6 +367,9 @@ impl<X: Flavor> Registry<X> {
                 .unwrap_or_else(|p| p.into_inner());
             owed.extend(report.unrecorded);
         }
+        if let Some(news) = &report.news {
+            super::logs::run_news(&self.handlers[h].name, news);
+        }
         for u in &report.unhandled {
             bump(&stats.unhandled);
             let handler = &*self.handlers[h].name;

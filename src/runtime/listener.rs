@@ -50,7 +50,7 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, ready: Sender<Result<
             }
             None => {
                 bump(&shared.registry.stats.listener_reconnects);
-                log::info!("listener: reconnected; sweeping for work announced meanwhile");
+                log::warn!("listener: reconnected; sweeping for work announced meanwhile");
                 let _ = shared.events.send(Event::SweepRequested);
             }
         }

@@ -18,6 +18,7 @@ mod dispatcher;
 pub(crate) mod exec;
 pub(crate) mod limits;
 mod listener;
+pub(crate) mod logs;
 #[cfg(all(unix, feature = "signals"))]
 pub(crate) mod signals;
 pub(crate) mod worker;

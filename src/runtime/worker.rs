@@ -1,6 +1,7 @@
 //! Worker threads: each performs what an attempt ([`crate::core::attempt`]) asks, over a
 //! connection it keeps for life, and tells the dispatcher how its tasks ended.
 
+use crate::runtime::logs::StepLog;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -219,7 +220,11 @@ impl<'a> Open<'a> {
                     attempt.handle_announced();
                 }
                 Io::CallUser(call) => {
+                    let log = StepLog::start(&call);
                     let (back, outcome) = self.call(tx, call);
+                    if let Some(log) = log {
+                        log.end(&outcome);
+                    }
                     tx = back;
                     attempt.handle_user(outcome);
                 }

@@ -54,7 +54,7 @@ pub(crate) async fn run(
             }
             None => {
                 bump(&shared.registry.stats.listener_reconnects);
-                log::info!("listener: reconnected; sweeping for work announced meanwhile");
+                log::warn!("listener: reconnected; sweeping for work announced meanwhile");
                 let _ = shared.events.send(Event::SweepRequested);
             }
         }

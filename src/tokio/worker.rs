@@ -3,6 +3,7 @@
 //! `.await`s. Connections (with their prepared statements) are leased per task from a small
 //! set, so a runtime may run more tasks than it has connections.
 
+use crate::runtime::logs::StepLog;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -322,7 +323,11 @@ impl<'a> Open<'a> {
                     attempt.handle_announced();
                 }
                 Io::CallUser(call) => {
+                    let log = StepLog::start(&call);
                     let (back, outcome) = self.call(tx, call).await?;
+                    if let Some(log) = log {
+                        log.end(&outcome);
+                    }
                     tx = back;
                     attempt.handle_user(outcome);
                 }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::io::{CallKind, Io, Outcome, Report, SavepointState, Stmt, UserCall, UserOutcome};
+use super::io::{
+    CallKind, Io, Outcome, Report, RunNews, SavepointState, Stmt, UserCall, UserOutcome,
+};
 use super::{Await, Code, Env, Persist, Ran, Run, done};
 use crate::core::decide;
 use crate::core::rollback;
@@ -307,6 +309,13 @@ impl Run {
             check,
         ) {
             Ok(stmt) => {
+                self.news = Some(RunNews {
+                    run: self.claimed.id,
+                    root: self.claimed.root_id,
+                    status: self.claimed.view.status,
+                    failure: Some(failure.clone().with_step(&ran.step)),
+                    retry_in: Some(delay),
+                });
                 self.wait = Await::Retry;
                 Io::Run(Stmt::ScheduleRetry(stmt))
             }

@@ -217,6 +217,22 @@ pub(crate) struct Report {
     /// Messages written on topics without any registered handler (one entry per message):
     /// nobody runs them, nobody waits for them.
     pub(crate) unhandled: Vec<Unhandled>,
+    /// What the committed transition changed, for the log.
+    pub(crate) news: Option<RunNews>,
+}
+
+/// A committed transition worth a log line beyond the step's own: a run that failed (and
+/// starts rolling back), whose rollback failed, or that finished.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunNews {
+    pub(crate) run: RunId,
+    pub(crate) root: crate::ids::RootId,
+    pub(crate) status: crate::core::RunStatus,
+    /// Why it failed (entering its rollback path), why its rollback failed, or (with
+    /// `retry_in`) why its code runs again.
+    pub(crate) failure: Option<Failure>,
+    /// The code failed transiently and runs again after this long.
+    pub(crate) retry_in: Option<Duration>,
 }
 
 /// A message written on a topic that no handler was registered for.
@@ -243,6 +259,7 @@ impl Report {
             postponed: None,
             unrecorded: Vec::new(),
             unhandled: Vec::new(),
+            news: None,
         }
     }
 }

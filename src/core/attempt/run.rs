@@ -26,6 +26,7 @@ impl Run {
             children: HashMap::new(),
             wait: Await::Announce,
             next_scheduled: false,
+            news: None,
         }
     }
 

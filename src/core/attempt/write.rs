@@ -1,9 +1,10 @@
 //! Writing a transition (with the rollback requests it carries), committing, releasing, and
 //! what the answers and failures of those statements mean.
 
-use super::io::{Io, Outcome, Output, Report, Stmt, Unhandled};
+use super::io::{Io, Outcome, Output, Report, RunNews, Stmt, Unhandled};
 use super::{Await, Env, Facts, Persist, Ran, Run, done};
 use crate::context::CooperationContext;
+use crate::core::RunStatus;
 use crate::error::Error;
 use crate::failure::Failure;
 use crate::ids::new_uuid;
@@ -112,6 +113,20 @@ impl Run {
             .as_ref()
             .map(|r| r.messages.clone())
             .unwrap_or_default();
+        let status = self.claimed.view.status;
+        let failure = match (&p.t.rollback_failure, &p.t.failure) {
+            (Some(f), _) => Some(f.clone()),
+            // Only when the run enters its rollback path, not on every step of it.
+            (None, Some(f)) if status == RunStatus::Active => Some(f.clone()),
+            _ => None,
+        };
+        self.news = (failure.is_some() || p.t.status.is_terminal()).then(|| RunNews {
+            run: self.claimed.id,
+            root: self.claimed.root_id,
+            status: p.t.status,
+            failure,
+            retry_in: None,
+        });
         let stmt = Finish::new(self.claimed.id, &p.t, env.worker, messages, p.check, write);
         match stmt {
             Ok(stmt) => {
@@ -187,6 +202,7 @@ impl Run {
             }
             (Await::Commit { applied, terminal }, Output::Done) => {
                 report.committed = true;
+                report.news = self.news.take();
                 report.root_finished = applied.is_root && terminal;
                 if applied.release_pending {
                     self.wait = Await::Release;
