@@ -120,7 +120,8 @@ impl Run {
             (None, Some(f)) if status == RunStatus::Active => Some(f.clone()),
             _ => None,
         };
-        self.news = (failure.is_some() || p.t.status.is_terminal()).then(|| RunNews {
+        let noteworthy = failure.is_some() || p.t.status.is_terminal();
+        self.news = noteworthy.then_some(RunNews {
             run: self.claimed.id,
             root: self.claimed.root_id,
             status: p.t.status,
