@@ -73,19 +73,25 @@ fn steps_failures_retries_and_startup_are_logged_with_their_ids() {
         .unwrap();
     let flaky = std::sync::atomic::AtomicBool::new(true);
     let parent = Saga::builder("booking")
-        .step_named("reserve", |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
-            ctx.emit("cards", &json!({}))?;
-            Ok(())
-        })
+        .step_named(
+            "reserve",
+            |ctx: &mut StepContext<'_>, _: &Value| -> StepResult {
+                ctx.emit("cards", &json!({}))?;
+                Ok(())
+            },
+        )
         .build()
         .unwrap();
     let card = Saga::builder("card")
-        .step_named("charge", move |_: &mut StepContext<'_>, _: &Value| -> StepResult {
-            if flaky.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                return Err(StepError::transient(StepError::msg("gateway timeout")));
-            }
-            Err(StepError::msg("card declined"))
-        })
+        .step_named(
+            "charge",
+            move |_: &mut StepContext<'_>, _: &Value| -> StepResult {
+                if flaky.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    return Err(StepError::transient(StepError::msg("gateway timeout")));
+                }
+                Err(StepError::msg("card declined"))
+            },
+        )
         .build()
         .unwrap();
     let runtime = Runtime::builder(database_url())
