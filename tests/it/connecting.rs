@@ -235,3 +235,41 @@ fn a_worker_without_a_connection_does_not_hold_its_handler_up() {
     drop(squatters);
     runtime.shutdown().unwrap();
 }
+
+#[test]
+fn too_many_clients_is_waited_out_until_the_connect_timeout() {
+    // The role may hold two connections; both are taken. "Too many connections" is
+    // transient: connecting waits for one to free up (here after 300 ms), and fails with the
+    // server's reason only when the connect timeout passes.
+    let limited = LimitedRole::new("transient_connect", 2);
+    let url = limited.url();
+    let schema = limited.db.schema.clone();
+    let squatters: Vec<_> = (0..2)
+        .map(|_| postgres::Client::connect(&url, postgres::NoTls).unwrap())
+        .collect();
+    let started = Instant::now();
+    let e = Client::builder(&url)
+        .schema(&schema)
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        e.to_string().contains("too many connections for role"),
+        "{e}"
+    );
+    assert!(
+        waited >= Duration::from_millis(500),
+        "gave up after {waited:?}"
+    );
+    let freed = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(squatters);
+    });
+    Client::builder(&url)
+        .schema(&schema)
+        .connect_timeout(Duration::from_secs(30))
+        .connect()
+        .unwrap();
+    freed.join().unwrap();
+}
