@@ -2,6 +2,7 @@
 //! operators' requests (rollback, cancel, out-of-band completion) in `client/operate.rs`.
 
 pub(crate) mod chains;
+mod list;
 mod operate;
 
 use std::ops::ControlFlow;

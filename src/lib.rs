@@ -103,6 +103,7 @@ mod error;
 mod failure;
 mod ids;
 mod inspect;
+mod listing;
 mod migrate;
 mod options;
 mod pool;
@@ -128,6 +129,7 @@ pub use crate::inspect::{
     ChainInfo, ChainStop, HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome,
     TroubledRun, render_tree,
 };
+pub use crate::listing::{Cursor, PruneReport, RunCount, RunFilter, RunPage};
 pub use crate::options::EmitOptions;
 pub use crate::pool::{ConnectError, ConnectionManager, Pool};
 pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};

@@ -115,21 +115,21 @@ impl Tree {
 
     pub(crate) const SQL: &'static str = "
 WITH RECURSIVE t AS (
-    SELECT r.id, r.parent_id, r.handler, r.topic, r.status, r.step_index, r.pending_children,
-           r.failure, r.rollback_failure, r.context, r.retries, r.infra_failures, r.last_error,
-           r.created_at, 0 AS depth,
-           ARRAY[r.created_at] AS path
+    SELECT r.id, r.parent_id, r.root_id, r.handler, r.topic, r.status, r.step_index,
+           r.pending_children, r.failure, r.rollback_failure, r.context, r.retries,
+           r.infra_failures, r.last_error, r.created_at, r.started_at, r.finished_at,
+           0 AS depth, ARRAY[r.created_at] AS path
     FROM __S__.runs r WHERE r.message_id = $1 AND r.parent_id IS NULL
     UNION ALL
-    SELECT c.id, c.parent_id, c.handler, c.topic, c.status, c.step_index, c.pending_children,
-           c.failure, c.rollback_failure, c.context, c.retries, c.infra_failures, c.last_error,
-           c.created_at, t.depth + 1,
-           t.path || c.created_at
+    SELECT c.id, c.parent_id, c.root_id, c.handler, c.topic, c.status, c.step_index,
+           c.pending_children, c.failure, c.rollback_failure, c.context, c.retries,
+           c.infra_failures, c.last_error, c.created_at, c.started_at, c.finished_at,
+           t.depth + 1, t.path || c.created_at
     FROM __S__.runs c JOIN t ON c.parent_id = t.id
 )
-SELECT id, parent_id, handler, topic, status, step_index, pending_children, depth,
+SELECT id, parent_id, root_id, handler, topic, status, step_index, pending_children, depth,
        failure::text AS failure, rollback_failure::text AS rollback_failure, context, retries,
-       infra_failures, last_error
+       infra_failures, last_error, created_at, started_at, finished_at
 FROM t ORDER BY path, handler";
 }
 
@@ -138,6 +138,10 @@ FROM t ORDER BY path, handler";
 pub(crate) struct TreeRow {
     pub(crate) id: RunId,
     pub(crate) parent_id: Option<RunId>,
+    pub(crate) root_id: RootId,
+    pub(crate) created_at: SystemTime,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) finished_at: Option<SystemTime>,
     pub(crate) handler: String,
     pub(crate) topic: String,
     pub(crate) status: RunStatus,
@@ -164,29 +168,34 @@ impl Statement for Tree {
     }
 
     fn decode(&self, rows: Vec<Row>) -> Result<Vec<TreeRow>> {
-        rows.iter()
-            .map(|row| {
-                Ok(TreeRow {
-                    id: RunId::from_uuid(row.try_get("id")?),
-                    parent_id: row
-                        .try_get::<_, Option<Uuid>>("parent_id")?
-                        .map(RunId::from_uuid),
-                    handler: row.try_get("handler")?,
-                    topic: row.try_get("topic")?,
-                    status: status(row, "status")?,
-                    step_index: u32_col(row, "step_index")?,
-                    pending_children: u32_col(row, "pending_children")?,
-                    depth: u32_col(row, "depth")?,
-                    failure: failure_col(row, "failure")?,
-                    rollback_failure: failure_col(row, "rollback_failure")?,
-                    context: CooperationContext::from_stored(row.try_get("context")?)?,
-                    retries: u32_col(row, "retries")?,
-                    infra_failures: u32_col(row, "infra_failures")?,
-                    last_error: row.try_get("last_error")?,
-                })
-            })
-            .collect()
+        rows.iter().map(tree_row).collect()
     }
+}
+
+/// Decodes a run as [`Tree`] and the listings select it.
+pub(crate) fn tree_row(row: &Row) -> Result<TreeRow> {
+    Ok(TreeRow {
+        id: RunId::from_uuid(row.try_get("id")?),
+        parent_id: row
+            .try_get::<_, Option<Uuid>>("parent_id")?
+            .map(RunId::from_uuid),
+        root_id: RootId::from_uuid(row.try_get("root_id")?),
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        handler: row.try_get("handler")?,
+        topic: row.try_get("topic")?,
+        status: status(row, "status")?,
+        step_index: u32_col(row, "step_index")?,
+        pending_children: u32_col(row, "pending_children")?,
+        depth: u32_col(row, "depth")?,
+        failure: failure_col(row, "failure")?,
+        rollback_failure: failure_col(row, "rollback_failure")?,
+        context: CooperationContext::from_stored(row.try_get("context")?)?,
+        retries: u32_col(row, "retries")?,
+        infra_failures: u32_col(row, "infra_failures")?,
+        last_error: row.try_get("last_error")?,
+    })
 }
 
 /// A root's history in order.

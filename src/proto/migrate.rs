@@ -31,6 +31,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "retries_and_poison",
         include_str!("../../migrations/0005_retries_and_poison.sql"),
     ),
+    (
+        6,
+        "operations",
+        include_str!("../../migrations/0006_operations.sql"),
+    ),
 ];
 
 /// The highest migration version this library ships.

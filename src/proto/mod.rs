@@ -14,6 +14,7 @@
 mod chain;
 mod emit;
 mod inspect;
+mod list;
 mod migrate;
 mod operator;
 mod rollback;
@@ -37,6 +38,7 @@ pub(crate) use inspect::{
     ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootExists, RootRunRow,
     RootRuns, Tree, TreeRow,
 };
+pub(crate) use list::{CountRow, ListRuns, PruneBatch, Pruned, UnfinishedCounts};
 pub(crate) use migrate::{
     ApplyMigration, LATEST_MIGRATION, MIGRATIONS, MigrationLock, MigrationSetup, MigrationVersion,
     RecordMigration, migration_script, version_query,
@@ -150,6 +152,12 @@ statements! {
     RootRuns => RootRuns::SQL,
     /// [`RootExists`]
     RootExists => RootExists::SQL,
+    /// [`ListRuns`]
+    ListRuns => ListRuns::SQL,
+    /// [`UnfinishedCounts`]
+    UnfinishedCounts => UnfinishedCounts::SQL,
+    /// [`PruneBatch`]
+    PruneBatch => PruneBatch::SQL,
     /// [`Tree`]
     Tree => Tree::SQL,
     /// [`History`]

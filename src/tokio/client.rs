@@ -2,6 +2,7 @@
 //! `client/operate.rs`. Each method runs the same statements as the blocking client's.
 
 mod chains;
+mod list;
 mod operate;
 
 use std::ops::ControlFlow;

@@ -38,6 +38,8 @@ mod interop;
 mod loops;
 /// The queue API and several instances of one handler (MQ-*).
 mod messaging;
+/// Operations over many trees: listing, counting, pruning.
+mod operations;
 /// Data PostgreSQL refuses, and runs failing on infrastructure errors.
 mod poison;
 /// Lost notifications, deep trees, concurrent siblings.

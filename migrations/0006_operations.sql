@@ -1,0 +1,18 @@
+-- Operations over many trees (listing, pruning), index-backed so that their cost does not
+-- grow with the finished history. Every one of these columns is written once per run (or
+-- is already in another index's predicate), so they cost inserts a little and take no HOT
+-- update away.
+
+-- Roots, newest first (listing).
+CREATE INDEX runs_roots ON runs (created_at DESC, id DESC) WHERE parent_id IS NULL;
+
+-- Failed roots, newest first (the listing an operator asks for most).
+CREATE INDEX runs_failed_roots ON runs (created_at DESC, id DESC)
+    WHERE parent_id IS NULL AND status IN ('rolled_back', 'rollback_failed');
+
+-- Finished roots by finish time (pruning).
+CREATE INDEX runs_finished_roots ON runs (finished_at)
+    WHERE parent_id IS NULL AND status IN ('committed', 'rolled_back', 'rollback_failed');
+
+-- Root messages by time (pruning roots nobody handled, which have no runs).
+CREATE INDEX messages_roots ON messages (created_at) WHERE root_id = id;

@@ -1,0 +1,85 @@
+//! Operations over many trees through the client: listing runs, counting unfinished work,
+//! and pruning finished trees.
+
+use std::time::SystemTime;
+
+use super::Client;
+use crate::error::Result;
+use crate::listing::{PRUNE_BATCH, PruneReport, RunCount, RunFilter, RunPage};
+use crate::proto::{PruneBatch, UnfinishedCounts};
+
+impl Client {
+    /// One page of the runs `filter` selects, newest first; [`RunPage::next`] continues.
+    ///
+    /// ```no_run
+    /// use structured_cooperation::{RunFilter, render_tree};
+    ///
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let newest = client.list_runs(&RunFilter::roots().handler("order-saga").limit(10))?;
+    /// for run in &newest.runs {
+    ///     print!("{}", render_tree(&client.tree(run.root_id)?));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
+        let rows = self.run(&filter.statement()?)?;
+        Ok(filter.page(rows))
+    }
+
+    /// Unfinished runs per handler and status: how many, how many could run now, and the
+    /// oldest one's age. (Finished runs are listed, not counted: there are too many.)
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// for c in client.unfinished_counts()? {
+    ///     println!("{} {}: {} runs, {} due", c.handler, c.status, c.runs, c.due);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn unfinished_counts(&self) -> Result<Vec<RunCount>> {
+        Ok(self
+            .run(&UnfinishedCounts)?
+            .into_iter()
+            .map(RunCount::from_row)
+            .collect())
+    }
+
+    /// Deletes every finished tree whose top-level runs all finished before `finished_before`
+    /// (and roots nobody handled, launched before it): every row of them (history,
+    /// cancellations, step instances, return values, runs, messages and their idempotency
+    /// keys), 100 trees per transaction. A tree with anything unfinished is never touched,
+    /// and trees whose runs another transaction holds (an operator's rollback request being
+    /// written) are left for the next call; workers are never waited for. A pruned tree can
+    /// no longer be inspected or rolled back.
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let month_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+    /// let pruned = client.prune(month_ago)?;
+    /// println!("{} trees ({} runs) deleted", pruned.trees, pruned.runs);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn prune(&self, finished_before: SystemTime) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        loop {
+            let batch = PruneBatch {
+                before: finished_before,
+                limit: PRUNE_BATCH,
+            };
+            let pruned = self.run(&batch)?;
+            let empty = pruned.trees == 0;
+            report.add(pruned);
+            if empty {
+                return Ok(report);
+            }
+        }
+    }
+}

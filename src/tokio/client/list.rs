@@ -1,0 +1,40 @@
+//! Operations over many trees through the tokio client: the blocking client's
+//! (`src/client/list.rs`), async.
+
+use std::time::SystemTime;
+
+use super::Client;
+use crate::error::Result;
+use crate::listing::{PRUNE_BATCH, PruneReport, RunCount, RunFilter, RunPage};
+use crate::proto::{PruneBatch, UnfinishedCounts};
+
+impl Client {
+    /// Like [`crate::Client::list_runs`], but async.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
+        let rows = self.run(&filter.statement()?).await?;
+        Ok(filter.page(rows))
+    }
+
+    /// Like [`crate::Client::unfinished_counts`], but async.
+    pub async fn unfinished_counts(&self) -> Result<Vec<RunCount>> {
+        let rows = self.run(&UnfinishedCounts).await?;
+        Ok(rows.into_iter().map(RunCount::from_row).collect())
+    }
+
+    /// Like [`crate::Client::prune`], but async.
+    pub async fn prune(&self, finished_before: SystemTime) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        loop {
+            let batch = PruneBatch {
+                before: finished_before,
+                limit: PRUNE_BATCH,
+            };
+            let pruned = self.run(&batch).await?;
+            let empty = pruned.trees == 0;
+            report.add(pruned);
+            if empty {
+                return Ok(report);
+            }
+        }
+    }
+}
