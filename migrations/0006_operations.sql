@@ -16,3 +16,18 @@ CREATE INDEX runs_finished_roots ON runs (finished_at)
 
 -- Root messages by time (pruning roots nobody handled, which have no runs).
 CREATE INDEX messages_roots ON messages (created_at) WHERE root_id = id;
+
+-- Which runtimes are alive: each records itself at start and at every safety-net sweep, and
+-- deletes its row when it shuts down cleanly. A row not refreshed for three intervals is a
+-- runtime that is gone; rows are deleted after ten intervals (at least five minutes).
+CREATE TABLE runtimes (
+    instance    text        PRIMARY KEY,
+    host        text        NOT NULL,
+    pid         integer     NOT NULL,
+    edition     text        NOT NULL,
+    handlers    text[]      NOT NULL,
+    workers     integer     NOT NULL,
+    interval_ms bigint      NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    last_seen   timestamptz NOT NULL DEFAULT clock_timestamp()
+);

@@ -129,7 +129,9 @@ pub use crate::inspect::{
     ChainInfo, ChainStop, HistoryEvent, Message, Requested, RootRun, RunInfo, Scope, TreeOutcome,
     TroubledRun, render_tree,
 };
-pub use crate::listing::{Cursor, PruneReport, RunCount, RunFilter, RunPage};
+pub use crate::listing::{
+    Cursor, PruneReport, RunCount, RunFilter, RunPage, RuntimeInfo, TopologyEntry,
+};
 pub use crate::options::EmitOptions;
 pub use crate::pool::{ConnectError, ConnectionManager, Pool};
 pub use crate::runtime::{Runtime, RuntimeBuilder, RuntimeStats};

@@ -271,6 +271,76 @@ impl PruneReport {
     }
 }
 
+/// A runtime that recorded itself, from [`Client::runtimes`](crate::Client::runtimes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeInfo {
+    /// Its instance id (as in failures' sources, `handler[instance]`).
+    pub instance: String,
+    /// The machine it runs on.
+    pub host: String,
+    /// Its process id there.
+    pub pid: i32,
+    /// `blocking` or `tokio`.
+    pub edition: String,
+    /// The handlers it serves.
+    pub handlers: Vec<String>,
+    /// Its workers.
+    pub workers: u32,
+    /// When it started.
+    pub started_at: SystemTime,
+    /// When it last recorded itself (at every safety-net sweep).
+    pub last_seen: SystemTime,
+    /// Whether it recorded itself within three safety-net intervals. A runtime that stopped
+    /// cleanly removes its row; one that is not alive crashed or lost the database (its row
+    /// goes after ten intervals).
+    pub alive: bool,
+}
+
+impl RuntimeInfo {
+    pub(crate) fn from_row(r: crate::proto::RuntimeRow) -> RuntimeInfo {
+        RuntimeInfo {
+            instance: r.instance,
+            host: r.host,
+            pid: r.pid,
+            edition: r.edition,
+            handlers: r.handlers,
+            workers: u32::try_from(r.workers).unwrap_or(0),
+            started_at: r.started_at,
+            last_seen: r.last_seen,
+            alive: r.alive,
+        }
+    }
+}
+
+/// A registered (topic, handler) pair and who serves it, from
+/// [`Client::topology`](crate::Client::topology).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopologyEntry {
+    /// The topic.
+    pub topic: String,
+    /// The handler.
+    pub handler: String,
+    /// Whether runtimes serve it (`false`: it is completed out of band, through
+    /// [`Client::complete_external`](crate::Client::complete_external)).
+    pub served_by_runtimes: bool,
+    /// Live runtimes serving it. Zero for a runtime handler is the usual reason a tree is
+    /// stuck: its messages wait for a service that is not running.
+    pub live_runtimes: u32,
+}
+
+impl TopologyEntry {
+    pub(crate) fn from_row(r: crate::proto::TopologyRow) -> TopologyEntry {
+        TopologyEntry {
+            topic: r.topic,
+            handler: r.handler,
+            served_by_runtimes: r.kind == "runtime",
+            live_runtimes: u32::try_from(r.live).unwrap_or(0),
+        }
+    }
+}
+
 /// Trees deleted per transaction by [`Client::prune`](crate::Client::prune).
 pub(crate) const PRUNE_BATCH: i64 = 100;
 

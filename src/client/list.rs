@@ -5,8 +5,10 @@ use std::time::SystemTime;
 
 use super::Client;
 use crate::error::Result;
-use crate::listing::{PRUNE_BATCH, PruneReport, RunCount, RunFilter, RunPage};
-use crate::proto::{PruneBatch, UnfinishedCounts};
+use crate::listing::{
+    PRUNE_BATCH, PruneReport, RunCount, RunFilter, RunPage, RuntimeInfo, TopologyEntry,
+};
+use crate::proto::{PruneBatch, Retire, Runtimes, Topology, UnfinishedCounts};
 
 impl Client {
     /// One page of the runs `filter` selects, newest first; [`RunPage::next`] continues.
@@ -81,5 +83,51 @@ impl Client {
                 return Ok(report);
             }
         }
+    }
+
+    /// The runtimes that recorded themselves in this schema (at start and at every
+    /// safety-net sweep), oldest first, and whether each is alive.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// for r in client.runtimes()? {
+    ///     println!("{} on {} (pid {}): {:?}, alive: {}", r.instance, r.host, r.pid, r.handlers, r.alive);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn runtimes(&self) -> Result<Vec<RuntimeInfo>> {
+        Ok(self
+            .run(&Runtimes)?
+            .into_iter()
+            .map(RuntimeInfo::from_row)
+            .collect())
+    }
+
+    /// Every registered (topic, handler) and how many live runtimes serve it.
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// for t in client.topology()? {
+    ///     if t.served_by_runtimes && t.live_runtimes == 0 {
+    ///         println!("nobody serves {} on {:?}: its messages wait", t.handler, t.topic);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn topology(&self) -> Result<Vec<TopologyEntry>> {
+        Ok(self
+            .run(&Topology)?
+            .into_iter()
+            .map(TopologyEntry::from_row)
+            .collect())
+    }
+
+    /// Removes a runtime's heartbeat row (it shut down cleanly).
+    pub(crate) fn retire(&self, instance: &str) -> Result<()> {
+        self.run(&Retire { instance })
     }
 }

@@ -11,6 +11,7 @@
 //! `postgres` re-exports, so a second runtime on tokio-postgres runs the very same statements;
 //! only the executor (`runtime::exec` for the blocking runtime) differs.
 
+mod alive;
 mod chain;
 mod emit;
 mod inspect;
@@ -32,6 +33,7 @@ use crate::core::{RunStatus, RunView};
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 
+pub(crate) use alive::{Heartbeat, Retire, RuntimeRow, Runtimes, Topology, TopologyRow};
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register};
 pub(crate) use inspect::{
@@ -158,6 +160,14 @@ statements! {
     UnfinishedCounts => UnfinishedCounts::SQL,
     /// [`PruneBatch`]
     PruneBatch => PruneBatch::SQL,
+    /// [`Heartbeat`]
+    Heartbeat => Heartbeat::SQL,
+    /// [`Retire`]
+    Retire => Retire::SQL,
+    /// [`Runtimes`]
+    Runtimes => Runtimes::SQL,
+    /// [`Topology`]
+    Topology => Topology::SQL,
     /// [`Tree`]
     Tree => Tree::SQL,
     /// [`History`]

@@ -172,18 +172,19 @@ impl RuntimeBuilder {
         if let Some(warning) = check_connection_limits(&limits, settings.workers)? {
             log::warn!("{warning}");
         }
-        let registry = settings.registry();
+        let registry = settings.registry("blocking");
         {
             let pairs: Vec<(&str, &str)> = registry
                 .handlers
                 .iter()
                 .map(|h| (h.topic.as_str(), &*h.name))
                 .collect();
+            let mut conn = client.conn()?;
             if !pairs.is_empty() {
-                let mut conn = client.conn()?;
                 let register = Register::new(&pairs, "runtime");
                 super::exec::run(&mut *conn, client.sql(), None, &register)?;
             }
+            super::exec::run(&mut *conn, client.sql(), None, &registry.heartbeat())?;
         }
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {

@@ -194,8 +194,8 @@ impl<X: Flavor> Settings<X> {
         Ok(size)
     }
 
-    /// The registry of a runtime with a new instance id.
-    pub(crate) fn registry(&mut self) -> Registry<X> {
+    /// The registry of a runtime of `edition` (`blocking`, `tokio`) with a new instance id.
+    pub(crate) fn registry(&mut self, edition: &'static str) -> Registry<X> {
         let instance = crate::ids::new_uuid().to_string();
         let workers = self.workers;
         let handlers: Vec<HandlerEntry<X>> = std::mem::take(&mut self.subscriptions)
@@ -229,6 +229,13 @@ impl<X: Flavor> Settings<X> {
             backoff: self.backoff,
             strict_topics: self.strict_topics,
             stopping: AtomicBool::new(false),
+            alive: Alive {
+                host: host_name(),
+                pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+                edition,
+                workers: i32::try_from(self.workers).unwrap_or(i32::MAX),
+                interval_ms: i64::try_from(self.safety_net.as_millis()).unwrap_or(i64::MAX),
+            },
         }
     }
 
@@ -290,11 +297,47 @@ pub(crate) struct Registry<X: Flavor> {
     pub(crate) strict_topics: bool,
     /// Set when shutdown begins, so workers stop draining early.
     pub(crate) stopping: AtomicBool,
+    /// What its heartbeat records.
+    alive: Alive,
+}
+
+/// What a runtime's heartbeat records about it besides its instance and handlers.
+#[derive(Debug)]
+struct Alive {
+    host: String,
+    pid: i32,
+    edition: &'static str,
+    workers: i32,
+    /// The safety-net interval: heartbeats come with sweeps.
+    interval_ms: i64,
+}
+
+/// The machine's name, for the heartbeat (`unknown` where it cannot be read).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 impl<X: Flavor> Registry<X> {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// The statement that records this runtime as alive (at start and with every sweep).
+    pub(crate) fn heartbeat(&self) -> crate::proto::Heartbeat<'_> {
+        crate::proto::Heartbeat {
+            instance: &self.instance,
+            host: &self.alive.host,
+            pid: self.alive.pid,
+            edition: self.alive.edition,
+            handlers: self.names(),
+            workers: self.alive.workers,
+            interval_ms: self.alive.interval_ms,
+        }
     }
 
     /// The handlers' names, in order.

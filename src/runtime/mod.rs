@@ -272,7 +272,11 @@ impl Runtime {
                 problems.push(format!("the {name} thread panicked"));
             }
         }
-        log::info!("runtime {} stopped", self.shared.registry.instance);
+        let instance = &self.shared.registry.instance;
+        if let Err(e) = self.shared.client.retire(instance) {
+            log::warn!("runtime {instance}: could not remove its heartbeat: {e}");
+        }
+        log::info!("runtime {instance} stopped");
         if problems.is_empty() {
             Ok(())
         } else {

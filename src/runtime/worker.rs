@@ -323,6 +323,8 @@ fn sweep(shared: &Shared, slot: &mut Option<WorkerConn>) -> Result<Vec<SweepEntr
         log::info!("sweep: released the parent of run {run}");
         shared.hint_names(woken.as_deref());
     }
+    let heartbeat = shared.registry.heartbeat();
+    exec::run(client, sql, Some(&mut conn.cache), &heartbeat)?;
     let names = shared.registry.names();
     let sweep = Sweep { handlers: &names };
     Ok(sweep_entries(exec::run(

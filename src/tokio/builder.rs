@@ -199,18 +199,19 @@ impl RuntimeBuilder {
         if let Some(warning) = check_connection_limits(&limits, connections)? {
             log::warn!("{warning}");
         }
-        let registry = settings.registry();
+        let registry = settings.registry("tokio");
         {
             let pairs: Vec<(&str, &str)> = registry
                 .handlers
                 .iter()
                 .map(|h| (h.topic.as_str(), &*h.name))
                 .collect();
+            let conn = client.conn().await?;
             if !pairs.is_empty() {
-                let conn = client.conn().await?;
                 let register = Register::new(&pairs, "runtime");
                 exec::run(&**conn, client.sql(), None, &register).await?;
             }
+            exec::run(&**conn, client.sql(), None, &registry.heartbeat()).await?;
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {

@@ -301,7 +301,11 @@ impl Runtime {
                 problems.push("the listener panicked".to_owned());
             }
         }
-        log::info!("runtime {} stopped", self.shared.registry.instance);
+        let instance = &self.shared.registry.instance;
+        if let Err(e) = self.shared.client.retire(instance).await {
+            log::warn!("runtime {instance}: could not remove its heartbeat: {e}");
+        }
+        log::info!("runtime {instance} stopped");
         if problems.is_empty() {
             Ok(())
         } else {

@@ -427,6 +427,8 @@ async fn sweep(shared: &Shared) -> Result<Vec<SweepEntry>> {
             log::info!("sweep: released the parent of run {run}");
             shared.hint_names(woken.as_deref());
         }
+        let heartbeat = shared.registry.heartbeat();
+        exec::run(&**conn.client, sql, Some(&mut conn.cache), &heartbeat).await?;
         let names = shared.registry.names();
         let sweep = Sweep { handlers: &names };
         let rows = exec::run(&**conn.client, sql, Some(&mut conn.cache), &sweep).await?;

@@ -312,3 +312,70 @@ fn pruning_while_work_runs_loses_nothing() {
     }
     runtime.shutdown().unwrap();
 }
+
+#[test]
+fn runtimes_record_themselves_and_handlers_without_one_show() {
+    let mut db = TestDb::new("alive");
+    let runtime = db
+        .runtime()
+        .safety_net_interval(Duration::from_millis(200))
+        .subscribe("orders", order_saga())
+        .start()
+        .unwrap();
+    let client = db.client();
+    client.register_handler("cards", "card-service").unwrap();
+    let rows = client.runtimes().unwrap();
+    assert_eq!(rows.len(), 1);
+    let me = &rows[0];
+    assert_eq!(me.instance, runtime.instance());
+    assert_eq!(me.handlers, ["orders"]);
+    assert_eq!((me.edition.as_str(), me.workers), ("blocking", 4));
+    assert_eq!(me.pid, std::process::id() as i32);
+    assert!(me.alive);
+    let first_seen = me.last_seen;
+    crate::util::eventually("a heartbeat with a sweep", || {
+        client.runtimes().unwrap()[0].last_seen > first_seen
+    });
+    // A runtime that vanished a while ago is not alive; one gone for an hour is deleted at
+    // the next heartbeat.
+    let s = db.schema.clone();
+    db.exec(&format!(
+        "INSERT INTO {s}.runtimes (instance, host, pid, edition, handlers, workers, interval_ms,
+                                   last_seen)
+         VALUES ('ghost', 'h', 1, 'blocking', '{{cards}}', 1, 200, now() - interval '2 seconds'),
+                ('ancient', 'h', 2, 'tokio', '{{cards}}', 1, 200, now() - interval '1 hour')"
+    ));
+    crate::util::eventually("the ancient row to expire", || {
+        client
+            .runtimes()
+            .unwrap()
+            .iter()
+            .all(|r| r.instance != "ancient")
+    });
+    let ghost = client
+        .runtimes()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.instance == "ghost")
+        .unwrap();
+    assert!(!ghost.alive);
+    let topology = client.topology().unwrap();
+    let served = |handler: &str| {
+        topology
+            .iter()
+            .find(|t| t.handler == handler)
+            .map(|t| (t.served_by_runtimes, t.live_runtimes))
+    };
+    assert_eq!(served("orders"), Some((true, 1)));
+    assert_eq!(served("card-service"), Some((true, 0)), "{topology:?}");
+    let instance = runtime.instance().to_owned();
+    runtime.shutdown().unwrap();
+    assert!(
+        client
+            .runtimes()
+            .unwrap()
+            .iter()
+            .all(|r| r.instance != instance),
+        "a clean shutdown removes its row"
+    );
+}

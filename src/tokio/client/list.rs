@@ -5,8 +5,10 @@ use std::time::SystemTime;
 
 use super::Client;
 use crate::error::Result;
-use crate::listing::{PRUNE_BATCH, PruneReport, RunCount, RunFilter, RunPage};
-use crate::proto::{PruneBatch, UnfinishedCounts};
+use crate::listing::{
+    PRUNE_BATCH, PruneReport, RunCount, RunFilter, RunPage, RuntimeInfo, TopologyEntry,
+};
+use crate::proto::{PruneBatch, Retire, Runtimes, Topology, UnfinishedCounts};
 
 impl Client {
     /// Like [`crate::Client::list_runs`], but async.
@@ -36,5 +38,22 @@ impl Client {
                 return Ok(report);
             }
         }
+    }
+
+    /// Like [`crate::Client::runtimes`], but async.
+    pub async fn runtimes(&self) -> Result<Vec<RuntimeInfo>> {
+        let rows = self.run(&Runtimes).await?;
+        Ok(rows.into_iter().map(RuntimeInfo::from_row).collect())
+    }
+
+    /// Like [`crate::Client::topology`], but async.
+    pub async fn topology(&self) -> Result<Vec<TopologyEntry>> {
+        let rows = self.run(&Topology).await?;
+        Ok(rows.into_iter().map(TopologyEntry::from_row).collect())
+    }
+
+    /// Like `crate::Client::retire`.
+    pub(crate) async fn retire(&self, instance: &str) -> Result<()> {
+        self.run(&Retire { instance }).await
     }
 }
