@@ -4,11 +4,14 @@
 use std::time::SystemTime;
 
 use super::Client;
+use crate::error::Error;
 use crate::error::Result;
+use crate::ids::RunId;
+use crate::inspect::RunInfo;
 use crate::listing::{
     PRUNE_BATCH, PruneReport, RunCount, RunFilter, RunPage, RuntimeInfo, TopologyEntry,
 };
-use crate::proto::{PruneBatch, Retire, Runtimes, Topology, UnfinishedCounts};
+use crate::proto::{PruneBatch, Retire, RunById, Runtimes, Topology, UnfinishedCounts};
 
 impl Client {
     /// One page of the runs `filter` selects, newest first; [`RunPage::next`] continues.
@@ -28,6 +31,25 @@ impl Client {
     pub fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
         let rows = self.run(&filter.statement()?)?;
         Ok(filter.page(rows))
+    }
+
+    /// One run, by id ([`Error::NotFound`] if there is none).
+    ///
+    /// ```no_run
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let run = client.run_info("0193a0c4-5d1e-7f00-8000-000000000000".parse()?)?;
+    /// println!("{} of root {}: {}", run.handler, run.root_id, run.status);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn run_info(&self, run: RunId) -> Result<RunInfo> {
+        self.run(&RunById { id: run.as_uuid() })?
+            .map(RunInfo::from_row)
+            .ok_or_else(|| Error::NotFound {
+                what: "run",
+                id: run.to_string(),
+            })
     }
 
     /// Unfinished runs per handler and status: how many, how many could run now, and the

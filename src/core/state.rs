@@ -130,7 +130,9 @@ impl RunStatus {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<RunStatus> {
+    /// Parses a stored name (`active`, `rolling_back`, `committed`, `rolled_back`,
+    /// `rollback_failed`).
+    pub fn parse(s: &str) -> Option<RunStatus> {
         Some(match s {
             "active" => RunStatus::Active,
             "rolling_back" => RunStatus::RollingBack,

@@ -83,6 +83,37 @@ impl Statement for ListRuns {
     }
 }
 
+/// One run, by id.
+#[derive(Debug)]
+pub(crate) struct RunById {
+    pub(crate) id: Uuid,
+}
+
+impl RunById {
+    pub(crate) const SQL: &'static str = "
+SELECT r.id, r.parent_id, r.root_id, r.handler, r.topic, r.status, r.step_index,
+       r.pending_children, 0 AS depth, r.failure::text AS failure,
+       r.rollback_failure::text AS rollback_failure, r.context, r.retries, r.infra_failures,
+       r.last_error, r.created_at, r.started_at, r.finished_at
+FROM __S__.runs r WHERE r.id = $1";
+}
+
+impl Statement for RunById {
+    type Output = Option<TreeRow>;
+
+    fn id(&self) -> StmtId {
+        StmtId::RunById
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.id]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Option<TreeRow>> {
+        rows.first().map(tree_row).transpose()
+    }
+}
+
 /// Unfinished runs per handler and status, with the oldest one's creation time.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct UnfinishedCounts;

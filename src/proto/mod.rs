@@ -40,7 +40,7 @@ pub(crate) use inspect::{
     ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootExists, RootRunRow,
     RootRuns, Tree, TreeRow,
 };
-pub(crate) use list::{CountRow, ListRuns, PruneBatch, Pruned, UnfinishedCounts};
+pub(crate) use list::{CountRow, ListRuns, PruneBatch, Pruned, RunById, UnfinishedCounts};
 pub(crate) use migrate::{
     ApplyMigration, LATEST_MIGRATION, MIGRATIONS, MigrationLock, MigrationSetup, MigrationVersion,
     RecordMigration, migration_script, version_query,
@@ -156,6 +156,8 @@ statements! {
     RootExists => RootExists::SQL,
     /// [`ListRuns`]
     ListRuns => ListRuns::SQL,
+    /// [`RunById`]
+    RunById => RunById::SQL,
     /// [`UnfinishedCounts`]
     UnfinishedCounts => UnfinishedCounts::SQL,
     /// [`PruneBatch`]

@@ -4,17 +4,31 @@
 use std::time::SystemTime;
 
 use super::Client;
+use crate::error::Error;
 use crate::error::Result;
+use crate::ids::RunId;
+use crate::inspect::RunInfo;
 use crate::listing::{
     PRUNE_BATCH, PruneReport, RunCount, RunFilter, RunPage, RuntimeInfo, TopologyEntry,
 };
-use crate::proto::{PruneBatch, Retire, Runtimes, Topology, UnfinishedCounts};
+use crate::proto::{PruneBatch, Retire, RunById, Runtimes, Topology, UnfinishedCounts};
 
 impl Client {
     /// Like [`crate::Client::list_runs`], but async.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
         let rows = self.run(&filter.statement()?).await?;
         Ok(filter.page(rows))
+    }
+
+    /// Like [`crate::Client::run_info`], but async.
+    pub async fn run_info(&self, run: RunId) -> Result<RunInfo> {
+        self.run(&RunById { id: run.as_uuid() })
+            .await?
+            .map(RunInfo::from_row)
+            .ok_or_else(|| Error::NotFound {
+                what: "run",
+                id: run.to_string(),
+            })
     }
 
     /// Like [`crate::Client::unfinished_counts`], but async.
