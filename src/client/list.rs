@@ -97,6 +97,7 @@ impl Client {
             let batch = PruneBatch {
                 before: finished_before,
                 limit: PRUNE_BATCH,
+                lock: None,
             };
             let pruned = self.run(&batch)?;
             let empty = pruned.trees == 0;

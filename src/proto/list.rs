@@ -172,14 +172,21 @@ impl Statement for UnfinishedCounts {
 pub(crate) struct PruneBatch {
     pub(crate) before: SystemTime,
     pub(crate) limit: i64,
+    /// With a key, the batch runs only if it gets this advisory lock (for the transaction),
+    /// so that runtimes pruning automatically take turns instead of competing.
+    pub(crate) lock: Option<String>,
 }
 
 impl PruneBatch {
     pub(crate) const SQL: &'static str = "
-WITH finished AS MATERIALIZED (
+WITH gate AS MATERIALIZED (
+    SELECT $3::text IS NULL OR pg_try_advisory_xact_lock(hashtextextended($3::text, 0)) AS open
+),
+finished AS MATERIALIZED (
     SELECT r.message_id AS root
     FROM __S__.runs r
-    WHERE r.parent_id IS NULL AND r.status IN ('committed', 'rolled_back', 'rollback_failed')
+    WHERE (SELECT open FROM gate)
+      AND r.parent_id IS NULL AND r.status IN ('committed', 'rolled_back', 'rollback_failed')
       AND r.finished_at < $1
       AND NOT EXISTS (
           SELECT 1 FROM __S__.runs o
@@ -192,7 +199,7 @@ WITH finished AS MATERIALIZED (
 ),
 bare AS MATERIALIZED (
     SELECT m.id AS root FROM __S__.messages m
-    WHERE m.root_id = m.id AND m.created_at < $1
+    WHERE (SELECT open FROM gate) AND m.root_id = m.id AND m.created_at < $1
       AND NOT EXISTS (SELECT 1 FROM __S__.runs r WHERE r.message_id = m.id)
     ORDER BY m.created_at
     LIMIT $2
@@ -238,7 +245,7 @@ impl Statement for PruneBatch {
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![&self.before, &self.limit]
+        vec![&self.before, &self.limit, &self.lock]
     }
 
     fn decode(&self, rows: Vec<Row>) -> Result<Pruned> {

@@ -95,6 +95,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Prunes finished trees automatically: at every safety-net sweep, trees whose runs all
+    /// finished more than `keep` ago are deleted as by [`Client::prune`] (for up to a second
+    /// per sweep, one runtime of the schema at a time, under an advisory lock). Off by
+    /// default: history is kept until something prunes it.
+    pub fn prune_finished_after(mut self, keep: Duration) -> Self {
+        self.settings.prune_after = Some(keep);
+        self
+    }
+
     /// Whether [`start`](Self::start) brings the schema up to date (the default). Turned off,
     /// start only checks that the schema is at the version this library needs and fails with
     /// [`Error::SchemaOutdated`] if it is not: for teams that migrate in a deploy step (with

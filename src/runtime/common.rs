@@ -102,6 +102,8 @@ pub(crate) struct Settings<X: Flavor> {
     pub(crate) max_json_bytes: usize,
     pub(crate) strict_topics: bool,
     pub(crate) migrate: bool,
+    /// Prune finished trees this old at every sweep.
+    pub(crate) prune_after: Option<Duration>,
     pub(crate) subscriptions: Vec<Subscription<X>>,
     /// The first error met while building a typed handler's saga (reported by `start`).
     pub(crate) deferred: Option<Error>,
@@ -119,6 +121,7 @@ impl<X: Flavor> Settings<X> {
             max_json_bytes: validate::DEFAULT_MAX_JSON_BYTES,
             strict_topics: false,
             migrate: true,
+            prune_after: None,
             subscriptions: Vec::new(),
             deferred: None,
         }
@@ -228,6 +231,7 @@ impl<X: Flavor> Settings<X> {
             started: Instant::now(),
             backoff: self.backoff,
             strict_topics: self.strict_topics,
+            prune_after: self.prune_after,
             stopping: AtomicBool::new(false),
             alive: Alive {
                 host: host_name(),
@@ -295,6 +299,8 @@ pub(crate) struct Registry<X: Flavor> {
     pub(crate) backoff: Backoff,
     /// Whether steps' emissions on topics without handlers fail the step.
     pub(crate) strict_topics: bool,
+    /// Finished trees this old are pruned at every sweep.
+    pub(crate) prune_after: Option<Duration>,
     /// Set when shutdown begins, so workers stop draining early.
     pub(crate) stopping: AtomicBool,
     /// What its heartbeat records.
@@ -470,6 +476,21 @@ impl<X: Flavor> Registry<X> {
         } else {
             log::error!("{what}: {e}; retrying from the last committed state");
         }
+    }
+}
+
+/// How long one sweep may spend pruning (batch after batch) before it yields to the work.
+pub(crate) const PRUNE_BUDGET: Duration = Duration::from_secs(1);
+
+/// One batch of a runtime's automatic pruning of `schema`: trees finished more than `keep`
+/// ago, under an advisory lock so that one runtime at a time prunes.
+pub(crate) fn auto_prune_batch(keep: Duration, schema: &str) -> crate::proto::PruneBatch {
+    crate::proto::PruneBatch {
+        before: std::time::SystemTime::now()
+            .checked_sub(keep)
+            .unwrap_or(std::time::UNIX_EPOCH),
+        limit: crate::listing::PRUNE_BATCH,
+        lock: Some(format!("structured-cooperation prune {schema}")),
     }
 }
 

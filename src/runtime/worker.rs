@@ -1,6 +1,7 @@
 //! Worker threads: each performs what an attempt ([`crate::core::attempt`]) asks, over a
 //! connection it keeps for life, and tells the dispatcher how its tasks ended.
 
+use crate::runtime::common::{PRUNE_BUDGET, auto_prune_batch};
 use crate::runtime::logs::StepLog;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -325,6 +326,21 @@ fn sweep(shared: &Shared, slot: &mut Option<WorkerConn>) -> Result<Vec<SweepEntr
     }
     let heartbeat = shared.registry.heartbeat();
     exec::run(client, sql, Some(&mut conn.cache), &heartbeat)?;
+    if let Some(keep) = shared.registry.prune_after {
+        let started = Instant::now();
+        let mut trees = 0;
+        loop {
+            let batch = auto_prune_batch(keep, shared.client.schema());
+            let pruned = exec::run(client, sql, Some(&mut conn.cache), &batch)?;
+            trees += pruned.trees;
+            if pruned.trees == 0 || started.elapsed() >= PRUNE_BUDGET {
+                break;
+            }
+        }
+        if trees > 0 {
+            log::info!("sweep: pruned {trees} finished trees");
+        }
+    }
     let names = shared.registry.names();
     let sweep = Sweep { handlers: &names };
     Ok(sweep_entries(exec::run(

@@ -114,6 +114,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Like [`crate::RuntimeBuilder::prune_finished_after`]. Off by default.
+    pub fn prune_finished_after(mut self, keep: Duration) -> Self {
+        self.settings.prune_after = Some(keep);
+        self
+    }
+
     /// Like [`crate::RuntimeBuilder::migrate`]. On by default.
     pub fn migrate(mut self, migrate: bool) -> Self {
         self.settings.migrate = migrate;

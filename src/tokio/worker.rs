@@ -3,6 +3,7 @@
 //! `.await`s. Connections (with their prepared statements) are leased per task from a small
 //! set, so a runtime may run more tasks than it has connections.
 
+use crate::runtime::common::{PRUNE_BUDGET, auto_prune_batch};
 use crate::runtime::logs::StepLog;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -429,6 +430,21 @@ async fn sweep(shared: &Shared) -> Result<Vec<SweepEntry>> {
         }
         let heartbeat = shared.registry.heartbeat();
         exec::run(&**conn.client, sql, Some(&mut conn.cache), &heartbeat).await?;
+        if let Some(keep) = shared.registry.prune_after {
+            let started = std::time::Instant::now();
+            let mut trees = 0;
+            loop {
+                let batch = auto_prune_batch(keep, shared.client.schema());
+                let pruned = exec::run(&**conn.client, sql, Some(&mut conn.cache), &batch).await?;
+                trees += pruned.trees;
+                if pruned.trees == 0 || started.elapsed() >= PRUNE_BUDGET {
+                    break;
+                }
+            }
+            if trees > 0 {
+                log::info!("sweep: pruned {trees} finished trees");
+            }
+        }
         let names = shared.registry.names();
         let sweep = Sweep { handlers: &names };
         let rows = exec::run(&**conn.client, sql, Some(&mut conn.cache), &sweep).await?;

@@ -379,3 +379,30 @@ fn runtimes_record_themselves_and_handlers_without_one_show() {
         "a clean shutdown removes its row"
     );
 }
+
+#[test]
+fn a_runtime_can_prune_finished_trees_by_itself() {
+    let mut db = TestDb::new("auto_prune");
+    let client = db.client();
+    client
+        .register_external_handler("approvals", "approver")
+        .unwrap();
+    let runtime = db
+        .runtime()
+        .safety_net_interval(Duration::from_millis(100))
+        .prune_finished_after(Duration::ZERO)
+        .subscribe("orders", order_saga())
+        .start()
+        .unwrap();
+    let held = runtime.launch("orders", &json!({ "hold": true })).unwrap();
+    for i in 0..20 {
+        runtime.launch("orders", &json!({ "i": i })).unwrap();
+    }
+    let s = db.schema.clone();
+    crate::util::eventually("the finished trees to be pruned", || {
+        db.query_i64(&format!("SELECT count(DISTINCT root_id) FROM {s}.runs")) == 1
+    });
+    // The unfinished tree is untouched.
+    assert_eq!(client.tree(held).unwrap().len(), 2);
+    runtime.shutdown().unwrap();
+}

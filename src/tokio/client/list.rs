@@ -44,6 +44,7 @@ impl Client {
             let batch = PruneBatch {
                 before: finished_before,
                 limit: PRUNE_BATCH,
+                lock: None,
             };
             let pruned = self.run(&batch).await?;
             let empty = pruned.trees == 0;
