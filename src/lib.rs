@@ -54,6 +54,7 @@
 //! | `tokio` | no | `structured_cooperation::tokio`: the same engine on a tokio runtime over `tokio-postgres` (with a deadpool pool): async steps, an async `Client` and `Runtime`, interoperating with blocking runtimes on one schema |
 //! | `cron` | no | `Schedule::cron` and `Schedule::in_timezone`: scheduled chains on cron expressions in IANA time zones (croner, chrono-tz) |
 //! | `rustls` | no | TLS for every connection (rustls with ring): `sslmode` (`disable`, `allow`, `prefer`, `require`, `verify-ca`, `verify-full`) and `sslrootcert` in the URL, read as libpq does |
+//! | `cli` | no | the `coop` command-line tool: list, inspect, steer and prune runs (clap) |
 //! | `signals` | no | `Runtime::run_until_signal` (both editions): SIGTERM or SIGINT starts a graceful shutdown (signal-hook) |
 //!
 //! Without features the crate has no async code at all; interval schedules, retries and

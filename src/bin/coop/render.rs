@@ -122,7 +122,8 @@ impl Out {
             return self.print_json(json!({ "runs": runs }));
         }
         print!("{}", render_tree(runs));
-        for run in runs.iter().filter(|r| r.failure.is_some()) {
+        // The top-level runs' failures carry their children's as causes.
+        for run in runs.iter().filter(|r| r.depth == 0) {
             if let Some(f) = &run.failure {
                 println!("\n{} [run {}] failed:\n{f}", run.handler, run.id);
             }
@@ -153,10 +154,22 @@ impl Out {
         }
     }
 
+    /// The failures of `runs` that tell something: top-level runs', runs whose own code
+    /// failed and failed rollbacks; not those of children rolled back because their parent
+    /// failed (their trace repeats the parent's), unless a single run was asked for.
     pub(crate) fn trace(&self, runs: &[RunInfo]) {
+        let consequence = |r: &RunInfo| {
+            runs.len() > 1
+                && r.depth > 0
+                && r.rollback_failure.is_none()
+                && r.failure
+                    .as_ref()
+                    .is_some_and(|f| f.kind() == "structured_cooperation::ParentSaidSo")
+        };
         let failed: Vec<&RunInfo> = runs
             .iter()
             .filter(|r| r.failure.is_some() || r.rollback_failure.is_some())
+            .filter(|r| !consequence(r))
             .collect();
         if self.json {
             let runs: Vec<Value> = failed.iter().map(|r| run_json(r)).collect();
