@@ -13,10 +13,13 @@
 //! * cancel: from `cancel(root)` until every run of a depth-3, fan-out-5 tree is terminal;
 //! * tokio (with the `tokio` feature): w1 and w3 on the tokio runtime, same workers;
 //! * scale (with the `tokio` feature): w1 on both runtimes with 1, 4 and 16 workers, and tokio
-//!   with 64 tasks on 16 connections; writes `target/bench/blocking_vs_tokio.svg`.
+//!   with 64 tasks on 16 connections; writes `target/bench/blocking_vs_tokio.svg`;
+//! * ops: listing the newest 50 failed roots with 5,000 engine-made trees and then with
+//!   `SC_BENCH_LIST_ROWS` (default 1,000,000) more roots behind them; pruning the engine-made
+//!   trees (trees per second).
 //!
 //! Environment: `DATABASE_URL` (required), `SC_BENCH_ONLY` (comma-separated subset of
-//! `w1,w3,wake,flat,w4,idle,sleep,cancel,tokio,scale`).
+//! `w1,w3,wake,flat,w4,idle,sleep,cancel,tokio,scale,ops`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -27,6 +30,8 @@ use structured_cooperation::{Client, Runtime, Saga, StepContext, StepResult};
 
 #[path = "workloads/control.rs"]
 mod control;
+#[path = "workloads/operations.rs"]
+mod operations;
 #[path = "workloads/runtimes.rs"]
 mod runtimes;
 
@@ -526,6 +531,9 @@ fn main() {
     }
     if wanted("scale") {
         runtimes::scaling(&mut admin);
+    }
+    if wanted("ops") {
+        operations::operations(&mut admin);
     }
     admin
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))

@@ -14,8 +14,10 @@ CREATE INDEX runs_failed_roots ON runs (created_at DESC, id DESC)
 CREATE INDEX runs_finished_roots ON runs (finished_at)
     WHERE parent_id IS NULL AND status IN ('committed', 'rolled_back', 'rollback_failed');
 
--- Root messages by time (pruning roots nobody handled, which have no runs).
-CREATE INDEX messages_roots ON messages (created_at) WHERE root_id = id;
+-- Messages written on a topic nobody handled (they have no runs), and among them the roots,
+-- by time: pruning finds them without looking at every root.
+ALTER TABLE messages ADD COLUMN unhandled boolean NOT NULL DEFAULT false;
+CREATE INDEX messages_unhandled_roots ON messages (created_at) WHERE unhandled AND root_id = id;
 
 -- Which runtimes are alive: each records itself at start and at every safety-net sweep, and
 -- deletes its row when it shuts down cleanly. A row not refreshed for three intervals is a

@@ -139,11 +139,11 @@ e AS (SELECT given.* FROM given, refused WHERE NOT refused.yes),
 msg AS (
     INSERT INTO __S__.messages (id, root_id, topic, payload, parent_run_id, parent_instance,
                                 run_count, idempotency_key, context, chain, schedule,
-                                scheduled_for)
+                                scheduled_for, unhandled)
     SELECT e.id, CASE WHEN e.scoped THEN $5::uuid ELSE e.id END, e.topic, e.payload::jsonb,
            CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
            coalesce(e.run_count, 0), e.key, CASE WHEN NOT e.scoped THEN e.context END,
-           e.chain, e.schedule, e.not_before
+           e.chain, e.schedule, e.not_before, e.bare
     FROM e
     WHERE e.chain IS NULL
        OR NOT EXISTS (SELECT 1 FROM __S__.chain_stops s WHERE s.chain = e.chain)

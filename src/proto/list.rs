@@ -165,8 +165,8 @@ impl Statement for UnfinishedCounts {
 /// Deletes up to `$2` finished trees whose top-level runs all finished before `$1`, every
 /// row of them (history, cancellations, step instances, return values, runs, messages with
 /// their idempotency keys), in one transaction. Roots whose runs someone holds locked (an
-/// operator's rollback request being written) are skipped, as are roots launched on a topic
-/// nobody handled until they are older than `$1`. The messages of a tree are found through
+/// operator's rollback request being written) are skipped; roots launched on a topic nobody
+/// handled (`messages.unhandled`, no runs) go once they are older than `$1`. The messages of a tree are found through
 /// its history, which has an `EMITTED` entry for each (including children nobody handled).
 #[derive(Debug)]
 pub(crate) struct PruneBatch {
@@ -199,7 +199,7 @@ finished AS MATERIALIZED (
 ),
 bare AS MATERIALIZED (
     SELECT m.id AS root FROM __S__.messages m
-    WHERE (SELECT open FROM gate) AND m.root_id = m.id AND m.created_at < $1
+    WHERE (SELECT open FROM gate) AND m.unhandled AND m.root_id = m.id AND m.created_at < $1
       AND NOT EXISTS (SELECT 1 FROM __S__.runs r WHERE r.message_id = m.id)
     ORDER BY m.created_at
     LIMIT $2
