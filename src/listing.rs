@@ -218,14 +218,15 @@ impl FromStr for Cursor {
     }
 }
 
-/// Unfinished runs of one handler in one status, from
-/// [`Client::unfinished_counts`](crate::Client::unfinished_counts).
+/// Runs of one handler in one status, from
+/// [`Client::unfinished_counts`](crate::Client::unfinished_counts) (unfinished runs) or
+/// [`Client::root_counts`](crate::Client::root_counts) (top-level runs of a time window).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RunCount {
     /// The handler.
     pub handler: String,
-    /// `Active` or `RollingBack`.
+    /// The status.
     pub status: RunStatus,
     /// How many runs.
     pub runs: u64,

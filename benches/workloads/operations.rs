@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use structured_cooperation::{
-    Runtime, RunFilter, RunStatus, Saga, StepContext, StepError, StepResult,
+    RunFilter, RunStatus, Runtime, Saga, StepContext, StepError, StepResult,
 };
 
 use super::{SCHEMA, WORKERS, fresh_schema, prelaunch, report, url};

@@ -11,7 +11,7 @@ use crate::inspect::RunInfo;
 use crate::listing::{
     PRUNE_BATCH, PruneReport, RunCount, RunFilter, RunPage, RuntimeInfo, TopologyEntry,
 };
-use crate::proto::{PruneBatch, Retire, RunById, Runtimes, Topology, UnfinishedCounts};
+use crate::proto::{PruneBatch, Retire, RootCounts, RunById, Runtimes, Topology, UnfinishedCounts};
 
 impl Client {
     /// One page of the runs `filter` selects, newest first; [`RunPage::next`] continues.
@@ -67,6 +67,30 @@ impl Client {
     pub fn unfinished_counts(&self) -> Result<Vec<RunCount>> {
         Ok(self
             .run(&UnfinishedCounts)?
+            .into_iter()
+            .map(RunCount::from_row)
+            .collect())
+    }
+
+    /// Top-level runs (one per handler of each root) created since `since`, per handler and
+    /// status: how a recent window went (`due` counts unfinished ones that could run now).
+    /// Index-backed: the cost follows the window's size, not the history's.
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    /// for c in client.root_counts(hour_ago)? {
+    ///     println!("{} {}: {}", c.handler, c.status, c.runs);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn root_counts(&self, since: SystemTime) -> Result<Vec<RunCount>> {
+        Ok(self
+            .run(&RootCounts { since })?
             .into_iter()
             .map(RunCount::from_row)
             .collect())

@@ -162,6 +162,38 @@ impl Statement for UnfinishedCounts {
     }
 }
 
+/// Top-level runs created since `$1`, per handler and status (through `runs_roots`, so the
+/// cost follows the window, not the history).
+#[derive(Debug)]
+pub(crate) struct RootCounts {
+    pub(crate) since: SystemTime,
+}
+
+impl RootCounts {
+    pub(crate) const SQL: &'static str = "
+SELECT handler, status, count(*) AS runs, min(created_at) AS oldest,
+       count(*) FILTER (WHERE status IN ('active', 'rolling_back') AND pending_children = 0
+                        AND wake_at <= now()) AS due
+FROM __S__.runs WHERE parent_id IS NULL AND created_at >= $1
+GROUP BY handler, status ORDER BY handler, status";
+}
+
+impl Statement for RootCounts {
+    type Output = Vec<CountRow>;
+
+    fn id(&self) -> StmtId {
+        StmtId::RootCounts
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.since]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Vec<CountRow>> {
+        UnfinishedCounts.decode(rows)
+    }
+}
+
 /// Deletes up to `$2` finished trees whose top-level runs all finished before `$1`, every
 /// row of them (history, cancellations, step instances, return values, runs, messages with
 /// their idempotency keys), in one transaction. Roots whose runs someone holds locked (an

@@ -40,7 +40,9 @@ pub(crate) use inspect::{
     ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootExists, RootRunRow,
     RootRuns, Tree, TreeRow,
 };
-pub(crate) use list::{CountRow, ListRuns, PruneBatch, Pruned, RunById, UnfinishedCounts};
+pub(crate) use list::{
+    CountRow, ListRuns, PruneBatch, Pruned, RootCounts, RunById, UnfinishedCounts,
+};
 pub(crate) use migrate::{
     ApplyMigration, LATEST_MIGRATION, MIGRATIONS, MigrationLock, MigrationSetup, MigrationVersion,
     RecordMigration, migration_script, version_query,
@@ -160,6 +162,8 @@ statements! {
     RunById => RunById::SQL,
     /// [`UnfinishedCounts`]
     UnfinishedCounts => UnfinishedCounts::SQL,
+    /// [`RootCounts`]
+    RootCounts => RootCounts::SQL,
     /// [`PruneBatch`]
     PruneBatch => PruneBatch::SQL,
     /// [`Heartbeat`]

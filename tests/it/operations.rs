@@ -132,6 +132,27 @@ fn roots_are_listed_newest_first_filtered_and_paged() {
     assert_eq!((orders.runs, orders.due), (1, 0));
     let approver = counts.iter().find(|c| c.handler == "approver").unwrap();
     assert_eq!(approver.runs, 1);
+    let window = client.root_counts(before).unwrap();
+    let count = |status: RunStatus| {
+        window
+            .iter()
+            .find(|c| c.handler == "orders" && c.status == status)
+            .map_or(0, |c| c.runs)
+    };
+    assert_eq!(
+        (
+            count(RunStatus::Committed),
+            count(RunStatus::RolledBack),
+            count(RunStatus::Active)
+        ),
+        (4, 3, 1)
+    );
+    assert!(
+        client
+            .root_counts(SystemTime::now() + Duration::from_secs(60))
+            .unwrap()
+            .is_empty()
+    );
 
     // The rendered tree names its runs.
     let tree = client.tree(held).unwrap();

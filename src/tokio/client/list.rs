@@ -11,7 +11,7 @@ use crate::inspect::RunInfo;
 use crate::listing::{
     PRUNE_BATCH, PruneReport, RunCount, RunFilter, RunPage, RuntimeInfo, TopologyEntry,
 };
-use crate::proto::{PruneBatch, Retire, RunById, Runtimes, Topology, UnfinishedCounts};
+use crate::proto::{PruneBatch, Retire, RootCounts, RunById, Runtimes, Topology, UnfinishedCounts};
 
 impl Client {
     /// Like [`crate::Client::list_runs`], but async.
@@ -34,6 +34,12 @@ impl Client {
     /// Like [`crate::Client::unfinished_counts`], but async.
     pub async fn unfinished_counts(&self) -> Result<Vec<RunCount>> {
         let rows = self.run(&UnfinishedCounts).await?;
+        Ok(rows.into_iter().map(RunCount::from_row).collect())
+    }
+
+    /// Like [`crate::Client::root_counts`], but async.
+    pub async fn root_counts(&self, since: SystemTime) -> Result<Vec<RunCount>> {
+        let rows = self.run(&RootCounts { since }).await?;
         Ok(rows.into_iter().map(RunCount::from_row).collect())
     }
 
