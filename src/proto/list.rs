@@ -13,6 +13,18 @@ use super::{Statement, StmtId, status};
 use crate::core::RunStatus;
 use crate::error::Result;
 
+/// The columns of a listed run, as `tree_row` decodes them (`depth` 0: not placed in a tree).
+macro_rules! run_columns {
+    () => {
+        "
+SELECT r.id, r.parent_id, r.root_id, r.handler, r.topic, r.status, r.step_index,
+       r.pending_children, 0 AS depth, r.failure::text AS failure,
+       r.rollback_failure::text AS rollback_failure, r.context, r.retries, r.infra_failures,
+       r.last_error, r.created_at, r.started_at, r.finished_at
+"
+    };
+}
+
 /// Runs matching a filter, newest first, after a keyset cursor. A filter left `NULL` (or an
 /// empty status list) matches everything; the client prepares this statement afresh for
 /// every call, so PostgreSQL plans it with the values and drops the unused conditions.
@@ -34,12 +46,9 @@ pub(crate) struct ListRuns {
 }
 
 impl ListRuns {
-    pub(crate) const SQL: &'static str = "
-SELECT r.id, r.parent_id, r.root_id, r.handler, r.topic, r.status, r.step_index,
-       r.pending_children, 0 AS depth, r.failure::text AS failure,
-       r.rollback_failure::text AS rollback_failure, r.context, r.retries, r.infra_failures,
-       r.last_error, r.created_at, r.started_at, r.finished_at
-FROM __S__.runs r
+    pub(crate) const SQL: &'static str = concat!(
+        run_columns!(),
+        "FROM __S__.runs r
 WHERE ($1::text IS NULL OR r.handler = $1)
   AND ($2::text IS NULL OR r.topic = $2)
   AND (cardinality($3::text[]) = 0 OR r.status = ANY ($3::text[]))
@@ -51,7 +60,8 @@ WHERE ($1::text IS NULL OR r.handler = $1)
   AND ($9::text IS NULL OR r.failure ->> 'type' = $9)
   AND ($10::timestamptz IS NULL OR (r.created_at, r.id) < ($10, $11::uuid))
 ORDER BY r.created_at DESC, r.id DESC
-LIMIT $12";
+LIMIT $12"
+    );
 }
 
 impl Statement for ListRuns {
@@ -90,12 +100,8 @@ pub(crate) struct RunById {
 }
 
 impl RunById {
-    pub(crate) const SQL: &'static str = "
-SELECT r.id, r.parent_id, r.root_id, r.handler, r.topic, r.status, r.step_index,
-       r.pending_children, 0 AS depth, r.failure::text AS failure,
-       r.rollback_failure::text AS rollback_failure, r.context, r.retries, r.infra_failures,
-       r.last_error, r.created_at, r.started_at, r.finished_at
-FROM __S__.runs r WHERE r.id = $1";
+    pub(crate) const SQL: &'static str =
+        concat!(run_columns!(), "FROM __S__.runs r WHERE r.id = $1");
 }
 
 impl Statement for RunById {

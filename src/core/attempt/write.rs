@@ -164,29 +164,16 @@ impl Run {
                         .with_step(&ran.step);
                     return self.fail_after_code(env, report, *ran, failure);
                 }
-                let run = self.claimed.id;
-                report
-                    .unhandled
-                    .extend(emitted.unhandled.drain(..).map(|topic| Unhandled {
-                        topic,
-                        run,
-                        step: Some(ran.step.clone()),
-                    }));
+                let topics = std::mem::take(&mut emitted.unhandled);
+                self.note_unhandled(report, topics, Some(&ran.step));
                 self.after_code(env, report, *ran, next, emitted, true)
             }
             (Await::Discard { ran, failure }, Output::Done) => {
                 self.after_discard(env, report, *ran, failure)
             }
-            (Await::ScheduleNext(p), Output::Emitted(mut emitted)) => {
+            (Await::ScheduleNext(p), Output::Emitted(emitted)) => {
                 report.woken.extend(emitted.handlers);
-                let run = self.claimed.id;
-                report
-                    .unhandled
-                    .extend(emitted.unhandled.drain(..).map(|topic| Unhandled {
-                        topic,
-                        run,
-                        step: None,
-                    }));
+                self.note_unhandled(report, emitted.unhandled, None);
                 self.persist(env, report, *p)
             }
             (
@@ -293,6 +280,18 @@ impl Run {
             }
             _ => self.recover(env, None, fault),
         }
+    }
+
+    /// Reports messages this run wrote on topics nobody handles (for the log and counters).
+    fn note_unhandled(&self, report: &mut Report, topics: Vec<String>, step: Option<&str>) {
+        let run = self.claimed.id;
+        report
+            .unhandled
+            .extend(topics.into_iter().map(|topic| Unhandled {
+                topic,
+                run,
+                step: step.map(str::to_owned),
+            }));
     }
 
     /// A statement failed on a claimed run: end the transaction, then record the fault on the
