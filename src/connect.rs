@@ -272,23 +272,47 @@ pub(crate) fn is_transient_connect(e: &postgres::Error) -> bool {
     false
 }
 
-/// Connects once with `connect`, retrying transient failures until `timeout`; anything else
-/// fails at once, with PostgreSQL's (or the network's) own reason.
+/// How a first connection is retried (both editions): transient failures again after a
+/// pause (50 ms doubling to 1 s) while the connect timeout allows, anything else never.
+pub(crate) struct FirstConnection {
+    start: Instant,
+    timeout: Duration,
+    pause: Duration,
+}
+
+impl FirstConnection {
+    pub(crate) fn new(timeout: Duration) -> FirstConnection {
+        FirstConnection {
+            start: Instant::now(),
+            timeout,
+            pause: Duration::from_millis(50),
+        }
+    }
+
+    /// After a failed attempt: how long to pause before the next one, or the error to fail
+    /// with (PostgreSQL's, or the network's, own reason).
+    pub(crate) fn after(&mut self, e: &postgres::Error) -> Result<Duration> {
+        let pause = self.pause;
+        if is_transient_connect(e) && self.start.elapsed() + pause < self.timeout {
+            log::warn!("connecting to postgres: {}; trying again", with_sources(e));
+            self.pause = (pause * 2).min(Duration::from_secs(1));
+            Ok(pause)
+        } else {
+            Err(Error::Connect(with_sources(e)))
+        }
+    }
+}
+
+/// Connects once with `connect`, retrying as [`FirstConnection`] says.
 pub(crate) fn first_connection<C>(
     timeout: Duration,
     mut connect: impl FnMut() -> std::result::Result<C, postgres::Error>,
 ) -> Result<C> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(50);
+    let mut retry = FirstConnection::new(timeout);
     loop {
         match connect() {
             Ok(c) => return Ok(c),
-            Err(e) if is_transient_connect(&e) && start.elapsed() + pause < timeout => {
-                log::warn!("connecting to postgres: {}; trying again", with_sources(&e));
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-            Err(e) => return Err(Error::Connect(with_sources(&e))),
+            Err(e) => std::thread::sleep(retry.after(&e)?),
         }
     }
 }

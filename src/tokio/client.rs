@@ -15,7 +15,7 @@ use tokio_postgres::{GenericClient, NoTls};
 
 use super::exec;
 use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA, Options, Waiting, check_launch, key_vanished};
-use crate::connect::{Target, Tls, is_transient_connect};
+use crate::connect::{FirstConnection, Target, Tls};
 use crate::error::{Error, PoolError, Result, with_sources};
 use crate::ids::{MessageId, RootId};
 use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
@@ -97,8 +97,7 @@ impl Endpoint {
     /// `crate::connect::first_connection`), and drops the connection: the pool's first
     /// connection is where a wrong password or an unknown database shows, at once.
     pub(crate) async fn check(&self, timeout: Duration) -> Result<()> {
-        let start = std::time::Instant::now();
-        let mut pause = Duration::from_millis(50);
+        let mut retry = FirstConnection::new(timeout);
         loop {
             let attempt = match &self.tls {
                 Tls::Plain => self.config.connect(NoTls).await.map(drop),
@@ -107,12 +106,7 @@ impl Endpoint {
             };
             match attempt {
                 Ok(()) => return Ok(()),
-                Err(e) if is_transient_connect(&e) && start.elapsed() + pause < timeout => {
-                    log::warn!("connecting to postgres: {}; trying again", with_sources(&e));
-                    ::tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(Error::Connect(with_sources(&e))),
+                Err(e) => ::tokio::time::sleep(retry.after(&e)?).await,
             }
         }
     }

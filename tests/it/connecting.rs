@@ -263,6 +263,7 @@ fn too_many_clients_is_waited_out_until_the_connect_timeout() {
         "gave up after {waited:?}"
     );
     let freed = std::thread::spawn(move || {
+        // The scenario: a connection frees up while the client is retrying.
         std::thread::sleep(Duration::from_millis(300));
         drop(squatters);
     });

@@ -212,6 +212,7 @@ fn a_run_killing_its_connection_backs_off_amid_healthy_runs<E: Engine>() {
     let mut healthy = Vec::new();
     while started.elapsed() < Duration::from_millis(1500) {
         healthy.push(runtime.launch("t", &json!({ "poison": false })).unwrap());
+        // Paced launches over the observation window: the load is the scenario.
         std::thread::sleep(Duration::from_millis(25));
     }
     let tried = attempts.load(Ordering::SeqCst);
