@@ -65,6 +65,10 @@ fn roots_are_listed_newest_first_filtered_and_paged() {
     finish(&runtime, &roots);
     let held = runtime.launch("orders", &json!({ "hold": true })).unwrap();
     let client = runtime.client();
+    // The held root's step has emitted its approval (the child exists) before anything is read.
+    crate::util::eventually("the approval to be emitted", || {
+        client.tree(held).unwrap().len() == 2
+    });
 
     // Every root, newest first, in pages of 3.
     let filter = RunFilter::roots().limit(3);
