@@ -11,6 +11,8 @@
 //!   rolls back and its 9 committed children run their compensations (one insert each);
 //! * sleep lateness: 1,000 runs sleeping 1 s each, how late (after `wake_at`) they woke;
 //! * cancel: from `cancel(root)` until every run of a depth-3, fan-out-5 tree is terminal;
+//! * round trips per step, counted on the wire by a proxy, for a no-op step and a step
+//!   inserting one row (one worker);
 //! * tokio (with the `tokio` feature): w1 and w3 on the tokio runtime, same workers;
 //! * scale (with the `tokio` feature): w1 on both runtimes with 1, 4 and 16 workers, and tokio
 //!   with 64 tasks on 16 connections; writes `target/bench/blocking_vs_tokio.svg`;
@@ -19,7 +21,7 @@
 //!   trees (trees per second).
 //!
 //! Environment: `DATABASE_URL` (required), `SC_BENCH_ONLY` (comma-separated subset of
-//! `w1,w3,wake,flat,w4,idle,sleep,cancel,tokio,scale,ops`).
+//! `w1,w3,trips,wake,flat,w4,idle,sleep,cancel,tokio,scale,ops`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -34,6 +36,8 @@ mod control;
 mod operations;
 #[path = "workloads/runtimes.rs"]
 mod runtimes;
+#[path = "workloads/trips.rs"]
+mod trips;
 
 use runtimes::Engine;
 
@@ -498,6 +502,9 @@ fn main() {
     }
     if wanted("w3") {
         w3(&mut admin);
+    }
+    if wanted("trips") {
+        trips::round_trips();
     }
     if wanted("wake") {
         let (p50, p99) = wake(&mut admin, false);

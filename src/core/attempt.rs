@@ -52,6 +52,8 @@ struct Env<'h> {
     now: SystemTime,
     /// Whether emissions on topics without handlers fail the step, unless they say.
     strict: bool,
+    /// Whether a commit may also claim the handler's next run (see [`Io::CommitClaim`]).
+    chain: bool,
 }
 
 /// One attempt at the next due run of a handler, from `BEGIN` to the release after `COMMIT`.
@@ -63,8 +65,9 @@ struct Env<'h> {
 /// `poll` returns [`Io::Done`]. Never call `poll` twice without an answer in between; never
 /// answer what was not asked. The answers:
 ///
-/// * [`Io::Begin`], [`Io::Run`], [`Io::RollbackToSavepoint`], [`Io::Commit`],
-///   [`Io::Rollback`], [`Io::RunAutocommit`]: [`handle_output`](Self::handle_output) with the
+/// * [`Io::Claim`], [`Io::Run`], [`Io::RollbackToSavepoint`], [`Io::Commit`],
+///   [`Io::CommitClaim`], [`Io::Rollback`], [`Io::RunAutocommit`]:
+///   [`handle_output`](Self::handle_output) with the
 ///   statement's decoded output (`Output::Done` for the others), or the error as it came
 ///   from the database. Errors are classified here, not by the driver: a failed give-up
 ///   check ends the attempt and discards the step, an aborted transaction after user code
@@ -93,7 +96,6 @@ enum State {
     /// Recording, before anything else, the failures earlier attempts could not record (the
     /// one being recorded first).
     Owed(Vec<(RunId, String)>),
-    Begin,
     Claim,
     /// Nothing due: rolling back, then done.
     Empty(Option<std::time::Duration>),
@@ -120,11 +122,29 @@ impl<'h> Attempt<'h> {
                 backoff,
                 now,
                 strict: false,
+                chain: false,
             },
-            next: Some(Io::Begin),
-            state: State::Begin,
+            next: Some(Io::Claim(claim_of(handler, worker))),
+            state: State::Claim,
             report: Report::new(),
         }
+    }
+
+    /// Lets the attempt's commit claim the handler's next run in the same round trip
+    /// ([`Io::CommitClaim`]), when nothing else is to follow the commit. The driver that
+    /// allows it continues with [`resume`](Self::resume) on what [`Report::next_claim`]
+    /// holds, in the transaction the commit opened.
+    pub(crate) fn chain_claims(mut self, chain: bool) -> Attempt<'h> {
+        self.env.chain = chain;
+        self
+    }
+
+    /// Starts the attempt from a claim made already (by the previous attempt's
+    /// [`Io::CommitClaim`]), in the transaction that claim left open. Instead of
+    /// [`owing`](Self::owing): failures owed are recorded by an attempt that starts afresh.
+    pub(crate) fn resume(mut self, claimed: Claimed) -> Attempt<'h> {
+        self.on_output(Output::Claimed(claimed));
+        self
     }
 
     /// Makes emissions on topics without handlers fail their step (unless the emission says
@@ -163,8 +183,8 @@ impl<'h> Attempt<'h> {
             // The connection is likely gone again: owe them all still.
             self.report.unrecorded.extend(done);
             self.report.unrecorded.extend(owed.into_iter().rev());
-            self.state = State::Begin;
-            return Io::Begin;
+            self.state = State::Claim;
+            return Io::Claim(claim_of(self.env.handler, self.env.worker));
         }
         match self.next_owed(&owed) {
             Some(io) => {
@@ -172,8 +192,8 @@ impl<'h> Attempt<'h> {
                 io
             }
             None => {
-                self.state = State::Begin;
-                Io::Begin
+                self.state = State::Claim;
+                Io::Claim(claim_of(self.env.handler, self.env.worker))
             }
         }
     }
@@ -189,8 +209,8 @@ impl<'h> Attempt<'h> {
             .expect("Attempt::poll called twice without an answer in between")
     }
 
-    /// Answers [`Io::Begin`], [`Io::Run`], [`Io::RollbackToSavepoint`], [`Io::Commit`],
-    /// [`Io::Rollback`] and [`Io::RunAutocommit`].
+    /// Answers [`Io::Claim`], [`Io::Run`], [`Io::RollbackToSavepoint`], [`Io::Commit`],
+    /// [`Io::CommitClaim`], [`Io::Rollback`] and [`Io::RunAutocommit`].
     pub(crate) fn handle_output(&mut self, result: Result<Output>) {
         match result {
             Ok(output) => self.on_output(output),
@@ -234,13 +254,6 @@ impl<'h> Attempt<'h> {
         let env = self.env;
         let io = match (std::mem::replace(&mut self.state, State::Over), output) {
             (State::Owed(owed), Output::Postponed(_)) => self.after_owed(owed, false),
-            (State::Begin, Output::Done) => {
-                self.state = State::Claim;
-                Io::Run(Stmt::Claim(Claim {
-                    handler: env.handler.name,
-                    worker: env.worker,
-                }))
-            }
             (State::Claim, Output::Claimed(Claimed::Nothing)) => {
                 self.state = State::Empty(None);
                 Io::Rollback
@@ -269,6 +282,14 @@ impl<'h> Attempt<'h> {
             self.state = State::Over;
         }
         self.next = Some(io);
+    }
+}
+
+/// The claim of `handler`'s next due run by `worker`.
+fn claim_of<'h>(handler: HandlerRef<'h>, worker: &'h str) -> Claim<'h> {
+    Claim {
+        handler: handler.name,
+        worker,
     }
 }
 

@@ -231,7 +231,7 @@ fn failures_that_could_not_be_recorded_are_recorded_by_the_next_attempt() {
         }
         a.handle_output(Ok(Output::Postponed(None)));
     }
-    assert!(matches!(a.poll(), Io::Begin));
+    assert!(matches!(a.poll(), Io::Claim(_)));
 
     // If it cannot record them either, it owes them still and tries its own work anyway.
     let mut a = f
@@ -239,7 +239,7 @@ fn failures_that_could_not_be_recorded_are_recorded_by_the_next_attempt() {
         .owing(vec![(run.id, "e".into()), (other, "x".into())]);
     assert!(matches!(a.poll(), Io::RunAutocommit(Stmt::Postpone(_))));
     a.handle_output(Err(Error::Connect("down".to_owned())));
-    assert!(matches!(a.poll(), Io::Begin));
+    assert!(matches!(a.poll(), Io::Claim(_)));
     a.handle_output(Err(Error::Connect("down".to_owned())));
     let report = tests::done(&mut a);
     let owed: Vec<RunId> = report.unrecorded.iter().map(|(r, _)| *r).collect();

@@ -87,13 +87,11 @@ pub(super) fn ok(a: &mut Attempt<'_>) {
     a.handle_output(Ok(Output::Done));
 }
 
-/// Begins, claims `run`, and answers the announcement: the attempt's next question is
-/// whatever the run's state leads to.
+/// Claims `run` (in a new transaction) and answers the announcement: the attempt's next
+/// question is whatever the run's state leads to.
 pub(super) fn claim(a: &mut Attempt<'_>, run: &ClaimedRun) {
-    assert!(matches!(a.poll(), Io::Begin));
-    ok(a);
     match a.poll() {
-        Io::Run(Stmt::Claim(c)) => assert_eq!((c.handler, c.worker), ("h", "worker-1")),
+        Io::Claim(c) => assert_eq!((c.handler, c.worker), ("h", "worker-1")),
         other => panic!("{other:?}"),
     }
     a.handle_output(Ok(Output::Claimed(Claimed::Due(Box::new(run.clone())))));
@@ -107,9 +105,9 @@ pub(super) fn returned(result: StepResult<Next>, touched: bool) -> UserOutcome {
         result: Ok(result),
         emissions: Vec::new(),
         savepoint: if touched {
-            SavepointState::Taken
+            SavepointState::Touched
         } else {
-            SavepointState::NotTaken
+            SavepointState::Untouched
         },
         wake: Wake::Now,
         context: CooperationContext::new(),
@@ -461,14 +459,7 @@ fn a_run_that_must_give_up_before_its_step_starts_its_rollback() {
 fn infrastructure_errors_before_user_code_end_the_attempt() {
     let f = Fixture::new(&["a"]);
     let mut a = f.attempt();
-    assert!(matches!(a.poll(), Io::Begin));
-    a.handle_output(Err(Error::Connect("refused".to_owned())));
-    assert!(matches!(done(&mut a).outcome, Outcome::Failed(_)));
-
-    let mut a = f.attempt();
-    assert!(matches!(a.poll(), Io::Begin));
-    ok(&mut a);
-    assert!(matches!(a.poll(), Io::Run(Stmt::Claim(_))));
+    assert!(matches!(a.poll(), Io::Claim(_)));
     a.handle_output(Err(Error::Connect("reset".to_owned())));
     let report = done(&mut a);
     assert!(matches!(report.outcome, Outcome::Failed(Error::Connect(_))));
@@ -488,31 +479,19 @@ fn infrastructure_errors_after_user_code_are_not_the_users() {
     // as it was.
     let report = postponed(&mut a);
     assert_eq!(report.step_failures, 0);
-
-    let mut a = f.attempt();
-    claim(&mut a, &claimed(RunView::default()));
-    user_call(&mut a);
-    let mut outcome = returned(Ok(Next::Continue), false);
-    outcome.savepoint = SavepointState::Failed(Error::Connect("gone".to_owned()));
-    a.handle_user(outcome);
-    assert!(matches!(done(&mut a).outcome, Outcome::Failed(_)));
 }
 
 #[test]
 fn nothing_due_rolls_back_and_says_when_to_come_back() {
     let f = Fixture::new(&["a"]);
     let mut a = f.attempt();
-    assert!(matches!(a.poll(), Io::Begin));
-    ok(&mut a);
-    a.poll();
+    assert!(matches!(a.poll(), Io::Claim(_)));
     a.handle_output(Ok(Output::Claimed(Claimed::Nothing)));
     assert!(matches!(a.poll(), Io::Rollback));
     ok(&mut a);
     assert!(matches!(done(&mut a).outcome, Outcome::Empty(None)));
 
     let mut a = f.attempt();
-    a.poll();
-    ok(&mut a);
     a.poll();
     let later = Claimed::Later(Duration::from_millis(250));
     a.handle_output(Ok(Output::Claimed(later)));
@@ -570,4 +549,81 @@ fn polling_twice_without_an_answer_is_a_driver_bug() {
     let mut a = f.attempt();
     a.poll();
     a.poll();
+}
+
+#[test]
+fn a_chained_commit_claims_the_next_run_and_the_next_attempt_resumes_with_it() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt().chain_claims(true);
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    a.handle_user(returned(Ok(Next::Continue), true));
+    finish(&mut a);
+    a.handle_output(Ok(Output::Applied(Applied {
+        is_root: true,
+        release_pending: false,
+    })));
+    match a.poll() {
+        Io::CommitClaim(c) => assert_eq!((c.handler, c.worker), ("h", "worker-1")),
+        other => panic!("expected the commit with the next claim, got {other:?}"),
+    }
+    let next = claimed(RunView::default());
+    let next_claim = Claimed::Due(Box::new(next.clone()));
+    a.handle_output(Ok(Output::Claimed(next_claim.clone())));
+    let report = done(&mut a);
+    assert!(report.committed);
+    assert!(matches!(report.outcome, Outcome::Ran));
+    assert_eq!(report.next_claim, Some(next_claim.clone()));
+
+    // The next attempt starts from that claim: no claim of its own.
+    let mut b = f.attempt().resume(next_claim);
+    assert!(matches!(b.poll(), Io::Announce));
+    b.handle_announced();
+    assert_eq!(user_call(&mut b).info.run_id, next.id);
+
+    // Nothing due: the resumed attempt ends the transaction the commit opened.
+    let mut c = f.attempt().resume(Claimed::Nothing);
+    assert!(matches!(c.poll(), Io::Rollback));
+    ok(&mut c);
+    assert!(matches!(done(&mut c).outcome, Outcome::Empty(None)));
+}
+
+#[test]
+fn a_commit_followed_by_a_release_does_not_claim() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt().chain_claims(true);
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    a.handle_user(returned(Ok(Next::Continue), false));
+    finish(&mut a);
+    let report = commit(
+        &mut a,
+        Applied {
+            is_root: false,
+            release_pending: true,
+        },
+        Some("parent"),
+    );
+    assert!(report.next_claim.is_none());
+    assert_eq!(report.woken, ["parent"]);
+}
+
+#[test]
+fn a_failed_chained_commit_is_a_failed_commit() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt().chain_claims(true);
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    a.handle_user(returned(Ok(Next::Continue), false));
+    finish(&mut a);
+    a.handle_output(Ok(Output::Applied(Applied {
+        is_root: true,
+        release_pending: false,
+    })));
+    assert!(matches!(a.poll(), Io::CommitClaim(_)));
+    a.handle_output(Err(Error::Connect("reset".to_owned())));
+    let report = done(&mut a);
+    assert!(matches!(report.outcome, Outcome::Failed(_)));
+    assert!(!report.committed);
+    assert!(report.next_claim.is_none());
 }

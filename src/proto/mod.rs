@@ -13,6 +13,7 @@
 
 mod alive;
 mod chain;
+mod cols;
 mod emit;
 mod inspect;
 mod list;
@@ -34,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::failure::Failure;
 
 pub(crate) use alive::{Heartbeat, Retire, RuntimeRow, Runtimes, Topology, TopologyRow};
+pub(crate) use cols::{Cols, literal};
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register};
 pub(crate) use inspect::{
@@ -260,7 +262,14 @@ impl Sql {
 #[derive(Debug, Default)]
 pub(crate) struct StmtCache {
     stmts: Vec<Option<postgres::Statement>>,
+    /// The claim's name, once prepared on the session for the simple-query protocol.
+    claim: Option<String>,
 }
+
+/// Numbers the claims prepared by this process: every preparation gets a name of its own,
+/// since one prepared before [`StmtCache::clear`], or by an earlier user of a pooled
+/// connection, may still exist on the session.
+static CLAIMS_PREPARED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl StmtCache {
     /// The prepared statement for `id`, if there is one.
@@ -280,6 +289,26 @@ impl StmtCache {
     /// Forgets every statement (after an error that may have left them unusable).
     pub(crate) fn clear(&mut self) {
         self.stmts.clear();
+        self.claim = None;
+    }
+
+    /// The name of the session's prepared claim, and whether it is prepared yet (if not,
+    /// the caller prepares it under that name and then calls [`claim_prepared`]).
+    ///
+    /// [`claim_prepared`]: Self::claim_prepared
+    pub(crate) fn claim_name(&self) -> (String, bool) {
+        match &self.claim {
+            Some(name) => (name.clone(), true),
+            None => {
+                let n = CLAIMS_PREPARED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (format!("sc_claim_{n}"), false)
+            }
+        }
+    }
+
+    /// The claim is now prepared under `name`.
+    pub(crate) fn claim_prepared(&mut self, name: String) {
+        self.claim = Some(name);
     }
 }
 
@@ -376,30 +405,27 @@ impl Fault {
 }
 
 /// Decodes a run status.
-pub(super) fn status(row: &Row, column: &str) -> Result<RunStatus> {
-    let s: &str = row.try_get(column)?;
-    RunStatus::parse(s).ok_or_else(|| Error::UnexpectedData(format!("unknown run status {s:?}")))
+pub(super) fn status(row: &impl Cols, column: &str) -> Result<RunStatus> {
+    let s = row.str(column)?;
+    RunStatus::parse(&s).ok_or_else(|| Error::UnexpectedData(format!("unknown run status {s:?}")))
 }
 
 /// Counters are `int4` columns that are never negative.
-pub(super) fn u32_col(row: &Row, column: &str) -> Result<u32> {
-    let v: i32 = row.try_get(column)?;
-    Ok(u32::try_from(v).unwrap_or(0))
+pub(super) fn u32_col(row: &impl Cols, column: &str) -> Result<u32> {
+    Ok(u32::try_from(row.i32(column)?).unwrap_or(0))
 }
 
-pub(super) fn opt_u32_col(row: &Row, column: &str) -> Result<Option<u32>> {
-    let v: Option<i32> = row.try_get(column)?;
-    Ok(v.map(|v| u32::try_from(v).unwrap_or(0)))
+pub(super) fn opt_u32_col(row: &impl Cols, column: &str) -> Result<Option<u32>> {
+    Ok(row.opt_i32(column)?.map(|v| u32::try_from(v).unwrap_or(0)))
 }
 
 /// A duration in milliseconds, as the claim and sweep compute it.
-pub(super) fn millis_col(row: &Row, column: &str) -> Result<Duration> {
-    let ms: i64 = row.try_get(column)?;
-    Ok(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+pub(super) fn millis_col(row: &impl Cols, column: &str) -> Result<Duration> {
+    Ok(Duration::from_millis(u64::try_from(row.i64(column)?).unwrap_or(0)))
 }
 
 /// The columns the core needs, shared by every statement that hands a run to the core.
-pub(super) fn run_view(row: &Row) -> Result<RunView> {
+pub(super) fn run_view(row: &impl Cols) -> Result<RunView> {
     Ok(RunView {
         status: status(row, "status")?,
         step_index: u32_col(row, "step_index")?,
@@ -409,14 +435,14 @@ pub(super) fn run_view(row: &Row) -> Result<RunView> {
         cfh_iteration: opt_u32_col(row, "cfh_iteration")?,
         rollback_cursor: opt_u32_col(row, "rollback_cursor")?,
         waited_instance: opt_u32_col(row, "waited_instance")?,
-        rollback_seen: row.try_get("rollback_seen")?,
+        rollback_seen: row.bool("rollback_seen")?,
     })
 }
 
 /// A failure stored as JSON text.
-pub(super) fn failure_col(row: &Row, column: &str) -> Result<Option<Failure>> {
-    let text: Option<String> = row.try_get(column)?;
-    text.map(|t| serde_json::from_str(&t).map_err(Error::from))
+pub(super) fn failure_col(row: &impl Cols, column: &str) -> Result<Option<Failure>> {
+    row.opt_str(column)?
+        .map(|t| serde_json::from_str(&t).map_err(Error::from))
         .transpose()
 }
 

@@ -3,13 +3,13 @@
 
 use std::time::{Duration, SystemTime};
 
-use postgres::Row;
 use postgres::types::ToSql;
+use postgres::{Row, SimpleQueryMessage};
 use uuid::Uuid;
 
 use super::{
-    ContextWrite, GiveUpCheck, Statement, StmtId, failure_col, failure_json, millis_col, one,
-    run_view, u32_col,
+    Cols, ContextWrite, GiveUpCheck, Sql, Statement, StmtId, failure_col, failure_json, literal,
+    millis_col, one, run_view, u32_col,
 };
 use crate::core::decide::Transition;
 use crate::core::{RunView, Wake};
@@ -73,7 +73,9 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
        true AS due, 0::int8 AS wait_ms,
        m.payload::text AS payload, m.run_count, c.context, c.rollback_context,
        c.poison::text AS poison, c.retries, c.top_level, m.context AS launch_context,
-       m.chain, m.schedule, m.scheduled_for, s.source AS stop_source, s.reason AS stop_reason,
+       m.chain, m.schedule,
+       (extract(epoch FROM m.scheduled_for) * 1000000)::int8 AS scheduled_for_us,
+       s.source AS stop_source, s.reason AS stop_reason,
        -- Whether the run must give up (cancelled, a deadline passed). The guard keeps the
        -- common case (no deadlines, no cancellation in the tree) to one index probe.
        CASE WHEN c.happy_deadline IS NULL AND c.rollback_deadline IS NULL
@@ -148,39 +150,87 @@ impl Statement for Claim<'_> {
     }
 
     fn decode(&self, rows: Vec<Row>) -> Result<Claimed> {
-        let Some(row) = rows.into_iter().next() else {
-            return Ok(Claimed::Nothing);
-        };
-        if !row.try_get::<_, bool>("due")? {
-            return Ok(Claimed::Later(millis_col(&row, "wait_ms")?));
-        }
-        Ok(Claimed::Due(Box::new(ClaimedRun {
-            id: RunId::from_uuid(row.try_get("id")?),
-            root_id: RootId::from_uuid(row.try_get("root_id")?),
-            message_id: MessageId::from_uuid(row.try_get("message_id")?),
-            topic: row.try_get("topic")?,
-            view: run_view(&row)?,
-            payload: row.try_get("payload")?,
-            failure: row.try_get("failure")?,
-            give_up: failure_col(&row, "give_up")?,
-            run_count: u32_col(&row, "run_count")?,
-            context: row.try_get("context")?,
-            rollback_context: row.try_get("rollback_context")?,
-            poison: failure_col(&row, "poison")?,
-            retries: u32_col(&row, "retries")?,
-            top_level: row.try_get("top_level")?,
-            launch_context: row.try_get("launch_context")?,
-            occurrence: occurrence(&row)?,
-            chain_stop: chain_stop(&row)?,
-        })))
+        rows.first().map_or(Ok(Claimed::Nothing), decode_claimed)
     }
 }
 
+impl Claim<'_> {
+    /// Prepares the claim under `name` on the session (a prepared statement outlives the
+    /// transaction it is made in), so that the simple-query protocol can execute it without
+    /// planning it again: see [`Claim::simple_text`].
+    pub(crate) fn prepare_text(sql: &Sql, name: &str) -> String {
+        format!("PREPARE {name} (text, text) AS {}", sql.text(StmtId::Claim))
+    }
+
+    /// The claim as simple-query text: executes the statement prepared as `name` (preparing
+    /// it first unless `prepared`), then takes the step's savepoint, after `prefix`
+    /// (`BEGIN; `, or `COMMIT; BEGIN; `: one round trip ends a step and claims the next run).
+    pub(crate) fn simple_text(&self, sql: &Sql, name: &str, prepared: bool, prefix: &str) -> String {
+        let mut text = String::from(prefix);
+        if !prepared {
+            text.push_str(&Claim::prepare_text(sql, name));
+            text.push_str("; ");
+        }
+        text.push_str(&format!(
+            "EXECUTE {name}({}, {})",
+            literal(self.handler),
+            literal(self.worker)
+        ));
+        // The step's savepoint, right after the claim in the same round trip: the claim's row
+        // lock predates it and survives a rollback to it.
+        text.push_str("; ");
+        text.push_str(super::Savepoint::SQL);
+        text
+    }
+
+    /// Decodes what [`Claim::simple_text`] returned.
+    pub(crate) fn decode_simple(&self, messages: Vec<SimpleQueryMessage>) -> Result<Claimed> {
+        let row = messages.into_iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        });
+        row.as_ref().map_or(Ok(Claimed::Nothing), decode_claimed)
+    }
+}
+
+/// The claim's one row, in either format.
+fn decode_claimed(row: &impl Cols) -> Result<Claimed> {
+    if !row.bool("due")? {
+        return Ok(Claimed::Later(millis_col(row, "wait_ms")?));
+    }
+    Ok(Claimed::Due(Box::new(ClaimedRun {
+        id: RunId::from_uuid(row.uuid("id")?),
+        root_id: RootId::from_uuid(row.uuid("root_id")?),
+        message_id: MessageId::from_uuid(row.uuid("message_id")?),
+        topic: row.str("topic")?,
+        view: run_view(row)?,
+        payload: row.str("payload")?,
+        failure: row.opt_str("failure")?,
+        give_up: failure_col(row, "give_up")?,
+        run_count: u32_col(row, "run_count")?,
+        context: row.opt_str("context")?,
+        rollback_context: row.opt_str("rollback_context")?,
+        poison: failure_col(row, "poison")?,
+        retries: u32_col(row, "retries")?,
+        top_level: row.bool("top_level")?,
+        launch_context: row.opt_str("launch_context")?,
+        occurrence: occurrence(row)?,
+        chain_stop: chain_stop(row)?,
+    })))
+}
+
 /// The chain, schedule and time of a claimed occurrence, if it is one.
-fn occurrence(row: &Row) -> Result<Option<Occurrence>> {
-    let chain: Option<String> = row.try_get("chain")?;
-    let schedule: Option<String> = row.try_get("schedule")?;
-    let at: Option<SystemTime> = row.try_get("scheduled_for")?;
+fn occurrence(row: &impl Cols) -> Result<Option<Occurrence>> {
+    let chain = row.opt_str("chain")?;
+    let schedule = row.opt_str("schedule")?;
+    let at = row.opt_i64("scheduled_for_us")?.map(|us| {
+        let since = Duration::from_micros(us.unsigned_abs());
+        if us >= 0 {
+            SystemTime::UNIX_EPOCH + since
+        } else {
+            SystemTime::UNIX_EPOCH - since
+        }
+    });
     Ok(match (chain, schedule, at) {
         (Some(chain), Some(schedule), Some(at)) => Some(Occurrence {
             chain,
@@ -192,9 +242,9 @@ fn occurrence(row: &Row) -> Result<Option<Occurrence>> {
 }
 
 /// Why a claimed occurrence gives up: its chain was stopped.
-fn chain_stop(row: &Row) -> Result<Option<Failure>> {
-    let source: Option<String> = row.try_get("stop_source")?;
-    let reason: Option<String> = row.try_get("stop_reason")?;
+fn chain_stop(row: &impl Cols) -> Result<Option<Failure>> {
+    let source = row.opt_str("stop_source")?;
+    let reason = row.opt_str("stop_reason")?;
     Ok(source.zip(reason).map(|(source, reason)| {
         Failure::new("structured_cooperation::ChainStopped", reason, source)
     }))

@@ -6,7 +6,7 @@
 use postgres::{GenericClient, Row};
 
 use crate::error::Result;
-use crate::proto::{Sql, Statement, StmtCache};
+use crate::proto::{Claim, Claimed, Sql, Statement, StmtCache};
 
 /// Executes `s` and returns its rows, with the driver's own error (step code's helpers that
 /// promise a `postgres::Error` need it unconverted).
@@ -51,4 +51,21 @@ pub(crate) fn run<S: Statement>(
 ) -> Result<S::Output> {
     let rows = query(client, sql, cache, s)?;
     s.decode(rows)
+}
+
+/// Claims through the simple-query protocol, after `prefix` (see [`Claim::simple_text`]), in
+/// one round trip; prepares the claim on the session the first time.
+pub(crate) fn claim(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    cache: &mut StmtCache,
+    c: &Claim<'_>,
+    prefix: &str,
+) -> Result<Claimed> {
+    let (name, prepared) = cache.claim_name();
+    let messages = client.simple_query(&c.simple_text(sql, &name, prepared, prefix))?;
+    if !prepared {
+        cache.claim_prepared(name);
+    }
+    c.decode_simple(messages)
 }

@@ -15,6 +15,7 @@ use super::common::{self, Event, SweepEnd, bump, sweep_entries};
 use super::{Shared, exec};
 use crate::core::Next;
 use crate::core::attempt::{Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, UserCall};
+use crate::proto::{Claim, Claimed};
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::proto::{
@@ -75,50 +76,137 @@ type ClaimEnd<'a> = common::ClaimEnd<'a, Sender<Event>>;
 /// Runs attempts at handler `h` until none is due or the batch is used up.
 fn drain(
     shared: &Shared,
-    conn: &mut Option<WorkerConn>,
+    slot: &mut Option<WorkerConn>,
     h: usize,
     generation: u64,
     end: &mut ClaimEnd<'_>,
 ) -> ClaimResult {
+    let name = &shared.registry.handlers[h].name;
+    let drained = match connection(shared, slot) {
+        Ok(conn) => drain_on(shared, conn, h, generation, end),
+        Err(e) => Err(e),
+    };
+    drained.unwrap_or_else(|e| {
+        infra_error(shared, slot, &e, name);
+        ClaimResult::Failed
+    })
+}
+
+/// [`drain`] over one session on the worker's connection.
+fn drain_on<'e>(
+    shared: &'e Shared,
+    conn: &'e mut WorkerConn,
+    h: usize,
+    generation: u64,
+    end: &mut ClaimEnd<'_>,
+) -> Result<ClaimResult> {
+    let WorkerConn {
+        client,
+        cache,
+        user,
+    } = conn;
+    let mut session = Session::begin(client)?;
     let started = Instant::now();
     let mut ran = 0;
-    loop {
-        match attempt(shared, conn, h, end) {
+    let mut carried = None;
+    let result = loop {
+        // A commit claims the next run only while the batch has room for it; a claim carried
+        // over is always run.
+        let chain = ran + 1 < BATCH_STEPS
+            && started.elapsed() < BATCH_TIME
+            && !shared.registry.is_stopping();
+        let (outcome, next) = attempt(shared, &mut session, cache, user, h, end, carried, chain);
+        carried = next;
+        match outcome {
             Outcome::Ran => {
                 ran += 1;
-                if ran >= BATCH_STEPS
-                    || started.elapsed() >= BATCH_TIME
-                    || shared.registry.is_stopping()
+                if carried.is_none()
+                    && (ran >= BATCH_STEPS
+                        || started.elapsed() >= BATCH_TIME
+                        || shared.registry.is_stopping())
                 {
-                    return ClaimResult::Ran;
+                    break Ok(ClaimResult::Ran);
                 }
             }
             Outcome::Empty(next_wake) => {
-                return ClaimResult::Empty {
+                break Ok(ClaimResult::Empty {
                     generation,
                     next_wake,
-                };
+                });
             }
-            Outcome::Failed(e) => {
-                infra_error(shared, conn, &e, &shared.registry.handlers[h].name);
-                return ClaimResult::Failed;
+            Outcome::Failed(e) => break Err(e),
+        }
+    };
+    session.close();
+    result
+}
+
+/// The worker's handle on its connection for one drain. The driver's `Transaction` object
+/// is made once (`BEGIN`) and then kept, while the transactions on the server come and go
+/// with the statements sent through it (`COMMIT; BEGIN; <claim>` ends one step and starts
+/// the next in one round trip); user code always gets this object. `open` tracks the
+/// server's side: whether a transaction may be open there.
+struct Session<'c> {
+    tx: Option<Transaction<'c>>,
+    open: bool,
+}
+
+impl<'c> Session<'c> {
+    fn begin(client: &'c mut postgres::Client) -> Result<Session<'c>> {
+        Ok(Session {
+            tx: Some(client.transaction()?),
+            open: true,
+        })
+    }
+
+    fn tx(&mut self) -> &mut Transaction<'c> {
+        self.tx.as_mut().expect("the session's transaction is back after user code")
+    }
+
+    /// Ends the server's transaction with `COMMIT` or `ROLLBACK`. Afterwards none is open,
+    /// whatever the answer (a failed commit ends the transaction too).
+    fn end(&mut self, statement: &str) -> Result<Output> {
+        self.open = false;
+        self.tx().batch_execute(statement)?;
+        Ok(Output::Done)
+    }
+
+    /// Claims in a new transaction (or, after a commit, in the next one).
+    fn claim(&mut self, sql: &Sql, cache: &mut StmtCache, c: &Claim<'_>, prefix: &str) -> Result<Output> {
+        self.open = true;
+        exec::claim(self.tx(), sql, cache, c, prefix).map(Output::Claimed)
+    }
+
+    /// Done with the connection for now: rolls back what may be open; if nothing is, the
+    /// driver's object is forgotten rather than dropped, since dropping it would send a
+    /// `ROLLBACK` with no transaction to end (a round trip and a server warning). It owns no
+    /// resources: it only borrows the connection.
+    fn close(mut self) {
+        if let Some(tx) = self.tx.take() {
+            if self.open {
+                let _ = tx.rollback();
+            } else {
+                std::mem::forget(tx);
             }
         }
     }
 }
 
-/// One attempt at a due run of handler `h`, and what its report asks of the runtime.
-fn attempt(
-    shared: &Shared,
-    slot: &mut Option<WorkerConn>,
+/// One attempt at a due run of handler `h` (or at the run `carried` over from the previous
+/// attempt's commit), what its report asks of the runtime, and the next claim if its commit
+/// made one.
+#[allow(clippy::too_many_arguments)]
+fn attempt<'e: 'c, 'c>(
+    shared: &'e Shared,
+    session: &mut Session<'c>,
+    cache: &mut StmtCache,
+    user: &mut UserStatements,
     h: usize,
     end: &mut ClaimEnd<'_>,
-) -> Outcome {
+    carried: Option<Claimed>,
+    chain: bool,
+) -> (Outcome, Option<Claimed>) {
     let entry = &shared.registry.handlers[h];
-    let conn = match connection(shared, slot) {
-        Ok(conn) => conn,
-        Err(e) => return Outcome::Failed(e),
-    };
     let quiet = shared.registry.quiet_handlers();
     let handler = HandlerRef {
         name: &entry.name,
@@ -127,9 +215,13 @@ fn attempt(
     };
     let registry = &shared.registry;
     let now = std::time::SystemTime::now();
-    let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now)
+    let attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now)
         .strict_topics(registry.strict_topics)
-        .owing(entry.take_owed());
+        .chain_claims(chain);
+    let mut attempt = match carried {
+        Some(claimed) => attempt.resume(claimed),
+        None => attempt.owing(entry.take_owed()),
+    };
     let mut announce = || {
         if !end.claimed {
             // Lets the dispatcher put another worker on this handler while this one is busy.
@@ -137,7 +229,17 @@ fn attempt(
             let _ = shared.events.send(Event::Claimed(h));
         }
     };
-    let report = drive(&mut attempt, conn, shared, &entry.saga, &mut announce);
+    let mut driver = Driver {
+        sql: shared.client.sql(),
+        session,
+        cache,
+        user,
+        saga: &entry.saga,
+        max_json_bytes: shared.client.max_json_bytes(),
+        stopping: &shared.registry.stopping,
+    };
+    let mut report = driver.drive(&mut attempt, &mut announce);
+    let next = report.next_claim.take();
     let settled = shared.registry.settle(h, report, &quiet);
     for h in settled.hints {
         let _ = shared.events.send(Event::Hint(h));
@@ -146,75 +248,43 @@ fn attempt(
         shared.signals.root_finished();
     }
     if settled.release_failed {
-        conn.cache.clear();
+        driver.cache.clear();
         let _ = shared.events.send(Event::SweepRequested);
     }
-    settled.outcome
+    (settled.outcome, next)
 }
 
-/// Performs what the attempt asks until it is done.
-fn drive(
-    attempt: &mut Attempt<'_>,
-    conn: &mut WorkerConn,
-    shared: &Shared,
-    saga: &Saga,
-    announce: &mut dyn FnMut(),
-) -> Report {
-    let sql = shared.client.sql();
-    loop {
-        match attempt.poll() {
-            Io::Begin => match conn.client.transaction() {
-                Ok(tx) => {
-                    attempt.handle_output(Ok(Output::Done));
-                    let mut open = Open {
-                        sql,
-                        cache: &mut conn.cache,
-                        user: &mut conn.user,
-                        saga,
-                        max_json_bytes: shared.client.max_json_bytes(),
-                        stopping: &shared.registry.stopping,
-                    };
-                    if let Some(report) = open.serve(attempt, tx, announce) {
-                        return report;
-                    }
-                }
-                Err(e) => attempt.handle_output(Err(e.into())),
-            },
-            Io::RunAutocommit(s) => {
-                attempt.handle_output(exec::run(&mut *conn.client, sql, Some(&mut conn.cache), &s))
-            }
-            Io::Done(report) => return report,
-            other => panic!("attempt asked for {other:?} outside its transaction"),
-        }
-    }
-}
-
-/// What serving an open transaction needs.
-struct Open<'a> {
-    sql: &'a Sql,
-    cache: &'a mut StmtCache,
-    user: &'a mut UserStatements,
-    saga: &'a Saga,
+/// What performing an attempt's I/O needs: the runtime's shared parts (`'e`, which outlive
+/// the connection's session `'c`, since step contexts hold both) and the worker's own (`'w`).
+struct Driver<'e, 'w, 'c> {
+    sql: &'e Sql,
+    session: &'w mut Session<'c>,
+    cache: &'w mut StmtCache,
+    user: &'w mut UserStatements,
+    saga: &'e Saga,
     max_json_bytes: usize,
-    stopping: &'a std::sync::atomic::AtomicBool,
+    stopping: &'e std::sync::atomic::AtomicBool,
 }
 
-impl<'a> Open<'a> {
-    /// Serves the attempt while its transaction is open: until it commits or rolls back
-    /// (`None`), or ends (`Some`, the transaction is dropped, i.e. rolled back).
-    fn serve<'t>(
-        &mut self,
-        attempt: &mut Attempt<'_>,
-        mut tx: Transaction<'t>,
-        announce: &mut dyn FnMut(),
-    ) -> Option<Report>
-    where
-        'a: 't,
-    {
+impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
+    /// Performs what the attempt asks until it is done.
+    fn drive(&mut self, attempt: &mut Attempt<'_>, announce: &mut dyn FnMut()) -> Report {
+        let sql = self.sql;
         loop {
             match attempt.poll() {
-                Io::Run(s) => {
-                    attempt.handle_output(exec::run(&mut tx, self.sql, Some(self.cache), &s))
+                Io::Claim(c) => {
+                    // The session's first claim finds the transaction `Session::begin` opened.
+                    let prefix = if self.session.open { "" } else { "BEGIN; " };
+                    attempt.handle_output(self.session.claim(sql, self.cache, &c, prefix));
+                }
+                Io::CommitClaim(c) => {
+                    let out = self.session.claim(sql, self.cache, &c, "COMMIT; BEGIN; ");
+                    attempt.handle_output(out);
+                }
+                Io::Run(s) | Io::RunAutocommit(s) => {
+                    // Autocommit statements come only when no transaction is open.
+                    let out = exec::run(self.session.tx(), sql, Some(self.cache), &s);
+                    attempt.handle_output(out);
                 }
                 Io::Announce => {
                     announce();
@@ -222,42 +292,34 @@ impl<'a> Open<'a> {
                 }
                 Io::CallUser(call) => {
                     let log = StepLog::start(&call);
-                    let (back, outcome) = self.call(tx, call);
+                    let outcome = self.call(call);
                     if let Some(log) = log {
                         log.end(&outcome);
                     }
-                    tx = back;
                     attempt.handle_user(outcome);
                 }
                 Io::RollbackToSavepoint => {
-                    let rolled_back = exec::run(&mut tx, self.sql, None, &RollbackToSavepoint);
+                    let rolled_back =
+                        exec::run(self.session.tx(), sql, None, &RollbackToSavepoint);
                     attempt.handle_output(rolled_back.map(|()| Output::Done));
                 }
-                Io::Commit => {
-                    attempt.handle_output(tx.commit().map(|()| Output::Done).map_err(Error::from));
-                    return None;
+                Io::Commit => attempt.handle_output(self.session.end("COMMIT")),
+                Io::Rollback => attempt.handle_output(self.session.end("ROLLBACK")),
+                Io::Done(report) => {
+                    // After an error a transaction may be open: it is rolled back, as
+                    // dropping it would. A commit that claimed the next run keeps its own.
+                    if self.session.open && report.next_claim.is_none() {
+                        let _ = self.session.end("ROLLBACK");
+                    }
+                    return report;
                 }
-                Io::Rollback => {
-                    attempt
-                        .handle_output(tx.rollback().map(|()| Output::Done).map_err(Error::from));
-                    return None;
-                }
-                Io::Done(report) => return Some(report),
-                other => panic!("attempt asked for {other:?} inside its transaction"),
             }
         }
     }
 
-    /// Calls user code with a step context over `tx`, catching panics. The context borrows
-    /// the connection's statement caches for the call.
-    fn call<'t>(
-        &mut self,
-        tx: Transaction<'t>,
-        call: UserCall,
-    ) -> (Transaction<'t>, crate::core::attempt::UserOutcome)
-    where
-        'a: 't,
-    {
+    /// Calls user code with a step context over the session's transaction, catching panics.
+    /// The context borrows the connection's statement caches for the call.
+    fn call(&mut self, call: UserCall) -> crate::core::attempt::UserOutcome {
         let UserCall {
             kind,
             info,
@@ -271,6 +333,7 @@ impl<'a> Open<'a> {
             max_json_bytes: self.max_json_bytes,
             stopping: self.stopping,
         };
+        let tx = self.session.tx.take().expect("the session has its transaction");
         let mut ctx = StepContext::new(tx, info, engine, context);
         let result = panic::catch_unwind(AssertUnwindSafe(|| match &kind {
             CallKind::Step => saga.run_step(index, &mut ctx, &payload),
@@ -282,9 +345,10 @@ impl<'a> Open<'a> {
                 .map(|()| Next::Continue),
         }));
         let (tx, engine, outcome) = ctx.finish(result);
+        self.session.tx = Some(tx);
         *self.cache = engine.cache;
         *self.user = engine.statements;
-        (tx, outcome)
+        outcome
     }
 }
 

@@ -230,7 +230,7 @@ impl<'c, X: Flavor> StepContext<'c, X> {
     ) -> StepContext<'c, X> {
         StepContext {
             tx,
-            savepoint: SavepointState::NotTaken,
+            savepoint: SavepointState::Untouched,
             info,
             emissions: Vec::new(),
             engine,
@@ -445,6 +445,12 @@ impl<'c, X: Flavor> StepContext<'c, X> {
     /// Gives back the transaction, and what the code left for the attempt: its `result`,
     /// the buffered emissions, whether (and how) the savepoint was taken, when the next step
     /// may run, and the context as the code left it.
+    /// User code is about to use the transaction: what it writes must be rolled back (to the
+    /// savepoint taken with the claim) if it fails.
+    fn touch(&mut self) {
+        self.savepoint = SavepointState::Touched;
+    }
+
     pub(crate) fn finish(
         self,
         result: std::thread::Result<StepResult<Next>>,

@@ -4,7 +4,7 @@
 use tokio_postgres::{GenericClient, Row};
 
 use crate::error::Result;
-use crate::proto::{Sql, Statement, StmtCache};
+use crate::proto::{Claim, Claimed, Sql, Statement, StmtCache};
 
 /// Executes `s` and returns its rows, with the driver's own error.
 ///
@@ -56,4 +56,25 @@ where
 {
     let rows = query(client, sql, cache, s).await?;
     s.decode(rows)
+}
+
+/// Claims through the simple-query protocol, after `prefix`, in one round trip (as
+/// `runtime::exec::claim` does).
+pub(crate) async fn claim<C>(
+    client: &C,
+    sql: &Sql,
+    cache: &mut StmtCache,
+    c: &Claim<'_>,
+    prefix: &str,
+) -> Result<Claimed>
+where
+    C: GenericClient + Sync,
+{
+    let (name, prepared) = cache.claim_name();
+    let text = c.simple_text(sql, &name, prepared, prefix);
+    let messages = client.simple_query(&text).await?;
+    if !prepared {
+        cache.claim_prepared(name);
+    }
+    c.decode_simple(messages)
 }

@@ -23,7 +23,8 @@ use crate::core::attempt::{
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::proto::{
-    Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
+    Claim, Claimed, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased,
+    WorkerSession,
 };
 use crate::runtime::common::{self, Event, SweepEnd, bump, sweep_entries};
 use crate::saga::{Engine, SagaOf, StepContext, Tokio, UserStatements};
@@ -164,51 +165,166 @@ async fn drain(shared: &Shared, h: usize, generation: u64, end: &mut ClaimEnd<'_
             return ClaimResult::Failed;
         }
     };
+    let drained = match lease.conn.as_mut() {
+        Some(conn) => drain_on(shared, conn, h, generation, end).await,
+        None => Err(Ended::Failed(Error::ShutdownFailed(
+            "no worker connection".into(),
+        ))),
+    };
+    match drained {
+        Ok(result) => result,
+        Err(ended) => {
+            let e = match ended {
+                // The step timed out: its query was cancelled and the connection is
+                // discarded.
+                Ended::TimedOut(e) => {
+                    lease.discard();
+                    e
+                }
+                Ended::Failed(e) => {
+                    match &mut lease.conn {
+                        Some(conn) if !conn.client.is_closed() => {
+                            conn.cache.clear();
+                            conn.user = UserStatements::default();
+                        }
+                        _ => lease.discard(),
+                    }
+                    e
+                }
+            };
+            shared.registry.infra_error(&e, name);
+            ClaimResult::Failed
+        }
+    }
+}
+
+/// Why a drain ended early.
+enum Ended {
+    /// An infrastructure error.
+    Failed(Error),
+    /// A step timed out; its connection must not be reused.
+    TimedOut(Error),
+}
+
+/// [`drain`] over one session on a leased connection.
+async fn drain_on<'e>(
+    shared: &'e Shared,
+    conn: &'e mut WorkerConn,
+    h: usize,
+    generation: u64,
+    end: &mut ClaimEnd<'_>,
+) -> std::result::Result<ClaimResult, Ended> {
+    let WorkerConn {
+        client,
+        cache,
+        user,
+    } = conn;
+    let pg: &mut tokio_postgres::Client = client;
+    let tx = pg.transaction().await.map_err(|e| Ended::Failed(e.into()))?;
+    let mut session = Session {
+        tx: Some(tx),
+        open: true,
+    };
     let started = Instant::now();
     let mut ran = 0;
-    loop {
-        match attempt(shared, &mut lease, h, end).await {
+    let mut carried = None;
+    let result = loop {
+        let chain = ran + 1 < BATCH_STEPS
+            && started.elapsed() < BATCH_TIME
+            && !shared.registry.is_stopping();
+        let attempted = attempt(shared, &mut session, cache, user, h, end, carried, chain).await;
+        let (outcome, next) = match attempted {
+            Ok(attempted) => attempted,
+            Err(e) => break Err(Ended::TimedOut(e)),
+        };
+        carried = next;
+        match outcome {
             Outcome::Ran => {
                 ran += 1;
-                if ran >= BATCH_STEPS
-                    || started.elapsed() >= BATCH_TIME
-                    || shared.registry.is_stopping()
+                if carried.is_none()
+                    && (ran >= BATCH_STEPS
+                        || started.elapsed() >= BATCH_TIME
+                        || shared.registry.is_stopping())
                 {
-                    return ClaimResult::Ran;
+                    break Ok(ClaimResult::Ran);
                 }
             }
             Outcome::Empty(next_wake) => {
-                return ClaimResult::Empty {
+                break Ok(ClaimResult::Empty {
                     generation,
                     next_wake,
-                };
+                });
             }
-            Outcome::Failed(e) => {
-                shared.registry.infra_error(&e, name);
-                match &mut lease.conn {
-                    Some(conn) if !conn.client.is_closed() => {
-                        conn.cache.clear();
-                        conn.user = UserStatements::default();
-                    }
-                    _ => lease.discard(),
-                }
-                return ClaimResult::Failed;
+            Outcome::Failed(e) => break Err(Ended::Failed(e)),
+        }
+    };
+    session.close().await;
+    result
+}
+
+/// A task's handle on its leased connection for one drain, as the blocking worker's
+/// `Session`: the driver's `Transaction` object is made once and kept, while transactions
+/// on the server come and go with the statements sent through it.
+struct Session<'c> {
+    tx: Option<Transaction<'c>>,
+    /// Whether a transaction may be open on the server.
+    open: bool,
+}
+
+impl<'c> Session<'c> {
+    fn tx(&self) -> &Transaction<'c> {
+        self.tx.as_ref().expect("the session's transaction is back after user code")
+    }
+
+    /// Ends the server's transaction (`COMMIT` or `ROLLBACK`).
+    async fn end(&mut self, statement: &str) -> Result<Output> {
+        self.open = false;
+        self.tx().batch_execute(statement).await?;
+        Ok(Output::Done)
+    }
+
+    async fn claim(
+        &mut self,
+        sql: &Sql,
+        cache: &mut StmtCache,
+        c: &Claim<'_>,
+        prefix: &str,
+    ) -> Result<Output> {
+        self.open = true;
+        exec::claim(self.tx(), sql, cache, c, prefix)
+            .await
+            .map(Output::Claimed)
+    }
+
+    /// Rolls back what may be open; if nothing is, the driver's object (which only borrows
+    /// the connection) is forgotten rather than dropped, which would send a `ROLLBACK` with
+    /// no transaction to end.
+    async fn close(mut self) {
+        if let Some(tx) = self.tx.take() {
+            if self.open {
+                let _ = tx.rollback().await;
+            } else {
+                std::mem::forget(tx);
             }
         }
     }
 }
 
-/// One attempt at a due run of handler `h`, and what its report asks of the runtime.
-async fn attempt(
-    shared: &Shared,
-    lease: &mut Lease<'_>,
+/// One attempt at a due run of handler `h` (or at the run `carried` over from the previous
+/// attempt's commit), what its report asks of the runtime, and the next claim if its commit
+/// made one. `Err` when a step timed out: the attempt is abandoned (as in a crash).
+#[allow(clippy::too_many_arguments)]
+async fn attempt<'e: 'c, 'c>(
+    shared: &'e Shared,
+    session: &mut Session<'c>,
+    cache: &mut StmtCache,
+    user: &mut UserStatements,
     h: usize,
     end: &mut ClaimEnd<'_>,
-) -> Outcome {
+    carried: Option<Claimed>,
+    chain: bool,
+) -> Result<(Outcome, Option<Claimed>)> {
     let entry = &shared.registry.handlers[h];
-    let Some(conn) = lease.conn.as_mut() else {
-        return Outcome::Failed(Error::ShutdownFailed("no worker connection".into()));
-    };
     let quiet = shared.registry.quiet_handlers();
     let handler = HandlerRef {
         name: &entry.name,
@@ -217,18 +333,26 @@ async fn attempt(
     };
     let registry = &shared.registry;
     let now = std::time::SystemTime::now();
-    let mut attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now)
+    let attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now)
         .strict_topics(registry.strict_topics)
-        .owing(entry.take_owed());
-    let driven = drive(&mut attempt, conn, shared, &entry.saga, end).await;
-    let report = match driven {
-        Ok(report) => report,
-        Err(e) => {
-            // The step timed out: its query was cancelled and the connection is discarded.
-            lease.discard();
-            return Outcome::Failed(e);
-        }
+        .chain_claims(chain);
+    let mut attempt = match carried {
+        Some(claimed) => attempt.resume(claimed),
+        None => attempt.owing(entry.take_owed()),
     };
+    let mut driver = Driver {
+        sql: shared.client.sql(),
+        session,
+        cache,
+        user,
+        saga: &entry.saga,
+        max_json_bytes: shared.client.max_json_bytes(),
+        stopping: &shared.registry.stopping,
+        step_timeout: shared.step_timeout,
+        endpoint: &shared.endpoint,
+    };
+    let mut report = driver.drive(&mut attempt, shared, end).await?;
+    let next = report.next_claim.take();
     let settled = shared.registry.settle(h, report, &quiet);
     for h in settled.hints {
         let _ = shared.events.send(Event::Hint(h));
@@ -237,82 +361,51 @@ async fn attempt(
         shared.root_finished();
     }
     if settled.release_failed {
-        conn.cache.clear();
+        driver.cache.clear();
         let _ = shared.events.send(Event::SweepRequested);
     }
-    settled.outcome
+    Ok((settled.outcome, next))
 }
 
-/// Performs what the attempt asks until it is done. `Err` when a step timed out: the
-/// attempt is abandoned (as in a crash) and its connection must not be reused.
-async fn drive(
-    attempt: &mut Attempt<'_>,
-    conn: &mut WorkerConn,
-    shared: &Shared,
-    saga: &SagaOf<Tokio>,
-    end: &mut ClaimEnd<'_>,
-) -> Result<Report> {
-    let sql = shared.client.sql();
-    loop {
-        match attempt.poll() {
-            Io::Begin => match (**conn.client).transaction().await {
-                Ok(tx) => {
-                    attempt.handle_output(Ok(Output::Done));
-                    let mut open = Open {
-                        sql,
-                        cache: &mut conn.cache,
-                        user: &mut conn.user,
-                        saga,
-                        max_json_bytes: shared.client.max_json_bytes(),
-                        stopping: &shared.registry.stopping,
-                        step_timeout: shared.step_timeout,
-                        endpoint: &shared.endpoint,
-                    };
-                    if let Some(report) = open.serve(attempt, tx, shared, end).await? {
-                        return Ok(report);
-                    }
-                }
-                Err(e) => attempt.handle_output(Err(e.into())),
-            },
-            Io::RunAutocommit(s) => {
-                let out = exec::run(&**conn.client, sql, Some(&mut conn.cache), &s).await;
-                attempt.handle_output(out);
-            }
-            Io::Done(report) => return Ok(report),
-            other => panic!("attempt asked for {other:?} outside its transaction"),
-        }
-    }
-}
-
-/// What serving an open transaction needs.
-struct Open<'a> {
-    sql: &'a Sql,
-    cache: &'a mut StmtCache,
-    user: &'a mut UserStatements,
-    saga: &'a SagaOf<Tokio>,
+/// What performing an attempt's I/O needs: the runtime's shared parts (`'e`, outliving the
+/// session `'c`) and the task's own (`'w`).
+struct Driver<'e, 'w, 'c> {
+    sql: &'e Sql,
+    session: &'w mut Session<'c>,
+    cache: &'w mut StmtCache,
+    user: &'w mut UserStatements,
+    saga: &'e SagaOf<Tokio>,
     max_json_bytes: usize,
-    stopping: &'a std::sync::atomic::AtomicBool,
+    stopping: &'e std::sync::atomic::AtomicBool,
     step_timeout: Option<Duration>,
-    endpoint: &'a super::client::Endpoint,
+    endpoint: &'e super::client::Endpoint,
 }
 
-impl<'a> Open<'a> {
-    /// Serves the attempt while its transaction is open: until it commits or rolls back
-    /// (`None`), or ends (`Some`; dropping the transaction rolls it back).
-    async fn serve<'t>(
+impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
+    /// Performs what the attempt asks until it is done. `Err` when a step timed out.
+    async fn drive(
         &mut self,
         attempt: &mut Attempt<'_>,
-        mut tx: Transaction<'t>,
         shared: &Shared,
         end: &mut ClaimEnd<'_>,
-    ) -> Result<Option<Report>>
-    where
-        'a: 't,
-    {
+    ) -> Result<Report> {
+        let sql = self.sql;
         loop {
             match attempt.poll() {
-                Io::Run(s) => {
-                    let out = exec::run(&tx, self.sql, Some(self.cache), &s).await;
+                Io::Claim(c) => {
+                    let prefix = if self.session.open { "" } else { "BEGIN; " };
+                    let out = self.session.claim(sql, self.cache, &c, prefix).await;
+                    attempt.handle_output(out);
+                }
+                Io::CommitClaim(c) => {
+                    let out = self
+                        .session
+                        .claim(sql, self.cache, &c, "COMMIT; BEGIN; ")
+                        .await;
+                    attempt.handle_output(out);
+                }
+                Io::Run(s) | Io::RunAutocommit(s) => {
+                    let out = exec::run(self.session.tx(), sql, Some(self.cache), &s).await;
                     attempt.handle_output(out);
                 }
                 Io::Announce => {
@@ -325,43 +418,33 @@ impl<'a> Open<'a> {
                 }
                 Io::CallUser(call) => {
                     let log = StepLog::start(&call);
-                    let (back, outcome) = self.call(tx, call).await?;
+                    let outcome = self.call(call).await?;
                     if let Some(log) = log {
                         log.end(&outcome);
                     }
-                    tx = back;
                     attempt.handle_user(outcome);
                 }
                 Io::RollbackToSavepoint => {
-                    let rolled_back = exec::run(&tx, self.sql, None, &RollbackToSavepoint).await;
+                    let tx = self.session.tx();
+                    let rolled_back = exec::run(tx, sql, None, &RollbackToSavepoint).await;
                     attempt.handle_output(rolled_back.map(|()| Output::Done));
                 }
-                Io::Commit => {
-                    let committed = tx.commit().await.map(|()| Output::Done);
-                    attempt.handle_output(committed.map_err(Error::from));
-                    return Ok(None);
+                Io::Commit => attempt.handle_output(self.session.end("COMMIT").await),
+                Io::Rollback => attempt.handle_output(self.session.end("ROLLBACK").await),
+                Io::Done(report) => {
+                    if self.session.open && report.next_claim.is_none() {
+                        let _ = self.session.end("ROLLBACK").await;
+                    }
+                    return Ok(report);
                 }
-                Io::Rollback => {
-                    let rolled_back = tx.rollback().await.map(|()| Output::Done);
-                    attempt.handle_output(rolled_back.map_err(Error::from));
-                    return Ok(None);
-                }
-                Io::Done(report) => return Ok(Some(report)),
-                other => panic!("attempt asked for {other:?} inside its transaction"),
             }
         }
     }
 
-    /// Calls user code with a step context over `tx`, catching panics, within the step
-    /// timeout. On timeout the query in flight is cancelled on the server and `Err` says so.
-    async fn call<'t>(
-        &mut self,
-        tx: Transaction<'t>,
-        call: UserCall,
-    ) -> Result<(Transaction<'t>, UserOutcome)>
-    where
-        'a: 't,
-    {
+    /// Calls user code with a step context over the session's transaction, catching panics,
+    /// within the step timeout. On timeout the query in flight is cancelled on the server and
+    /// `Err` says so (the transaction is dropped with the context).
+    async fn call(&mut self, call: UserCall) -> Result<UserOutcome> {
         let UserCall {
             kind,
             info,
@@ -369,6 +452,7 @@ impl<'a> Open<'a> {
         } = call;
         let (saga, index, payload) = (self.saga, info.step_index, info.payload.clone());
         let (handler, step) = (info.handler.clone(), info.step_name.clone());
+        let tx = self.session.tx.take().expect("the session has its transaction");
         let token = tx.cancel_token();
         let engine = Engine {
             sql: self.sql,
@@ -398,6 +482,7 @@ impl<'a> Open<'a> {
                 Ok(result) => result,
                 Err(_) => {
                     drop(ctx);
+                    self.session.open = false;
                     self.endpoint.cancel(&token).await;
                     return Err(Error::StepTimeout {
                         handler: handler.to_string(),
@@ -408,9 +493,10 @@ impl<'a> Open<'a> {
             },
         };
         let (tx, engine, outcome) = ctx.finish(result);
+        self.session.tx = Some(tx);
         *self.cache = engine.cache;
         *self.user = engine.statements;
-        Ok((tx, outcome))
+        Ok(outcome)
     }
 }
 

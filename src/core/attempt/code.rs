@@ -58,11 +58,7 @@ impl Run {
             Await::User(code) => code,
             other => panic!("attempt protocol violated: user code answered {other:?}"),
         };
-        let savepoint = match outcome.savepoint {
-            SavepointState::Failed(e) => return done(report, Outcome::Failed(e)),
-            SavepointState::Taken => true,
-            SavepointState::NotTaken => false,
-        };
+        let savepoint = outcome.savepoint == SavepointState::Touched;
         let h = env.handler;
         let index = code.index();
         let name = step_name(h.steps, index);

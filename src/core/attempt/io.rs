@@ -23,8 +23,10 @@ use crate::saga::{ChildFailures, Emission, StepInfo};
 /// [`Attempt`](super::Attempt)), except `Done`, which ends the attempt.
 #[derive(Debug)]
 pub(crate) enum Io<'h> {
-    /// Open the transaction. Answer: `handle_output(Ok(Output::Done))` or the error.
-    Begin,
+    /// Open the transaction, claim the handler's next due run in it, and take the step's
+    /// savepoint (one round trip after `BEGIN`: `Claim::simple_text`). Answer:
+    /// `handle_output` with `Output::Claimed`, or the error.
+    Claim(Claim<'h>),
     /// Run this statement inside the transaction. Answer: `handle_output` with what the
     /// statement decoded into (`Statement::decode` of this very value gives it).
     Run(Stmt<'h>),
@@ -39,6 +41,13 @@ pub(crate) enum Io<'h> {
     RollbackToSavepoint,
     /// Commit the transaction. Answer: `handle_output(Ok(Output::Done))` or the error.
     Commit,
+    /// Commit the transaction, then open the next one and claim the handler's next due run
+    /// in it, taking the step's savepoint, all in one round trip (`COMMIT; BEGIN; ...`).
+    /// Answer: `handle_output` with `Output::Claimed` (the commit happened), or the error
+    /// (whether the commit happened is then unknown, as for `Commit`). The claim ends up in
+    /// [`Report::next_claim`]; the driver keeps the new transaction open for the attempt it
+    /// resumes with it. Only asked of drivers that allowed it (`Attempt::chain_claims`).
+    CommitClaim(Claim<'h>),
     /// Roll the transaction back. Answer: `handle_output(Ok(Output::Done))` or the error.
     Rollback,
     /// Run this statement on its own, outside any transaction (autocommit): the release of a
@@ -53,7 +62,6 @@ pub(crate) enum Io<'h> {
 /// A statement an attempt runs.
 #[derive(Debug)]
 pub(crate) enum Stmt<'h> {
-    Claim(Claim<'h>),
     Instances(Instances),
     Children(Children),
     Emit(Emit<'h>),
@@ -87,7 +95,6 @@ impl Statement for Stmt<'_> {
 
     fn id(&self) -> StmtId {
         match self {
-            Stmt::Claim(s) => s.id(),
             Stmt::Instances(s) => s.id(),
             Stmt::Children(s) => s.id(),
             Stmt::Emit(s) => s.id(),
@@ -102,7 +109,6 @@ impl Statement for Stmt<'_> {
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         match self {
-            Stmt::Claim(s) => s.params(),
             Stmt::Instances(s) => s.params(),
             Stmt::Children(s) => s.params(),
             Stmt::Emit(s) => s.params(),
@@ -117,7 +123,6 @@ impl Statement for Stmt<'_> {
 
     fn decode(&self, rows: Vec<Row>) -> Result<Output> {
         Ok(match self {
-            Stmt::Claim(s) => Output::Claimed(s.decode(rows)?),
             Stmt::Instances(s) => Output::Instances(s.decode(rows)?),
             Stmt::Children(s) => Output::Children(s.decode(rows)?),
             Stmt::Emit(s) => Output::Emitted(s.decode(rows)?),
@@ -151,13 +156,12 @@ pub(crate) struct UserCall {
     pub(crate) context: CooperationContext,
 }
 
-/// Whether user code touched the transaction, which is when its savepoint is taken.
-#[derive(Debug)]
+/// Whether user code touched the transaction (the step's savepoint is taken with the claim,
+/// so a rollback to it is needed only if the code may have written something).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SavepointState {
-    NotTaken,
-    Taken,
-    /// Taking it failed: the connection or transaction is broken, not the user's doing.
-    Failed(Error),
+    Untouched,
+    Touched,
 }
 
 /// How user code ended, with what it left behind in its step context.
@@ -219,6 +223,8 @@ pub(crate) struct Report {
     pub(crate) unhandled: Vec<Unhandled>,
     /// What the committed transition changed, for the log.
     pub(crate) news: Option<RunNews>,
+    /// What the commit's claim found ([`Io::CommitClaim`]), in the transaction it opened.
+    pub(crate) next_claim: Option<Claimed>,
 }
 
 /// A committed transition worth a log line beyond the step's own: a run that failed (and
@@ -260,6 +266,7 @@ impl Report {
             unrecorded: Vec::new(),
             unhandled: Vec::new(),
             news: None,
+            next_claim: None,
         }
     }
 }

@@ -185,19 +185,14 @@ impl Run {
                 self.finish(env, report, *p)
             }
             (Await::Finish { terminal, .. }, Output::Applied(applied)) => {
-                self.wait = Await::Commit { applied, terminal };
-                Io::Commit
+                self.commit(env, applied, terminal)
+            }
+            (Await::Commit { applied, terminal }, Output::Claimed(next)) => {
+                report.next_claim = Some(next);
+                self.committed(env, report, applied, terminal)
             }
             (Await::Commit { applied, terminal }, Output::Done) => {
-                report.committed = true;
-                report.news = self.news.take();
-                report.root_finished = applied.is_root && terminal;
-                if applied.release_pending {
-                    self.wait = Await::Release;
-                    Io::RunAutocommit(Stmt::Release(Release::new(self.claimed.id, env.quiet)))
-                } else {
-                    done(report, Outcome::Ran)
-                }
+                self.committed(env, report, applied, terminal)
             }
             (Await::Release, Output::Released(parent)) => {
                 report.woken.extend(parent);
@@ -214,14 +209,11 @@ impl Run {
             ) => self.schedule_retry(env, report, &ran, &failure, delay),
             (Await::Retry, Output::Retried(_)) => {
                 // Nothing changed but the timer: no parent to release, no root finished.
-                self.wait = Await::Commit {
-                    applied: Applied {
-                        is_root: false,
-                        release_pending: false,
-                    },
-                    terminal: false,
+                let applied = Applied {
+                    is_root: false,
+                    release_pending: false,
                 };
-                Io::Commit
+                self.commit(env, applied, false)
             }
             (Await::Recover { poison, error }, Output::Done) => {
                 self.record_fault(env, report, poison, error)
@@ -246,6 +238,36 @@ impl Run {
             (wait, output) => {
                 panic!("attempt protocol violated: got {output:?} while waiting for {wait:?}")
             }
+        }
+    }
+
+    /// Commits what was written; with the handler's next claim in the same round trip when
+    /// the driver allows it and nothing (a release) must follow the commit on its own.
+    fn commit<'h>(&mut self, env: Env<'h>, applied: Applied, terminal: bool) -> Io<'h> {
+        self.wait = Await::Commit { applied, terminal };
+        if env.chain && !applied.release_pending {
+            Io::CommitClaim(super::claim_of(env.handler, env.worker))
+        } else {
+            Io::Commit
+        }
+    }
+
+    /// The commit happened: release the parent if the run finished under one, or done.
+    fn committed<'h>(
+        &mut self,
+        env: Env<'h>,
+        report: &mut Report,
+        applied: Applied,
+        terminal: bool,
+    ) -> Io<'h> {
+        report.committed = true;
+        report.news = self.news.take();
+        report.root_finished = applied.is_root && terminal;
+        if applied.release_pending {
+            self.wait = Await::Release;
+            Io::RunAutocommit(Stmt::Release(Release::new(self.claimed.id, env.quiet)))
+        } else {
+            done(report, Outcome::Ran)
         }
     }
 

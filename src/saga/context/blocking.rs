@@ -4,7 +4,6 @@
 use postgres::{Statement, Transaction};
 
 use super::{Blocking, MAX_USER_STATEMENTS, Phase, StepContext};
-use crate::core::attempt::SavepointState;
 use crate::error::Result;
 use crate::failure::{Failure, StepError};
 use crate::proto::{self, GiveUpReason};
@@ -18,26 +17,15 @@ impl<'c> StepContext<'c, Blocking> {
     /// error (or use a nested savepoint with [`Transaction::transaction`]): an aborted
     /// transaction cannot record the step's completion, and the step is then failed.
     pub fn tx(&mut self) -> &mut Transaction<'c> {
-        self.take_savepoint();
+        self.touch();
         &mut self.tx
     }
 
-    /// Taken lazily, so steps that never touch the database pay nothing for it. The claim's
-    /// row lock predates it and survives a rollback to it.
-    fn take_savepoint(&mut self) {
-        if let SavepointState::NotTaken = self.savepoint {
-            let sql = self.engine.sql;
-            self.savepoint = match exec::run(&mut self.tx, sql, None, &proto::Savepoint) {
-                Ok(()) => SavepointState::Taken,
-                Err(e) => SavepointState::Failed(e),
-            };
-        }
-    }
 
     /// Runs an engine statement in the step's transaction (after the savepoint, like step
     /// code's own statements), prepared once per connection.
     pub(super) fn run<S: proto::Statement>(&mut self, s: &S) -> Result<S::Output> {
-        self.take_savepoint();
+        self.touch();
         exec::run(
             &mut self.tx,
             self.engine.sql,
@@ -91,7 +79,7 @@ impl<'c> StepContext<'c, Blocking> {
     fn give_up_reason(&mut self) -> std::result::Result<Option<Failure>, postgres::Error> {
         let rolling_back = self.info.phase == Phase::Compensation;
         let stmt = GiveUpReason::new(self.info.root_id, self.info.run_id, rolling_back);
-        self.take_savepoint();
+        self.touch();
         // The helpers that ask promise a `postgres::Error`, so this one goes by the rows.
         let rows = exec::query(
             &mut self.tx,

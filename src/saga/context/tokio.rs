@@ -7,7 +7,6 @@ use tokio_postgres::{Statement, Transaction};
 
 use super::values::{decode_values, one_value};
 use super::{MAX_USER_STATEMENTS, Phase, StepContext};
-use crate::core::attempt::SavepointState;
 use crate::error::Result;
 use crate::failure::{Failure, StepError, StepResult};
 use crate::proto::{self, GiveUpReason};
@@ -16,33 +15,22 @@ use crate::tokio::exec;
 use crate::typed::{AsReturnName, ChildValue, Request};
 
 impl<'c> StepContext<'c, Tokio> {
-    /// The step's open transaction. Like [`crate::StepContext::tx`], but async: the savepoint
-    /// that separates the step's writes from the claim is taken the first time, so steps that
-    /// never touch the database pay nothing for it.
+    /// The step's open transaction. Like [`crate::StepContext::tx`], but async.
     ///
     /// Do not commit or roll it back yourself. If one of your statements fails, return the
     /// error (or use a nested savepoint): an aborted transaction cannot record the step's
     /// completion, and the step is then failed. Statements run concurrently on the returned
     /// `&Transaction` (`join!`) are pipelined on the one connection.
     pub async fn tx(&mut self) -> &Transaction<'c> {
-        self.take_savepoint().await;
+        self.touch();
         &self.tx
     }
 
-    async fn take_savepoint(&mut self) {
-        if let SavepointState::NotTaken = self.savepoint {
-            let sql = self.engine.sql;
-            self.savepoint = match exec::run(&self.tx, sql, None, &proto::Savepoint).await {
-                Ok(()) => SavepointState::Taken,
-                Err(e) => SavepointState::Failed(e),
-            };
-        }
-    }
 
     /// Runs an engine statement in the step's transaction (after the savepoint), prepared
     /// once per connection.
     async fn run<S: proto::Statement + Sync>(&mut self, s: &S) -> Result<S::Output> {
-        self.take_savepoint().await;
+        self.touch();
         exec::run(&self.tx, self.engine.sql, Some(&mut self.engine.cache), s).await
     }
 
@@ -81,7 +69,7 @@ impl<'c> StepContext<'c, Tokio> {
     ) -> std::result::Result<Option<Failure>, tokio_postgres::Error> {
         let rolling_back = self.info.phase == Phase::Compensation;
         let stmt = GiveUpReason::new(self.info.root_id, self.info.run_id, rolling_back);
-        self.take_savepoint().await;
+        self.touch();
         let rows = exec::query(
             &self.tx,
             self.engine.sql,
