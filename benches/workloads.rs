@@ -11,6 +11,7 @@
 //!   rolls back and its 9 committed children run their compensations (one insert each);
 //! * sleep lateness: 1,000 runs sleeping 1 s each, how late (after `wake_at`) they woke;
 //! * cancel: from `cancel(root)` until every run of a depth-3, fan-out-5 tree is terminal;
+//! * launches from one thread: one at a time, and 1,000 per `launch_many`;
 //! * round trips per step, counted on the wire by a proxy, for a no-op step and a step
 //!   inserting one row (one worker);
 //! * tokio (with the `tokio` feature): w1 and w3 on the tokio runtime, same workers;
@@ -21,7 +22,7 @@
 //!   trees (trees per second).
 //!
 //! Environment: `DATABASE_URL` (required), `SC_BENCH_ONLY` (comma-separated subset of
-//! `w1,w3,trips,wake,flat,w4,idle,sleep,cancel,tokio,scale,ops`).
+//! `w1,w3,trips,launch,wake,flat,w4,idle,sleep,cancel,tokio,scale,ops`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -32,6 +33,8 @@ use structured_cooperation::{Client, Runtime, Saga, StepContext, StepResult};
 
 #[path = "workloads/control.rs"]
 mod control;
+#[path = "workloads/launches.rs"]
+mod launches;
 #[path = "workloads/operations.rs"]
 mod operations;
 #[path = "workloads/runtimes.rs"]
@@ -505,6 +508,9 @@ fn main() {
     }
     if wanted("trips") {
         trips::round_trips();
+    }
+    if wanted("launch") {
+        launches::launches(&mut admin);
     }
     if wanted("wake") {
         let (p50, p99) = wake(&mut admin, false);

@@ -2,27 +2,24 @@
 //! operators' requests (rollback, cancel, out-of-band completion) in `client/operate.rs`.
 
 pub(crate) mod chains;
+mod launch;
 mod list;
 mod operate;
+
+pub(crate) use launch::{Launched, Launches, check_launch, key_vanished};
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postgres::GenericClient;
-use serde::Serialize;
-
 use crate::error::{Error, Result, from_r2d2};
 use crate::ids::{MessageId, RootId};
 use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
 use crate::migrate;
-use crate::options::EmitOptions;
 pub(crate) use crate::pool::build_pool;
 use crate::pool::{ConnectionManager, Pool};
-use crate::proto::{self, Emit, GiveUpCheck, KeyedRoot, Sql};
+use crate::proto::{self, Sql};
 use crate::runtime::exec;
-use crate::saga::Emission;
-use crate::typed::AsTopic;
 use crate::validate;
 
 /// The default schema.
@@ -88,25 +85,6 @@ impl Options {
         }
         Ok(())
     }
-}
-
-/// What a launch wrote, as its caller sees it (both editions): refused if strict and nobody
-/// handles the topic; a warning if nobody does and it was written anyway.
-pub(crate) fn check_launch(emitted: &proto::Emitted, topic: &str, id: RootId) -> Result<()> {
-    if emitted.refused {
-        return Err(Error::Unhandled {
-            topic: topic.to_owned(),
-        });
-    }
-    if !emitted.unhandled.is_empty() {
-        log::warn!(
-            target: "structured_cooperation::unhandled",
-            topic = topic, root:% = id;
-            "root {id} launched on topic {topic:?}, which no handler is registered for: \
-             nothing will run for it"
-        );
-    }
-    Ok(())
 }
 
 impl std::fmt::Debug for Client {
@@ -397,132 +375,6 @@ impl Client {
         exec::run(&mut *conn, self.sql(), None, s)
     }
 
-    /// Launches `payload` on `topic` (a [`Topic`](crate::Topic), which fixes the payload type,
-    /// or a name) on the global scope, in its own transaction, and returns the new root. Every
-    /// handler registered for the topic gets a run.
-    ///
-    /// ```no_run
-    /// # fn main() -> structured_cooperation::Result<()> {
-    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
-    /// let root = client.launch("orders", &serde_json::json!({ "id": 7, "amount": 42 }))?;
-    /// println!("launched {root}");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn launch<P: Serialize + ?Sized>(
-        &self,
-        topic: impl AsTopic<P>,
-        payload: &P,
-    ) -> Result<RootId> {
-        let mut conn = self.conn()?;
-        self.launch_in(&mut *conn, topic, payload)
-    }
-
-    /// Like [`launch`](Self::launch), with deadlines (inherited by every run in the tree) and
-    /// a cooperation context for the new root.
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use structured_cooperation::{Deadlines, EmitOptions};
-    ///
-    /// # fn main() -> structured_cooperation::Result<()> {
-    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
-    /// let options = EmitOptions::new()
-    ///     .deadlines(Deadlines::new().happy_path_within(Duration::from_secs(60), "checkout"));
-    /// let root = client.launch_with("orders", &serde_json::json!({ "id": 7 }), options)?;
-    /// # let _ = root;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn launch_with<P: Serialize + ?Sized>(
-        &self,
-        topic: impl AsTopic<P>,
-        payload: &P,
-        options: impl Into<EmitOptions>,
-    ) -> Result<RootId> {
-        let mut conn = self.conn()?;
-        self.launch_in_with(&mut *conn, topic, payload, options)
-    }
-
-    /// Like [`launch`](Self::launch), but on the caller's connection or transaction, so the
-    /// launch commits (and handlers are notified) together with the caller's own writes.
-    ///
-    /// ```no_run
-    /// # use structured_cooperation::postgres::{self, Transaction};
-    /// # fn save_order(_: &mut Transaction<'_>, _: i64) -> Result<(), postgres::Error> { Ok(()) }
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
-    /// let mut conn = client.pool().get()?;
-    /// let mut tx = conn.transaction()?;
-    /// save_order(&mut tx, 7)?; // the application's own write
-    /// let root = client.launch_in(&mut tx, "orders", &serde_json::json!({ "id": 7 }))?;
-    /// tx.commit()?; // the order row and its saga appear together, or neither does
-    /// # let _ = root;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn launch_in<C: GenericClient, P: Serialize + ?Sized>(
-        &self,
-        client: &mut C,
-        topic: impl AsTopic<P>,
-        payload: &P,
-    ) -> Result<RootId> {
-        self.launch_in_with(client, topic, payload, EmitOptions::new())
-    }
-
-    /// [`launch_in`](Self::launch_in) with deadlines and context.
-    ///
-    /// ```no_run
-    /// use structured_cooperation::{CooperationContext, EmitOptions};
-    ///
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
-    /// let mut context = CooperationContext::new();
-    /// context.set_raw("tenant", r#""acme""#)?;
-    /// let mut conn = client.pool().get()?;
-    /// let mut tx = conn.transaction()?;
-    /// let root = client.launch_in_with(&mut tx, "orders", &7, EmitOptions::new().context(context))?;
-    /// tx.commit()?;
-    /// # let _ = root;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn launch_in_with<C: GenericClient, P: Serialize + ?Sized>(
-        &self,
-        client: &mut C,
-        topic: impl AsTopic<P>,
-        payload: &P,
-        options: impl Into<EmitOptions>,
-    ) -> Result<RootId> {
-        let emission = Emission::new(
-            topic.topic_name(),
-            payload,
-            &options.into(),
-            self.max_json_bytes(),
-        )?;
-        let (id, key) = (emission.id, emission.key.clone());
-        let topic = emission.topic.clone();
-        let emit = Emit::new(
-            None,
-            vec![emission],
-            CLIENT_WORKER,
-            &[],
-            GiveUpCheck::Skip,
-            self.strict_topics(),
-        );
-        let emitted = exec::run(client, self.sql(), None, &emit)?;
-        check_launch(&emitted, &topic, RootId::from_uuid(id))?;
-        match key {
-            // Another launch holds the key: its root is the answer. (A new statement, so
-            // it sees a launch that committed while this one waited for it.)
-            Some(key) if emitted.written.is_empty() => {
-                let root = exec::run(client, self.sql(), None, &KeyedRoot { key: &key })?;
-                root.ok_or_else(|| key_vanished(&key))
-            }
-            _ => Ok(RootId::from_uuid(id)),
-        }
-    }
-
     /// A message by id, or `None` if there is no such message.
     ///
     /// ```no_run
@@ -676,15 +528,6 @@ pub(crate) fn not_found(root: RootId) -> Error {
         what: "root",
         id: root.to_string(),
     }
-}
-
-/// A keyed launch was refused as a duplicate, yet no message holds the key (it was deleted
-/// in between).
-pub(crate) fn key_vanished(key: &str) -> Error {
-    Error::UnexpectedData(format!(
-        "a launch with idempotency key {key:?} was refused as a duplicate, but no launch holds \
-         the key any more"
-    ))
 }
 
 /// How `wait_for` paces its re-reads of a tree's state (both editions): from 2 ms, doubling

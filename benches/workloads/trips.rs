@@ -39,13 +39,17 @@ impl Proxy {
                 let server_spoke = Arc::new(AtomicBool::new(true));
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (spoke, trips) = (server_spoke.clone(), counted.clone());
-                std::thread::spawn(move || pump(client, server, |_| {
-                    if spoke.swap(false, Ordering::SeqCst) {
-                        trips.fetch_add(1, Ordering::SeqCst);
-                    }
-                }));
+                std::thread::spawn(move || {
+                    pump(client, server, |_| {
+                        if spoke.swap(false, Ordering::SeqCst) {
+                            trips.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                });
                 // Marked before forwarding, so the client cannot answer before it is seen.
-                std::thread::spawn(move || pump(s2, c2, |_| server_spoke.store(true, Ordering::SeqCst)));
+                std::thread::spawn(move || {
+                    pump(s2, c2, |_| server_spoke.store(true, Ordering::SeqCst))
+                });
             }
         });
         Proxy { port, trips }
@@ -121,7 +125,9 @@ fn count(saga: Saga, jobs: usize) -> f64 {
     let mut conn = client.pool().get().unwrap();
     let mut tx = conn.transaction().unwrap();
     for i in 0..jobs {
-        client.launch_in(&mut tx, "trips", &json!({ "i": i })).unwrap();
+        client
+            .launch_in(&mut tx, "trips", &json!({ "i": i }))
+            .unwrap();
     }
     tx.commit().unwrap();
     wait_drained(&mut admin, "trips-job");

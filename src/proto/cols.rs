@@ -84,7 +84,9 @@ fn parsed<T>(
     match row.try_get(column)? {
         None => Ok(None),
         Some(text) => parse(text).map(Some).ok_or_else(|| {
-            Error::UnexpectedData(format!("column {column} holds {text:?}, not the type expected"))
+            Error::UnexpectedData(format!(
+                "column {column} holds {text:?}, not the type expected"
+            ))
         }),
     }
 }

@@ -35,8 +35,8 @@ use crate::error::{Error, Result};
 use crate::failure::Failure;
 
 pub(crate) use alive::{Heartbeat, Retire, RuntimeRow, Runtimes, Topology, TopologyRow};
-pub(crate) use cols::{Cols, literal};
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
+pub(crate) use cols::{Cols, literal};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register};
 pub(crate) use inspect::{
     ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootExists, RootRunRow,
@@ -421,7 +421,9 @@ pub(super) fn opt_u32_col(row: &impl Cols, column: &str) -> Result<Option<u32>> 
 
 /// A duration in milliseconds, as the claim and sweep compute it.
 pub(super) fn millis_col(row: &impl Cols, column: &str) -> Result<Duration> {
-    Ok(Duration::from_millis(u64::try_from(row.i64(column)?).unwrap_or(0)))
+    Ok(Duration::from_millis(
+        u64::try_from(row.i64(column)?).unwrap_or(0),
+    ))
 }
 
 /// The columns the core needs, shared by every statement that hands a run to the core.

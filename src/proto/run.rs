@@ -165,7 +165,13 @@ impl Claim<'_> {
     /// The claim as simple-query text: executes the statement prepared as `name` (preparing
     /// it first unless `prepared`), then takes the step's savepoint, after `prefix`
     /// (`BEGIN; `, or `COMMIT; BEGIN; `: one round trip ends a step and claims the next run).
-    pub(crate) fn simple_text(&self, sql: &Sql, name: &str, prepared: bool, prefix: &str) -> String {
+    pub(crate) fn simple_text(
+        &self,
+        sql: &Sql,
+        name: &str,
+        prepared: bool,
+        prefix: &str,
+    ) -> String {
         let mut text = String::from(prefix);
         if !prepared {
             text.push_str(&Claim::prepare_text(sql, name));

@@ -15,9 +15,9 @@ use super::common::{self, Event, SweepEnd, bump, sweep_entries};
 use super::{Shared, exec};
 use crate::core::Next;
 use crate::core::attempt::{Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, UserCall};
-use crate::proto::{Claim, Claimed};
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
+use crate::proto::{Claim, Claimed};
 use crate::proto::{
     Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
 };
@@ -160,7 +160,9 @@ impl<'c> Session<'c> {
     }
 
     fn tx(&mut self) -> &mut Transaction<'c> {
-        self.tx.as_mut().expect("the session's transaction is back after user code")
+        self.tx
+            .as_mut()
+            .expect("the session's transaction is back after user code")
     }
 
     /// Ends the server's transaction with `COMMIT` or `ROLLBACK`. Afterwards none is open,
@@ -172,7 +174,13 @@ impl<'c> Session<'c> {
     }
 
     /// Claims in a new transaction (or, after a commit, in the next one).
-    fn claim(&mut self, sql: &Sql, cache: &mut StmtCache, c: &Claim<'_>, prefix: &str) -> Result<Output> {
+    fn claim(
+        &mut self,
+        sql: &Sql,
+        cache: &mut StmtCache,
+        c: &Claim<'_>,
+        prefix: &str,
+    ) -> Result<Output> {
         self.open = true;
         exec::claim(self.tx(), sql, cache, c, prefix).map(Output::Claimed)
     }
@@ -299,8 +307,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     attempt.handle_user(outcome);
                 }
                 Io::RollbackToSavepoint => {
-                    let rolled_back =
-                        exec::run(self.session.tx(), sql, None, &RollbackToSavepoint);
+                    let rolled_back = exec::run(self.session.tx(), sql, None, &RollbackToSavepoint);
                     attempt.handle_output(rolled_back.map(|()| Output::Done));
                 }
                 Io::Commit => attempt.handle_output(self.session.end("COMMIT")),
@@ -333,7 +340,11 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
             max_json_bytes: self.max_json_bytes,
             stopping: self.stopping,
         };
-        let tx = self.session.tx.take().expect("the session has its transaction");
+        let tx = self
+            .session
+            .tx
+            .take()
+            .expect("the session has its transaction");
         let mut ctx = StepContext::new(tx, info, engine, context);
         let result = panic::catch_unwind(AssertUnwindSafe(|| match &kind {
             CallKind::Step => saga.run_step(index, &mut ctx, &payload),

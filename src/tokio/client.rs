@@ -2,6 +2,7 @@
 //! `client/operate.rs`. Each method runs the same statements as the blocking client's.
 
 mod chains;
+mod launch;
 mod list;
 mod operate;
 
@@ -10,22 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, RecyclingMethod};
-use serde::Serialize;
-use tokio_postgres::{GenericClient, NoTls};
+use tokio_postgres::NoTls;
 
 use super::exec;
-use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA, Options, Waiting, check_launch, key_vanished};
+use crate::client::{CLIENT_WORKER, DEFAULT_SCHEMA, Options, Waiting};
 use crate::connect::{FirstConnection, Target, Tls};
 use crate::error::{Error, PoolError, Result, with_sources};
 use crate::ids::{MessageId, RootId};
 use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
-use crate::options::EmitOptions;
 use crate::proto::{
-    self, ApplyMigration, Emit, GiveUpCheck, KeyedRoot, LATEST_MIGRATION, MIGRATIONS,
-    MigrationLock, MigrationSetup, MigrationVersion, RecordMigration, Sql,
+    self, ApplyMigration, LATEST_MIGRATION, MIGRATIONS, MigrationLock, MigrationSetup,
+    MigrationVersion, RecordMigration, Sql,
 };
-use crate::saga::Emission;
-use crate::typed::AsTopic;
 use crate::validate;
 
 /// The connection pool the tokio edition uses (and accepts): deadpool-postgres's.
@@ -385,117 +382,6 @@ impl Client {
     async fn run<S: proto::Statement + Sync>(&self, s: &S) -> Result<S::Output> {
         let conn = self.conn().await?;
         exec::run(&**conn, self.sql(), None, s).await
-    }
-
-    /// Like [`crate::Client::launch`], but async.
-    ///
-    /// ```no_run
-    /// # async fn example(client: structured_cooperation::tokio::Client) -> structured_cooperation::Result<()> {
-    /// let root = client.launch("orders", &serde_json::json!({ "id": 7 })).await?;
-    /// # let _ = root;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn launch<P: Serialize + ?Sized>(
-        &self,
-        topic: impl AsTopic<P>,
-        payload: &P,
-    ) -> Result<RootId> {
-        self.launch_with(topic, payload, EmitOptions::new()).await
-    }
-
-    /// Like [`crate::Client::launch_with`], but async.
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use structured_cooperation::{Deadlines, EmitOptions};
-    ///
-    /// # async fn example(client: structured_cooperation::tokio::Client) -> structured_cooperation::Result<()> {
-    /// let options = EmitOptions::new()
-    ///     .deadlines(Deadlines::new().happy_path_within(Duration::from_secs(60), "checkout"));
-    /// let root = client.launch_with("orders", &7, options).await?;
-    /// # let _ = root;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn launch_with<P: Serialize + ?Sized>(
-        &self,
-        topic: impl AsTopic<P>,
-        payload: &P,
-        options: impl Into<EmitOptions>,
-    ) -> Result<RootId> {
-        let conn = self.conn().await?;
-        self.launch_in_with(&**conn, topic, payload, options).await
-    }
-
-    /// Like [`crate::Client::launch_in`], but async, on the caller's connection or
-    /// transaction.
-    ///
-    /// ```no_run
-    /// # async fn example(client: structured_cooperation::tokio::Client) -> Result<(), Box<dyn std::error::Error>> {
-    /// let mut conn = client.pool().get().await?;
-    /// let tx = conn.transaction().await?;
-    /// let root = client.launch_in(&*tx, "orders", &7).await?;
-    /// tx.commit().await?; // the launch commits with the caller's own writes
-    /// # let _ = root;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn launch_in<C: GenericClient + Sync, P: Serialize + ?Sized>(
-        &self,
-        client: &C,
-        topic: impl AsTopic<P>,
-        payload: &P,
-    ) -> Result<RootId> {
-        self.launch_in_with(client, topic, payload, EmitOptions::new())
-            .await
-    }
-
-    /// Like [`crate::Client::launch_in_with`], but async.
-    ///
-    /// ```no_run
-    /// use structured_cooperation::EmitOptions;
-    ///
-    /// # async fn example(client: structured_cooperation::tokio::Client) -> Result<(), Box<dyn std::error::Error>> {
-    /// let conn = client.pool().get().await?;
-    /// let root = client.launch_in_with(&**conn, "orders", &7, EmitOptions::new()).await?;
-    /// # let _ = root;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn launch_in_with<C: GenericClient + Sync, P: Serialize + ?Sized>(
-        &self,
-        client: &C,
-        topic: impl AsTopic<P>,
-        payload: &P,
-        options: impl Into<EmitOptions>,
-    ) -> Result<RootId> {
-        let emission = Emission::new(
-            topic.topic_name(),
-            payload,
-            &options.into(),
-            self.max_json_bytes(),
-        )?;
-        let (id, key) = (emission.id, emission.key.clone());
-        let topic = emission.topic.clone();
-        let emit = Emit::new(
-            None,
-            vec![emission],
-            CLIENT_WORKER,
-            &[],
-            GiveUpCheck::Skip,
-            self.strict_topics(),
-        );
-        let emitted = exec::run(client, self.sql(), None, &emit).await?;
-        check_launch(&emitted, &topic, RootId::from_uuid(id))?;
-        match key {
-            // Another launch holds the key (see `crate::Client::launch_in_with`).
-            Some(key) if emitted.written.is_empty() => {
-                let root = exec::run(client, self.sql(), None, &KeyedRoot { key: &key }).await?;
-                root.ok_or_else(|| key_vanished(&key))
-            }
-            _ => Ok(RootId::from_uuid(id)),
-        }
     }
 
     /// Like [`crate::Client::message`], but async.

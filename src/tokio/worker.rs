@@ -23,8 +23,7 @@ use crate::core::attempt::{
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::proto::{
-    Claim, Claimed, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased,
-    WorkerSession,
+    Claim, Claimed, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
 };
 use crate::runtime::common::{self, Event, SweepEnd, bump, sweep_entries};
 use crate::saga::{Engine, SagaOf, StepContext, Tokio, UserStatements};
@@ -220,7 +219,10 @@ async fn drain_on<'e>(
         user,
     } = conn;
     let pg: &mut tokio_postgres::Client = client;
-    let tx = pg.transaction().await.map_err(|e| Ended::Failed(e.into()))?;
+    let tx = pg
+        .transaction()
+        .await
+        .map_err(|e| Ended::Failed(e.into()))?;
     let mut session = Session {
         tx: Some(tx),
         open: true,
@@ -273,7 +275,9 @@ struct Session<'c> {
 
 impl<'c> Session<'c> {
     fn tx(&self) -> &Transaction<'c> {
-        self.tx.as_ref().expect("the session's transaction is back after user code")
+        self.tx
+            .as_ref()
+            .expect("the session's transaction is back after user code")
     }
 
     /// Ends the server's transaction (`COMMIT` or `ROLLBACK`).
@@ -452,7 +456,11 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
         } = call;
         let (saga, index, payload) = (self.saga, info.step_index, info.payload.clone());
         let (handler, step) = (info.handler.clone(), info.step_name.clone());
-        let tx = self.session.tx.take().expect("the session has its transaction");
+        let tx = self
+            .session
+            .tx
+            .take()
+            .expect("the session has its transaction");
         let token = tx.cancel_token();
         let engine = Engine {
             sql: self.sql,

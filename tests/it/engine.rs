@@ -51,6 +51,7 @@ pub trait Served {
         payload: &Value,
         options: impl Into<EmitOptions>,
     ) -> Result<RootId>;
+    fn launch_many(&self, topic: &str, payloads: &[Value]) -> Result<Vec<RootId>>;
     fn wait_for(&self, root: RootId, timeout: Duration) -> Result<TreeOutcome>;
     fn wait_idle(&self, timeout: Duration) -> Result<()>;
     fn history(&self, root: RootId) -> Result<Vec<HistoryEvent>>;
@@ -73,6 +74,9 @@ impl Served for Runtime {
         options: impl Into<EmitOptions>,
     ) -> Result<RootId> {
         Runtime::launch_with(self, topic, payload, options)
+    }
+    fn launch_many(&self, topic: &str, payloads: &[Value]) -> Result<Vec<RootId>> {
+        self.client().launch_many(topic, payloads)
     }
     fn wait_for(&self, root: RootId, timeout: Duration) -> Result<TreeOutcome> {
         Runtime::wait_for(self, root, timeout)
@@ -533,6 +537,10 @@ mod on_tokio {
         ) -> Result<RootId> {
             self.rt
                 .block_on(self.runtime().launch_with(topic, payload, options))
+        }
+        fn launch_many(&self, topic: &str, payloads: &[Value]) -> Result<Vec<RootId>> {
+            self.rt
+                .block_on(self.runtime().client().launch_many(topic, payloads))
         }
         fn wait_for(&self, root: RootId, timeout: Duration) -> Result<TreeOutcome> {
             self.rt.block_on(self.runtime().wait_for(root, timeout))

@@ -34,6 +34,8 @@ mod idempotency;
 /// The tokio runtime, alone and beside the blocking one.
 #[cfg(feature = "tokio")]
 mod interop;
+/// Launching many roots at once; prepared launches.
+mod launching;
 /// Loops (LP-01..06).
 mod loops;
 /// The queue API and several instances of one handler (MQ-*).

@@ -283,6 +283,13 @@ impl Run {
                 self.fault_after_code(env, report, blame.map(|r| *r), fault)
             }
             Await::Retry => self.fault_after_code(env, report, None, fault),
+            // What the code wrote could not even be discarded: the connection is gone, and the
+            // code's error most likely came from that. The run is retried as after any
+            // infrastructure error, so it does not count as the code's failure.
+            Await::Discard { .. } => {
+                report.step_failures = report.step_failures.saturating_sub(1);
+                self.recover(env, None, fault)
+            }
             // The commit is durable: a sweep performs the release.
             Await::Release => {
                 report.release_error = Some((self.claimed.id, fault.into_error()));

@@ -21,7 +21,6 @@ impl<'c> StepContext<'c, Blocking> {
         &mut self.tx
     }
 
-
     /// Runs an engine statement in the step's transaction (after the savepoint, like step
     /// code's own statements), prepared once per connection.
     pub(super) fn run<S: proto::Statement>(&mut self, s: &S) -> Result<S::Output> {

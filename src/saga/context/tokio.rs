@@ -26,7 +26,6 @@ impl<'c> StepContext<'c, Tokio> {
         &self.tx
     }
 
-
     /// Runs an engine statement in the step's transaction (after the savepoint), prepared
     /// once per connection.
     async fn run<S: proto::Statement + Sync>(&mut self, s: &S) -> Result<S::Output> {

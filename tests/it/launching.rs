@@ -1,0 +1,140 @@
+//! Launching many roots at once (`launch_many`, issue 13) on both runtimes, and the
+//! prepared launch statement a pooled connection keeps.
+
+use serde_json::{Value, json};
+use structured_cooperation::{Client, Error, StepContext, StepResult};
+
+use crate::engine::{Engine, Served, both};
+use crate::util::{TestDb, WAIT};
+
+fn counting<E: Engine>(schema: &str) -> structured_cooperation::SagaOf<E::X> {
+    let insert = format!("INSERT INTO {schema}.seen (n) VALUES ($1)");
+    E::saga("counted")
+        .step(
+            move |ctx: &mut StepContext<'_, E::X>, payload: &Value| -> StepResult {
+                let n = payload["n"].as_i64().unwrap_or(-1);
+                E::execute(ctx, &insert, &[&n])?;
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap()
+}
+
+fn many_launches_are_one_root_each_in_order<E: Engine>() {
+    let mut db = TestDb::new("launch_many");
+    let s = db.schema.clone();
+    let runtime = E::runtime(&db)
+        .subscribe("counted", counting::<E>(&s))
+        .start()
+        .unwrap();
+    db.exec(&format!("CREATE TABLE {s}.seen (n int8 PRIMARY KEY)"));
+    // More than one statement's worth (2,000), so the batch spans several.
+    let payloads: Vec<Value> = (0..2_500).map(|n| json!({ "n": n })).collect();
+    let roots = runtime.launch_many("counted", &payloads).unwrap();
+    assert_eq!(roots.len(), payloads.len());
+    let mut distinct = roots.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), roots.len(), "one root per payload");
+    // The roots come back in the payloads' order.
+    let client = db.client();
+    for (i, root) in roots.iter().enumerate().step_by(499) {
+        let message = client.message(root.message_id()).unwrap().unwrap();
+        assert_eq!(message.payload, payloads[i]);
+    }
+    for root in roots.iter().step_by(97) {
+        assert!(runtime.wait_for(*root, WAIT).unwrap().is_committed());
+    }
+    runtime.wait_idle(WAIT).unwrap();
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {s}.seen")),
+        2_500
+    );
+    assert_eq!(
+        runtime.launch_many("counted", &[]).unwrap(),
+        Vec::new(),
+        "nothing to launch is not an error"
+    );
+    runtime.shutdown().unwrap();
+}
+
+both!(many_launches_are_one_root_each_in_order);
+
+#[test]
+fn a_strict_batch_on_a_topic_nobody_handles_writes_nothing() {
+    let mut db = TestDb::new("launch_many_strict");
+    let client = Client::builder(&db.url)
+        .schema(&db.schema)
+        .strict_topics(true)
+        .connect()
+        .unwrap();
+    let err = client
+        .launch_many("nobody", &[json!({ "n": 1 }), json!({ "n": 2 })])
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Unhandled { topic } if topic == "nobody"),
+        "{err}"
+    );
+    let s = db.schema.clone();
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {s}.messages")),
+        0
+    );
+}
+
+#[test]
+fn launches_in_the_callers_transaction_commit_or_vanish_with_it() {
+    let mut db = TestDb::new("launch_many_in");
+    let client = db.client();
+    client.register_handler("jobs", "job-handler").unwrap();
+    let payloads = [json!(1), json!(2), json!(3)];
+    let mut conn = client.pool().get().unwrap();
+    let mut tx = conn.transaction().unwrap();
+    let roots = client.launch_many_in(&mut tx, "jobs", &payloads).unwrap();
+    assert_eq!(roots.len(), 3);
+    tx.rollback().unwrap();
+    let s = db.schema.clone();
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {s}.messages")),
+        0
+    );
+    let mut tx = conn.transaction().unwrap();
+    client.launch_many_in(&mut tx, "jobs", &payloads).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {s}.messages")),
+        3
+    );
+    assert_eq!(db.query_i64(&format!("SELECT count(*) FROM {s}.runs")), 3);
+}
+
+#[test]
+fn the_prepared_launch_outlives_a_connection_that_lost_it() {
+    let mut db = TestDb::new("launch_prepared");
+    let client = db.client();
+    client.register_handler("jobs", "job-handler").unwrap();
+    for n in 0..5 {
+        client.launch("jobs", &json!({ "n": n })).unwrap();
+    }
+    // Drop every prepared statement behind the pool's back: the next launch on such a
+    // connection fails once, forgets the statement, and the one after prepares it again.
+    let s = db.schema.clone();
+    let mut conn = client.pool().get().unwrap();
+    conn.batch_execute("DEALLOCATE ALL").unwrap();
+    drop(conn);
+    let mut failed = 0;
+    for n in 5..10 {
+        if client.launch("jobs", &json!({ "n": n })).is_err() {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed <= 2,
+        "at most one failure per pooled connection, got {failed}"
+    );
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {s}.messages")),
+        10 - failed
+    );
+}
