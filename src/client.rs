@@ -6,6 +6,7 @@ mod launch;
 mod list;
 mod operate;
 
+#[cfg_attr(not(feature = "tokio"), allow(unused_imports))]
 pub(crate) use launch::{Launched, Launches, check_launch, key_vanished};
 
 use std::ops::ControlFlow;

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use structured_cooperation::{Client, Runtime, Saga, StepContext, StepResult};
 
+#[path = "multiprocess/batched.rs"]
+mod batched;
 #[cfg(all(unix, feature = "signals"))]
 #[path = "multiprocess/graceful.rs"]
 mod graceful;
@@ -37,6 +39,7 @@ const WORKERS: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(180);
 const NAME: &str = "exactly_once_across_processes";
 const KILL_NAME: &str = "sigkill_mid_compensation_is_finished_elsewhere";
+const NAME_BATCHED: &str = "exactly_once_across_processes_8_steps_per_commit";
 
 fn database_url() -> String {
     std::env::var("DATABASE_URL")
@@ -51,6 +54,7 @@ fn main() {
         Ok("tokio-worker") => return on_tokio::worker(),
         Ok("compensator") => return compensator(),
         Ok("launcher") => return keyed::launcher(),
+        Ok("batcher") => return batched::worker(),
         #[cfg(all(unix, feature = "signals"))]
         Ok("graceful") => return graceful::worker(),
         _ => {}
@@ -61,6 +65,8 @@ fn main() {
         (NAME, || orchestrate(&[BOTH, BOTH], ROOTS)),
         (KILL_NAME, sigkill_mid_compensation),
         (keyed::NAME, keyed::idempotent_launches_across_processes),
+        (NAME_BATCHED, || orchestrate_with(&[BOTH, BOTH], ROOTS, 8)),
+        (batched::NAME, batched::sigkill_mid_batch),
     ];
     #[cfg(feature = "tokio")]
     tests.extend(on_tokio::tests());
@@ -124,9 +130,14 @@ fn worker() {
     let runtimes: Vec<Runtime> = (0..RUNTIMES_PER_PROCESS)
         .map(|_| {
             let (root, child) = sagas();
+            let per_commit = std::env::var("SC_STEPS_PER_COMMIT")
+                .ok()
+                .and_then(|k| k.parse().ok())
+                .unwrap_or(1);
             let mut builder = Runtime::builder(database_url())
                 .schema(&schema)
-                .workers(WORKERS);
+                .workers(WORKERS)
+                .steps_per_commit(per_commit);
             if serves("root") {
                 builder = builder.subscribe("mp-root", root);
             }
@@ -173,6 +184,11 @@ const BOTH: Role = Role {
 /// Runs `roots` two-level trees on one worker process per role, and checks that every root
 /// committed, every effect exists exactly once, and every process ran steps.
 fn orchestrate(roles: &[Role], roots: usize) {
+    orchestrate_with(roles, roots, 1);
+}
+
+/// [`orchestrate`] with the blocking workers running `steps_per_commit` steps per commit.
+fn orchestrate_with(roles: &[Role], roots: usize, steps_per_commit: usize) {
     let url = database_url();
     let schema = format!("t_multiprocess_{}", std::process::id());
     let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap_or_else(|e| {
@@ -203,6 +219,7 @@ fn orchestrate(roles: &[Role], roots: usize) {
             .env("SC_HANDLERS", role.handlers)
             .env("SC_SCHEMA", &schema)
             .env("SC_EFFECTS", &effects)
+            .env("SC_STEPS_PER_COMMIT", steps_per_commit.to_string())
             .env("DATABASE_URL", &url)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -104,6 +104,8 @@ pub(crate) struct Settings<X: Flavor> {
     pub(crate) migrate: bool,
     /// Prune finished trees this old at every sweep.
     pub(crate) prune_after: Option<Duration>,
+    /// Steps per commit when a worker drains a handler (see `runtime::batch`).
+    pub(crate) steps_per_commit: usize,
     pub(crate) subscriptions: Vec<Subscription<X>>,
     /// The first error met while building a typed handler's saga (reported by `start`).
     pub(crate) deferred: Option<Error>,
@@ -122,6 +124,7 @@ impl<X: Flavor> Settings<X> {
             strict_topics: false,
             migrate: true,
             prune_after: None,
+            steps_per_commit: 1,
             subscriptions: Vec::new(),
             deferred: None,
         }
@@ -150,6 +153,12 @@ impl<X: Flavor> Settings<X> {
             return Err(e);
         }
         validate::schema(&self.schema)?;
+        if !(1..=MAX_STEPS_PER_COMMIT).contains(&self.steps_per_commit) {
+            return Err(Error::Config(format!(
+                "steps_per_commit must be between 1 and {MAX_STEPS_PER_COMMIT}, not {}",
+                self.steps_per_commit
+            )));
+        }
         if self.workers == 0 {
             return Err(Error::Config("workers must be >= 1".to_owned()));
         }
@@ -232,6 +241,7 @@ impl<X: Flavor> Settings<X> {
             backoff: self.backoff,
             strict_topics: self.strict_topics,
             prune_after: self.prune_after,
+            steps_per_commit: self.steps_per_commit,
             stopping: AtomicBool::new(false),
             alive: Alive {
                 host: host_name(),
@@ -286,6 +296,11 @@ impl<X: Flavor> HandlerEntry<X> {
 /// commit, so notifying every emission would cost throughput for nothing.
 const NOTIFY_QUIET_WINDOW: Duration = Duration::from_millis(100);
 
+/// The most steps one commit may carry: each runs under its own savepoint, and a backend
+/// keeps at most 64 subtransactions in its shared cache before every snapshot in the
+/// database gets slower (subtransaction overflow).
+pub(crate) const MAX_STEPS_PER_COMMIT: usize = 32;
+
 /// A runtime's handlers and counters, whichever runtime drives them.
 #[derive(Debug)]
 pub(crate) struct Registry<X: Flavor> {
@@ -301,6 +316,8 @@ pub(crate) struct Registry<X: Flavor> {
     pub(crate) strict_topics: bool,
     /// Finished trees this old are pruned at every sweep.
     pub(crate) prune_after: Option<Duration>,
+    /// Steps per commit when a worker drains a handler.
+    pub(crate) steps_per_commit: usize,
     /// Set when shutdown begins, so workers stop draining early.
     pub(crate) stopping: AtomicBool,
     /// What its heartbeat records.

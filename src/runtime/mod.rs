@@ -12,6 +12,7 @@
 //! on the task channel. The listener blocks on its connection. An idle runtime therefore
 //! sends nothing to the database except one sweep query per safety-net interval.
 
+pub(crate) mod batch;
 mod builder;
 pub(crate) mod common;
 mod dispatcher;

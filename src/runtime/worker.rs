@@ -21,6 +21,7 @@ use crate::proto::{Claim, Claimed};
 use crate::proto::{
     Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
 };
+use crate::runtime::batch::{Batch, Settle};
 use crate::saga::{Engine, Saga, StepContext, UserStatements};
 
 /// A worker keeps claiming runs of the handler it was given until none is due, or until it
@@ -105,18 +106,35 @@ fn drain_on<'e>(
         cache,
         user,
     } = conn;
-    let mut session = Session::begin(client)?;
+    let mut session = Session::begin(client, shared.registry.steps_per_commit)?;
     let started = Instant::now();
     let mut ran = 0;
     let mut carried = None;
+    // Reports of steps whose writes wait for the batch's commit (see `runtime::batch`).
+    let mut held: Vec<Report> = Vec::new();
     let result = loop {
         // A commit claims the next run only while the batch has room for it; a claim carried
         // over is always run.
         let chain = ran + 1 < BATCH_STEPS
             && started.elapsed() < BATCH_TIME
             && !shared.registry.is_stopping();
-        let (outcome, next) = attempt(shared, &mut session, cache, user, h, end, carried, chain);
-        carried = next;
+        let mut report = attempt(shared, &mut session, cache, user, h, end, carried, chain);
+        carried = report.next_claim.take();
+        match session.batch.take() {
+            Settle::Committed => {
+                for report in held.drain(..) {
+                    settle(shared, h, report, cache);
+                }
+            }
+            Settle::Voided => held.clear(),
+            Settle::Nothing => {}
+        }
+        let outcome = if session.batch.holding() {
+            held.push(report);
+            Outcome::Ran
+        } else {
+            settle(shared, h, report, cache)
+        };
         match outcome {
             Outcome::Ran => {
                 ran += 1;
@@ -141,6 +159,24 @@ fn drain_on<'e>(
     result
 }
 
+/// Acts on an attempt's report once what it reports is committed (or failed): counters,
+/// local wake-ups, waiters of finished roots.
+fn settle(shared: &Shared, h: usize, report: Report, cache: &mut StmtCache) -> Outcome {
+    let quiet = shared.registry.quiet_handlers();
+    let settled = shared.registry.settle(h, report, &quiet);
+    for h in settled.hints {
+        let _ = shared.events.send(Event::Hint(h));
+    }
+    if settled.root_finished {
+        shared.signals.root_finished();
+    }
+    if settled.release_failed {
+        cache.clear();
+        let _ = shared.events.send(Event::SweepRequested);
+    }
+    settled.outcome
+}
+
 /// The worker's handle on its connection for one drain. The driver's `Transaction` object
 /// is made once (`BEGIN`) and then kept, while the transactions on the server come and go
 /// with the statements sent through it (`COMMIT; BEGIN; <claim>` ends one step and starts
@@ -149,13 +185,15 @@ fn drain_on<'e>(
 struct Session<'c> {
     tx: Option<Transaction<'c>>,
     open: bool,
+    batch: Batch,
 }
 
 impl<'c> Session<'c> {
-    fn begin(client: &'c mut postgres::Client) -> Result<Session<'c>> {
+    fn begin(client: &'c mut postgres::Client, steps_per_commit: usize) -> Result<Session<'c>> {
         Ok(Session {
             tx: Some(client.transaction()?),
             open: true,
+            batch: Batch::new(steps_per_commit),
         })
     }
 
@@ -201,8 +239,7 @@ impl<'c> Session<'c> {
 }
 
 /// One attempt at a due run of handler `h` (or at the run `carried` over from the previous
-/// attempt's commit), what its report asks of the runtime, and the next claim if its commit
-/// made one.
+/// attempt's commit); its report, with the next claim if its commit made one.
 #[allow(clippy::too_many_arguments)]
 fn attempt<'e: 'c, 'c>(
     shared: &'e Shared,
@@ -213,7 +250,7 @@ fn attempt<'e: 'c, 'c>(
     end: &mut ClaimEnd<'_>,
     carried: Option<Claimed>,
     chain: bool,
-) -> (Outcome, Option<Claimed>) {
+) -> Report {
     let entry = &shared.registry.handlers[h];
     let quiet = shared.registry.quiet_handlers();
     let handler = HandlerRef {
@@ -246,20 +283,7 @@ fn attempt<'e: 'c, 'c>(
         max_json_bytes: shared.client.max_json_bytes(),
         stopping: &shared.registry.stopping,
     };
-    let mut report = driver.drive(&mut attempt, &mut announce);
-    let next = report.next_claim.take();
-    let settled = shared.registry.settle(h, report, &quiet);
-    for h in settled.hints {
-        let _ = shared.events.send(Event::Hint(h));
-    }
-    if settled.root_finished {
-        shared.signals.root_finished();
-    }
-    if settled.release_failed {
-        driver.cache.clear();
-        let _ = shared.events.send(Event::SweepRequested);
-    }
-    (settled.outcome, next)
+    driver.drive(&mut attempt, &mut announce)
 }
 
 /// What performing an attempt's I/O needs: the runtime's shared parts (`'e`, which outlive
@@ -286,7 +310,10 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     attempt.handle_output(self.session.claim(sql, self.cache, &c, prefix));
                 }
                 Io::CommitClaim(c) => {
-                    let out = self.session.claim(sql, self.cache, &c, "COMMIT; BEGIN; ");
+                    // The commit, or (while the batch has room) only the step's savepoint.
+                    let (prefix, commits) = self.session.batch.next_claim();
+                    let out = self.session.claim(sql, self.cache, &c, prefix);
+                    self.session.batch.claimed(commits, out.is_ok());
                     attempt.handle_output(out);
                 }
                 Io::Run(s) | Io::RunAutocommit(s) => {
@@ -310,13 +337,29 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     let rolled_back = exec::run(self.session.tx(), sql, None, &RollbackToSavepoint);
                     attempt.handle_output(rolled_back.map(|()| Output::Done));
                 }
-                Io::Commit => attempt.handle_output(self.session.end("COMMIT")),
-                Io::Rollback => attempt.handle_output(self.session.end("ROLLBACK")),
+                Io::Commit => {
+                    let out = self.session.end("COMMIT");
+                    self.session.batch.ended(out.is_ok(), false);
+                    attempt.handle_output(out);
+                }
+                Io::Rollback => {
+                    // With finished steps in the transaction, only the attempt's own part.
+                    let text = self.session.batch.rollback_text();
+                    let out = self.session.end(text);
+                    if out.is_err() {
+                        // The rollback to the savepoint may have failed before its commit.
+                        self.session.open = true;
+                    }
+                    self.session.batch.ended(out.is_ok(), false);
+                    attempt.handle_output(out);
+                }
                 Io::Done(report) => {
                     // After an error a transaction may be open: it is rolled back, as
-                    // dropping it would. A commit that claimed the next run keeps its own.
+                    // dropping it would (with any finished steps of the batch in it). A
+                    // commit that claimed the next run keeps its own.
                     if self.session.open && report.next_claim.is_none() {
                         let _ = self.session.end("ROLLBACK");
+                        self.session.batch.ended(true, true);
                     }
                     return report;
                 }

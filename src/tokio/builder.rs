@@ -120,6 +120,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Like [`crate::RuntimeBuilder::steps_per_commit`]: up to `k` steps of one handler per
+    /// transaction (1 by default, at most 32).
+    pub fn steps_per_commit(mut self, k: usize) -> Self {
+        self.settings.steps_per_commit = k;
+        self
+    }
+
     /// Like [`crate::RuntimeBuilder::migrate`]. On by default.
     pub fn migrate(mut self, migrate: bool) -> Self {
         self.settings.migrate = migrate;

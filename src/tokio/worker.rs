@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::proto::{
     Claim, Claimed, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
 };
+use crate::runtime::batch::{Batch, Settle};
 use crate::runtime::common::{self, Event, SweepEnd, bump, sweep_entries};
 use crate::saga::{Engine, SagaOf, StepContext, Tokio, UserStatements};
 
@@ -226,20 +227,38 @@ async fn drain_on<'e>(
     let mut session = Session {
         tx: Some(tx),
         open: true,
+        batch: Batch::new(shared.registry.steps_per_commit),
     };
     let started = Instant::now();
     let mut ran = 0;
     let mut carried = None;
+    // Reports of steps whose writes wait for the batch's commit (see `runtime::batch`).
+    let mut held: Vec<Report> = Vec::new();
     let result = loop {
         let chain = ran + 1 < BATCH_STEPS
             && started.elapsed() < BATCH_TIME
             && !shared.registry.is_stopping();
         let attempted = attempt(shared, &mut session, cache, user, h, end, carried, chain).await;
-        let (outcome, next) = match attempted {
-            Ok(attempted) => attempted,
+        let mut report = match attempted {
+            Ok(report) => report,
             Err(e) => break Err(Ended::TimedOut(e)),
         };
-        carried = next;
+        carried = report.next_claim.take();
+        match session.batch.take() {
+            Settle::Committed => {
+                for report in held.drain(..) {
+                    settle(shared, h, report, cache);
+                }
+            }
+            Settle::Voided => held.clear(),
+            Settle::Nothing => {}
+        }
+        let outcome = if session.batch.holding() {
+            held.push(report);
+            Outcome::Ran
+        } else {
+            settle(shared, h, report, cache)
+        };
         match outcome {
             Outcome::Ran => {
                 ran += 1;
@@ -264,6 +283,23 @@ async fn drain_on<'e>(
     result
 }
 
+/// Acts on an attempt's report once what it reports is committed (or failed).
+fn settle(shared: &Shared, h: usize, report: Report, cache: &mut StmtCache) -> Outcome {
+    let quiet = shared.registry.quiet_handlers();
+    let settled = shared.registry.settle(h, report, &quiet);
+    for h in settled.hints {
+        let _ = shared.events.send(Event::Hint(h));
+    }
+    if settled.root_finished {
+        shared.root_finished();
+    }
+    if settled.release_failed {
+        cache.clear();
+        let _ = shared.events.send(Event::SweepRequested);
+    }
+    settled.outcome
+}
+
 /// A task's handle on its leased connection for one drain, as the blocking worker's
 /// `Session`: the driver's `Transaction` object is made once and kept, while transactions
 /// on the server come and go with the statements sent through it.
@@ -271,6 +307,7 @@ struct Session<'c> {
     tx: Option<Transaction<'c>>,
     /// Whether a transaction may be open on the server.
     open: bool,
+    batch: Batch,
 }
 
 impl<'c> Session<'c> {
@@ -315,8 +352,8 @@ impl<'c> Session<'c> {
 }
 
 /// One attempt at a due run of handler `h` (or at the run `carried` over from the previous
-/// attempt's commit), what its report asks of the runtime, and the next claim if its commit
-/// made one. `Err` when a step timed out: the attempt is abandoned (as in a crash).
+/// attempt's commit); its report, with the next claim if its commit made one. `Err` when a
+/// step timed out: the attempt is abandoned (as in a crash).
 #[allow(clippy::too_many_arguments)]
 async fn attempt<'e: 'c, 'c>(
     shared: &'e Shared,
@@ -327,7 +364,7 @@ async fn attempt<'e: 'c, 'c>(
     end: &mut ClaimEnd<'_>,
     carried: Option<Claimed>,
     chain: bool,
-) -> Result<(Outcome, Option<Claimed>)> {
+) -> Result<Report> {
     let entry = &shared.registry.handlers[h];
     let quiet = shared.registry.quiet_handlers();
     let handler = HandlerRef {
@@ -355,20 +392,7 @@ async fn attempt<'e: 'c, 'c>(
         step_timeout: shared.step_timeout,
         endpoint: &shared.endpoint,
     };
-    let mut report = driver.drive(&mut attempt, shared, end).await?;
-    let next = report.next_claim.take();
-    let settled = shared.registry.settle(h, report, &quiet);
-    for h in settled.hints {
-        let _ = shared.events.send(Event::Hint(h));
-    }
-    if settled.root_finished {
-        shared.root_finished();
-    }
-    if settled.release_failed {
-        driver.cache.clear();
-        let _ = shared.events.send(Event::SweepRequested);
-    }
-    Ok((settled.outcome, next))
+    driver.drive(&mut attempt, shared, end).await
 }
 
 /// What performing an attempt's I/O needs: the runtime's shared parts (`'e`, outliving the
@@ -402,10 +426,10 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     attempt.handle_output(out);
                 }
                 Io::CommitClaim(c) => {
-                    let out = self
-                        .session
-                        .claim(sql, self.cache, &c, "COMMIT; BEGIN; ")
-                        .await;
+                    // The commit, or (while the batch has room) only the step's savepoint.
+                    let (prefix, commits) = self.session.batch.next_claim();
+                    let out = self.session.claim(sql, self.cache, &c, prefix).await;
+                    self.session.batch.claimed(commits, out.is_ok());
                     attempt.handle_output(out);
                 }
                 Io::Run(s) | Io::RunAutocommit(s) => {
@@ -433,11 +457,25 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     let rolled_back = exec::run(tx, sql, None, &RollbackToSavepoint).await;
                     attempt.handle_output(rolled_back.map(|()| Output::Done));
                 }
-                Io::Commit => attempt.handle_output(self.session.end("COMMIT").await),
-                Io::Rollback => attempt.handle_output(self.session.end("ROLLBACK").await),
+                Io::Commit => {
+                    let out = self.session.end("COMMIT").await;
+                    self.session.batch.ended(out.is_ok(), false);
+                    attempt.handle_output(out);
+                }
+                Io::Rollback => {
+                    // With finished steps in the transaction, only the attempt's own part.
+                    let text = self.session.batch.rollback_text();
+                    let out = self.session.end(text).await;
+                    if out.is_err() {
+                        self.session.open = true;
+                    }
+                    self.session.batch.ended(out.is_ok(), false);
+                    attempt.handle_output(out);
+                }
                 Io::Done(report) => {
                     if self.session.open && report.next_claim.is_none() {
                         let _ = self.session.end("ROLLBACK").await;
+                        self.session.batch.ended(true, true);
                     }
                     return Ok(report);
                 }

@@ -117,6 +117,7 @@ pub struct Config<E: Engine> {
     backoff: Option<(Duration, Duration)>,
     max_json_bytes: Option<usize>,
     strict_topics: bool,
+    steps_per_commit: usize,
 }
 
 impl<E: Engine> Config<E> {
@@ -143,6 +144,10 @@ impl<E: Engine> Config<E> {
     }
     pub fn strict_topics(mut self) -> Self {
         self.strict_topics = true;
+        self
+    }
+    pub fn steps_per_commit(mut self, k: usize) -> Self {
+        self.steps_per_commit = k;
         self
     }
     pub fn max_json_bytes(mut self, limit: usize) -> Self {
@@ -344,6 +349,7 @@ pub trait Engine: Sized + 'static {
             backoff: None,
             max_json_bytes: None,
             strict_topics: false,
+            steps_per_commit: 1,
         }
     }
 }
@@ -375,7 +381,9 @@ impl Engine for OnBlocking {
         if let Some(limit) = config.max_json_bytes {
             b = b.max_json_bytes(limit);
         }
-        b = b.strict_topics(config.strict_topics);
+        b = b
+            .strict_topics(config.strict_topics)
+            .steps_per_commit(config.steps_per_commit);
         for (topic, saga, concurrency) in config.subscriptions {
             b = match concurrency {
                 Some(c) => b.subscribe_with(topic, saga, c),
@@ -612,7 +620,9 @@ mod on_tokio {
             if let Some(limit) = config.max_json_bytes {
                 b = b.max_json_bytes(limit);
             }
-            b = b.strict_topics(config.strict_topics);
+            b = b
+                .strict_topics(config.strict_topics)
+                .steps_per_commit(config.steps_per_commit);
             for (topic, saga, concurrency) in config.subscriptions {
                 b = match concurrency {
                     Some(c) => b.subscribe_with(topic, saga, c),

@@ -3,6 +3,8 @@
 
 /// Atomicity of a step's writes (AT-*).
 mod atomicity;
+/// Steps per commit.
+mod batching;
 /// Cancellation (CN-*).
 mod cancellation;
 /// Scheduled chains and periodic sagas' context.

@@ -1,0 +1,183 @@
+//! Steps per commit (opt-in, `steps_per_commit`): a worker draining one handler runs up to
+//! K steps (of different runs, or of one run) in one transaction, each after its own claim
+//! and under its own savepoint, and commits once. This decides, for both editions' drivers,
+//! what ends an attempt's part of the transaction and when the batch really commits; the
+//! drivers hold the reports of attempts whose writes wait for that commit and settle them
+//! after it (or drop them, if the batch was rolled back: their runs are simply retried).
+
+/// Releases the finished step's savepoint (`proto::Savepoint`), so savepoints never nest.
+const RELEASE: &str = "RELEASE SAVEPOINT structured_cooperation_step; ";
+
+/// How an attempt's part of the batch ended, for the attempt's report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Nothing changed for earlier reports (they are still held, or there were none).
+    Nothing,
+    /// The batch committed: settle the held reports, then this one.
+    Committed,
+    /// The batch was rolled back: the held reports are void (their runs are retried).
+    Voided,
+}
+
+/// A worker session's batch.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    /// Steps per commit (1: every step commits on its own).
+    size: usize,
+    /// Finished steps whose writes are in the open transaction, not committed yet.
+    pending: usize,
+    /// What happened to the held reports since the last look (see [`Batch::take`]).
+    event: Settle,
+}
+
+impl Batch {
+    pub(crate) fn new(size: usize) -> Batch {
+        Batch {
+            size: size.max(1),
+            pending: 0,
+            event: Settle::Nothing,
+        }
+    }
+
+    /// Whether finished steps wait for the batch's commit: the attempt that just ended is
+    /// one of them, and its report is to be held.
+    pub(crate) fn holding(&self) -> bool {
+        self.pending > 0
+    }
+
+    /// What happened to the held reports since the last call.
+    pub(crate) fn take(&mut self) -> Settle {
+        std::mem::replace(&mut self.event, Settle::Nothing)
+    }
+
+    /// The prefix of the claim that follows a finished step ([`Io::CommitClaim`]): the
+    /// commit, or, while the batch has room, only the release of the step's savepoint.
+    /// Returns it with whether it commits; answer with [`Batch::claimed`].
+    ///
+    /// [`Io::CommitClaim`]: crate::core::attempt::Io::CommitClaim
+    pub(crate) fn next_claim(&self) -> (&'static str, bool) {
+        if self.pending + 1 < self.size {
+            (RELEASE, false)
+        } else {
+            ("COMMIT; BEGIN; ", true)
+        }
+    }
+
+    /// The claim [`next_claim`](Self::next_claim) prefixed was answered.
+    pub(crate) fn claimed(&mut self, commits: bool, ok: bool) {
+        match (commits, ok) {
+            (true, true) => self.committed(),
+            (false, true) => self.pending += 1,
+            // Whether the commit happened is unknown: what was held is given up (its runs are
+            // retried from whatever the database holds, like after any failed commit).
+            (true, false) => self.voided(),
+            // The transaction is aborted and will be rolled back (see `rollback_text`).
+            (false, false) => self.pending += 1,
+        }
+    }
+
+    /// What ends the transaction when the attempt asks for a rollback: all of it, or, with
+    /// finished steps in it, only the attempt's part (back to its savepoint), committing the
+    /// rest. Answer with [`Batch::ended`].
+    pub(crate) fn rollback_text(&self) -> &'static str {
+        if self.pending > 0 {
+            "ROLLBACK TO SAVEPOINT structured_cooperation_step; COMMIT"
+        } else {
+            "ROLLBACK"
+        }
+    }
+
+    /// A commit, or what [`rollback_text`](Self::rollback_text) said, was answered
+    /// (`whole_rollback`: the statement rolled back everything, after an error).
+    pub(crate) fn ended(&mut self, ok: bool, whole_rollback: bool) {
+        if self.pending == 0 {
+            return;
+        }
+        if ok && !whole_rollback {
+            self.committed();
+        } else {
+            self.voided();
+        }
+    }
+
+    fn committed(&mut self) {
+        if self.pending > 0 {
+            self.event = Settle::Committed;
+        }
+        self.pending = 0;
+    }
+
+    fn voided(&mut self) {
+        if self.pending > 0 {
+            self.event = Settle::Voided;
+        }
+        self.pending = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Batch, Settle};
+
+    #[test]
+    fn one_step_per_commit_always_commits() {
+        let mut b = Batch::new(1);
+        for _ in 0..3 {
+            let (prefix, commits) = b.next_claim();
+            assert_eq!((prefix, commits), ("COMMIT; BEGIN; ", true));
+            b.claimed(commits, true);
+            assert!(!b.holding());
+            assert_eq!(b.take(), Settle::Nothing);
+        }
+        assert_eq!(b.rollback_text(), "ROLLBACK");
+    }
+
+    #[test]
+    fn k_steps_share_a_commit() {
+        let mut b = Batch::new(3);
+        // Step 1 ends: its savepoint is released, its report held.
+        let (prefix, commits) = b.next_claim();
+        assert!(prefix.starts_with("RELEASE SAVEPOINT") && !commits);
+        b.claimed(commits, true);
+        assert!(b.holding());
+        // Step 2 likewise.
+        let (_, commits) = b.next_claim();
+        assert!(!commits);
+        b.claimed(commits, true);
+        assert!(b.holding());
+        // Step 3 fills the batch: it commits, and the held reports settle.
+        let (prefix, commits) = b.next_claim();
+        assert_eq!((prefix, commits), ("COMMIT; BEGIN; ", true));
+        b.claimed(commits, true);
+        assert!(!b.holding());
+        assert_eq!(b.take(), Settle::Committed);
+        assert_eq!(b.take(), Settle::Nothing);
+    }
+
+    #[test]
+    fn a_rollback_with_steps_held_keeps_them() {
+        let mut b = Batch::new(8);
+        b.claimed(false, true);
+        assert!(b.rollback_text().starts_with("ROLLBACK TO SAVEPOINT"));
+        b.ended(true, false);
+        assert_eq!(b.take(), Settle::Committed);
+        assert_eq!(b.rollback_text(), "ROLLBACK");
+    }
+
+    #[test]
+    fn failures_void_what_is_held() {
+        let mut b = Batch::new(8);
+        b.claimed(false, true);
+        b.ended(false, false);
+        assert_eq!(b.take(), Settle::Voided);
+
+        b.claimed(false, true);
+        b.ended(true, true);
+        assert_eq!(b.take(), Settle::Voided);
+
+        b.claimed(false, true);
+        b.claimed(true, false);
+        assert_eq!(b.take(), Settle::Voided);
+        assert!(!b.holding());
+    }
+}

@@ -1,0 +1,117 @@
+//! Steps per commit (issue 13): several steps of one handler in one transaction, each under
+//! its own savepoint. A failing step rolls back alone; trees (whose finishing children commit
+//! the batch at once, to release their parents) run as usual. Process kills: see
+//! `tests/multiprocess/batched.rs`.
+
+use serde_json::{Value, json};
+use structured_cooperation::{RunStatus, StepContext, StepError, StepResult};
+
+use crate::engine::{Engine, Served, both};
+use crate::util::{TestDb, WAIT};
+
+fn a_failing_step_rolls_back_alone_in_its_batch<E: Engine>() {
+    let mut db = TestDb::new("batched_failure");
+    let s = db.schema.clone();
+    let insert = format!("INSERT INTO {s}.done (n) VALUES ($1)");
+    let saga = E::saga("batched-job")
+        .step(
+            move |ctx: &mut StepContext<'_, E::X>, payload: &Value| -> StepResult {
+                let n = payload["n"].as_i64().unwrap_or(-1);
+                E::execute(ctx, &insert, &[&n])?;
+                if n % 10 == 3 {
+                    return Err(StepError::msg("every tenth job fails"));
+                }
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap();
+    let runtime = E::runtime(&db)
+        .workers(2)
+        .steps_per_commit(8)
+        .subscribe("jobs", saga)
+        .start()
+        .unwrap();
+    db.exec(&format!("CREATE TABLE {s}.done (n int8 PRIMARY KEY)"));
+    let payloads: Vec<Value> = (0..100).map(|n| json!({ "n": n })).collect();
+    let roots = runtime.launch_many("jobs", &payloads).unwrap();
+    for (n, root) in roots.iter().enumerate() {
+        let outcome = runtime.wait_for(*root, WAIT).unwrap();
+        let expected = if n % 10 == 3 {
+            RunStatus::RolledBack
+        } else {
+            RunStatus::Committed
+        };
+        assert_eq!(outcome.runs()[0].status, expected, "job {n}: {outcome:?}");
+    }
+    // The failing steps' inserts were discarded, nobody else's.
+    assert_eq!(db.query_i64(&format!("SELECT count(*) FROM {s}.done")), 90);
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {s}.done WHERE n % 10 = 3")),
+        0
+    );
+    runtime.shutdown().unwrap();
+}
+
+both!(a_failing_step_rolls_back_alone_in_its_batch);
+
+fn trees_run_batched<E: Engine>() {
+    let mut db = TestDb::new("batched_trees");
+    let s = db.schema.clone();
+    let insert = format!("INSERT INTO {s}.done (run_id) VALUES ($1)");
+    let (insert_parent, insert_child) = (insert.clone(), insert);
+    let parent = E::saga("batched-parent")
+        .step(|ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+            for i in 0..5 {
+                ctx.emit("batched-children", &json!({ "i": i }))?;
+            }
+            Ok(())
+        })
+        .step(
+            move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                let run = ctx.run_id().as_uuid();
+                E::execute(ctx, &insert_parent, &[&run])?;
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap();
+    let child = E::saga("batched-child")
+        .step(
+            move |ctx: &mut StepContext<'_, E::X>, _: &Value| -> StepResult {
+                let run = ctx.run_id().as_uuid();
+                E::execute(ctx, &insert_child, &[&run])?;
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap();
+    let runtime = E::runtime(&db)
+        .steps_per_commit(16)
+        .subscribe("batched-parents", parent)
+        .subscribe("batched-children", child)
+        .start()
+        .unwrap();
+    db.exec(&format!("CREATE TABLE {s}.done (run_id uuid PRIMARY KEY)"));
+    let payloads: Vec<Value> = (0..20).map(|n| json!({ "n": n })).collect();
+    let roots = runtime.launch_many("batched-parents", &payloads).unwrap();
+    for root in roots {
+        assert!(runtime.wait_for(root, WAIT).unwrap().is_committed());
+    }
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {s}.done")),
+        20 * 6
+    );
+    runtime.shutdown().unwrap();
+}
+
+both!(trees_run_batched);
+
+#[test]
+fn steps_per_commit_is_bounded() {
+    let db = TestDb::new("batched_bounds");
+    for k in [0, 33] {
+        let err = db.runtime().steps_per_commit(k).start().unwrap_err();
+        assert!(err.to_string().contains("steps_per_commit"), "{err}");
+    }
+}
