@@ -12,6 +12,7 @@
 //! * sleep lateness: 1,000 runs sleeping 1 s each, how late (after `wake_at`) they woke;
 //! * cancel: from `cancel(root)` until every run of a depth-3, fan-out-5 tree is terminal;
 //! * launches from one thread: one at a time, and 1,000 per `launch_many`;
+//! * batched: w1 with 4, 8, 16 and 32 steps per commit (16 is `batched_w1_steps_per_s`);
 //! * round trips per step, counted on the wire by a proxy, for a no-op step and a step
 //!   inserting one row (one worker);
 //! * tokio (with the `tokio` feature): w1 and w3 on the tokio runtime, same workers;
@@ -22,7 +23,7 @@
 //!   trees (trees per second).
 //!
 //! Environment: `DATABASE_URL` (required), `SC_BENCH_ONLY` (comma-separated subset of
-//! `w1,w3,trips,launch,wake,flat,w4,idle,sleep,cancel,tokio,scale,ops`).
+//! `w1,w3,batched,trips,launch,wake,flat,w4,idle,sleep,cancel,tokio,scale,ops`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -97,17 +98,13 @@ fn insert_result(ctx: &mut StepContext<'_>) -> StepResult {
     Ok(())
 }
 
-/// Launches `n` roots on `topic` in batches of one transaction each.
+/// Launches `n` roots on `topic`, 1,000 per transaction (`launch_many`).
 fn prelaunch(client: &Client, topic: &str, n: usize) {
-    let mut conn = client.pool().get().unwrap();
     for chunk in 0..n.div_ceil(1000) {
-        let mut tx = conn.transaction().unwrap();
-        for i in chunk * 1000..((chunk + 1) * 1000).min(n) {
-            client
-                .launch_in(&mut tx, topic, &json!({ "n": i }))
-                .unwrap();
-        }
-        tx.commit().unwrap();
+        let payloads: Vec<Value> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|i| json!({ "n": i }))
+            .collect();
+        client.launch_many(topic, &payloads).unwrap();
     }
 }
 
@@ -116,9 +113,11 @@ fn prelaunch(client: &Client, topic: &str, n: usize) {
 /// (Only for handlers whose runs have no children: a run waiting for children is not in that
 /// index.)
 fn wait_drained(admin: &mut postgres::Client, handler: &str) {
+    // Whether one is left (not how many): one index probe, so that the polling takes next
+    // to nothing from the workload it waits for.
     let sql = format!(
-        "SELECT count(*) FROM {SCHEMA}.runs WHERE handler = $1 \
-         AND status IN ('active', 'rolling_back') AND pending_children = 0"
+        "SELECT count(*) FROM (SELECT 1 FROM {SCHEMA}.runs WHERE handler = $1 \
+         AND status IN ('active', 'rolling_back') AND pending_children = 0 LIMIT 1) left_"
     );
     wait_zero(admin, &sql, handler);
 }
@@ -182,6 +181,28 @@ fn w1_run_on(admin: &mut postgres::Client, client: &Client, jobs: usize, engine:
     stop();
     jobs as f64 / (end - start)
 }
+
+/// w1 with several steps per commit: each batch size in turn, twice (best of two, as w1).
+fn batched_w1(admin: &mut postgres::Client) {
+    for per_commit in [4, 8, 16, 32] {
+        let mut best = 0.0f64;
+        for _ in 0..2 {
+            let client = fresh_schema(admin);
+            let engine = Engine::Batched {
+                workers: WORKERS,
+                per_commit,
+            };
+            best = best.max(w1_run_on(admin, &client, 10_000, engine));
+        }
+        report(&format!("batched_w1_k{per_commit}_steps_per_s"), best);
+        if per_commit == RECOMMENDED_PER_COMMIT {
+            report("batched_w1_steps_per_s", best);
+        }
+    }
+}
+
+/// The batch size BENCHMARKS.md and the docs recommend (`batched_w1_steps_per_s`).
+const RECOMMENDED_PER_COMMIT: usize = 16;
 
 fn w1(admin: &mut postgres::Client) -> f64 {
     let mut best = 0.0f64;
@@ -505,6 +526,9 @@ fn main() {
     }
     if wanted("w3") {
         w3(&mut admin);
+    }
+    if wanted("batched") {
+        batched_w1(&mut admin);
     }
     if wanted("trips") {
         trips::round_trips();

@@ -11,6 +11,11 @@ pub(crate) enum Engine {
     Blocking {
         workers: usize,
     },
+    /// The blocking runtime with `per_commit` steps per commit.
+    Batched {
+        workers: usize,
+        per_commit: usize,
+    },
     #[cfg(feature = "tokio")]
     Tokio {
         workers: usize,
@@ -21,8 +26,15 @@ pub(crate) enum Engine {
 /// Stops a started runtime (and the tokio runtime under it).
 pub(crate) type Stop = Box<dyn FnOnce()>;
 
-fn blocking(workers: usize, subscriptions: Vec<(&str, structured_cooperation::Saga)>) -> Stop {
-    let mut builder = Runtime::builder(url()).schema(SCHEMA).workers(workers);
+fn blocking(
+    workers: usize,
+    per_commit: usize,
+    subscriptions: Vec<(&str, structured_cooperation::Saga)>,
+) -> Stop {
+    let mut builder = Runtime::builder(url())
+        .schema(SCHEMA)
+        .workers(workers)
+        .steps_per_commit(per_commit);
     for (topic, saga) in subscriptions {
         builder = builder.subscribe(topic, saga);
     }
@@ -33,7 +45,11 @@ fn blocking(workers: usize, subscriptions: Vec<(&str, structured_cooperation::Sa
 /// The w1 handler on `engine`.
 pub(crate) fn start_w1(engine: Engine) -> Stop {
     match engine {
-        Engine::Blocking { workers } => blocking(workers, vec![("w1", job_saga())]),
+        Engine::Blocking { workers } => blocking(workers, 1, vec![("w1", job_saga())]),
+        Engine::Batched {
+            workers,
+            per_commit,
+        } => blocking(workers, per_commit, vec![("w1", job_saga())]),
         #[cfg(feature = "tokio")]
         Engine::Tokio {
             workers,
@@ -47,7 +63,14 @@ pub(crate) fn start_w3(engine: Engine) -> Stop {
     match engine {
         Engine::Blocking { workers } => {
             let (root, child) = w3_sagas();
-            blocking(workers, vec![("w3", root), ("w3-child", child)])
+            blocking(workers, 1, vec![("w3", root), ("w3-child", child)])
+        }
+        Engine::Batched {
+            workers,
+            per_commit,
+        } => {
+            let (root, child) = w3_sagas();
+            blocking(workers, per_commit, vec![("w3", root), ("w3-child", child)])
         }
         #[cfg(feature = "tokio")]
         Engine::Tokio {

@@ -120,3 +120,179 @@ mod tests {
         assert_eq!(literal(r"\'; DROP"), r"E'\\''; DROP'");
     }
 }
+
+/// Parameters rendered as SQL literals, in order, for `EXECUTE name(...)` in simple-query
+/// text (the statement was prepared with the types in its `PREPARE`, which the literals are
+/// coerced to). A text holding U+0000 cannot travel inside query text: [`Literals::done`]
+/// then says so, and the caller runs the statement with bound parameters instead.
+#[derive(Debug, Default)]
+pub(crate) struct Literals {
+    out: String,
+    count: usize,
+    unsendable: bool,
+}
+
+impl Literals {
+    fn next(&mut self) -> &mut String {
+        if self.count > 0 {
+            self.out.push_str(", ");
+        }
+        self.count += 1;
+        &mut self.out
+    }
+
+    fn quoted(&mut self, text: &str) -> String {
+        if text.contains('\0') {
+            self.unsendable = true;
+        }
+        literal(text)
+    }
+
+    pub(crate) fn text(&mut self, v: &str) -> &mut Self {
+        let q = self.quoted(v);
+        self.next().push_str(&q);
+        self
+    }
+
+    pub(crate) fn opt_text(&mut self, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(v) => self.text(v),
+            None => self.null(),
+        }
+    }
+
+    pub(crate) fn int(&mut self, v: i64) -> &mut Self {
+        let text = v.to_string();
+        self.next().push_str(&text);
+        self
+    }
+
+    pub(crate) fn opt_int(&mut self, v: Option<i64>) -> &mut Self {
+        match v {
+            Some(v) => self.int(v),
+            None => self.null(),
+        }
+    }
+
+    pub(crate) fn opt_bool(&mut self, v: Option<bool>) -> &mut Self {
+        let text = match v {
+            Some(true) => "true",
+            Some(false) => "false",
+            None => "NULL",
+        };
+        self.next().push_str(text);
+        self
+    }
+
+    pub(crate) fn uuid(&mut self, v: &Uuid) -> &mut Self {
+        let text = format!("'{v}'");
+        self.next().push_str(&text);
+        self
+    }
+
+    /// A timestamp, exactly (to the microsecond), whatever the session's time zone.
+    pub(crate) fn opt_time(&mut self, v: Option<std::time::SystemTime>) -> &mut Self {
+        let text = match v {
+            None => "NULL".to_owned(),
+            Some(t) => {
+                let us = match t.duration_since(std::time::UNIX_EPOCH) {
+                    Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+                    Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+                };
+                format!("timestamptz 'epoch' + {us} * interval '1 microsecond'")
+            }
+        };
+        self.next().push_str(&text);
+        self
+    }
+
+    /// An array of `kind` (`text`, `int4`, `uuid`) from its elements' literals.
+    fn array(&mut self, kind: &str, elements: Vec<String>) -> &mut Self {
+        let text = if elements.is_empty() {
+            format!("'{{}}'::{kind}[]")
+        } else {
+            format!("ARRAY[{}]::{kind}[]", elements.join(", "))
+        };
+        self.next().push_str(&text);
+        self
+    }
+
+    pub(crate) fn text_array(&mut self, v: &[&str]) -> &mut Self {
+        let elements = v.iter().map(|t| self.quoted(t)).collect();
+        self.array("text", elements)
+    }
+
+    pub(crate) fn opt_text_array(&mut self, v: &[Option<String>]) -> &mut Self {
+        let elements = v
+            .iter()
+            .map(|t| match t {
+                Some(t) => self.quoted(t),
+                None => "NULL".to_owned(),
+            })
+            .collect();
+        self.array("text", elements)
+    }
+
+    pub(crate) fn opt_int_array(&mut self, v: &[Option<i32>]) -> &mut Self {
+        let elements = v
+            .iter()
+            .map(|i| i.map_or_else(|| "NULL".to_owned(), |i| i.to_string()))
+            .collect();
+        self.array("int4", elements)
+    }
+
+    pub(crate) fn opt_uuid_array(&mut self, v: &[Option<Uuid>]) -> &mut Self {
+        let elements = v
+            .iter()
+            .map(|u| u.map_or_else(|| "NULL".to_owned(), |u| format!("'{u}'")))
+            .collect();
+        self.array("uuid", elements)
+    }
+
+    pub(crate) fn uuid_array(&mut self, v: &[Uuid]) -> &mut Self {
+        let elements = v.iter().map(|u| format!("'{u}'")).collect();
+        self.array("uuid", elements)
+    }
+
+    fn null(&mut self) -> &mut Self {
+        self.next().push_str("NULL");
+        self
+    }
+
+    /// The argument list, or `None` if a text cannot be sent inside query text.
+    pub(crate) fn done(&mut self) -> Option<String> {
+        (!self.unsendable).then(|| std::mem::take(&mut self.out))
+    }
+}
+
+#[cfg(test)]
+mod literal_tests {
+    use super::Literals;
+    use uuid::Uuid;
+
+    #[test]
+    fn arguments_render_in_order_with_nulls_and_arrays() {
+        let u = Uuid::nil();
+        let mut l = Literals::default();
+        l.uuid(&u)
+            .text("it's")
+            .opt_int(None)
+            .int(-3)
+            .opt_bool(Some(true))
+            .text_array(&[])
+            .opt_int_array(&[Some(1), None])
+            .opt_text_array(&[None, Some("a".into())]);
+        assert_eq!(
+            l.done().unwrap(),
+            "'00000000-0000-0000-0000-000000000000', E'it''s', NULL, -3, true, \
+             '{}'::text[], ARRAY[1, NULL]::int4[], ARRAY[NULL, E'a']::text[]"
+        );
+    }
+
+    #[test]
+    fn a_nul_cannot_travel_in_query_text() {
+        let mut l = Literals::default();
+        l.text("a\0b");
+        assert_eq!(l.done(), None);
+    }
+}

@@ -121,7 +121,14 @@ impl<'a> Emit<'a> {
     /// `refused` says so.
     pub(crate) const SQL: &'static str = "
 WITH checked AS MATERIALIZED (
+    -- As in `Finish`: without deadlines or a cancellation in the tree, one index probe.
     SELECT CASE WHEN $13::bool IS NULL THEN true
+                WHEN NOT EXISTS (SELECT 1 FROM __S__.runs r WHERE r.id = $6::uuid
+                                   AND (r.happy_deadline IS NOT NULL
+                                        OR r.rollback_deadline IS NOT NULL
+                                        OR r.absolute_deadline IS NOT NULL))
+                     AND NOT EXISTS (SELECT 1 FROM __S__.cancellations k
+                                     WHERE k.root_id = $5::uuid) THEN true
                 ELSE __S__.check_give_up($5::uuid, $6::uuid, $13::bool) END AS ok
 ),
 given AS MATERIALIZED (

@@ -36,7 +36,7 @@ use crate::failure::Failure;
 
 pub(crate) use alive::{Heartbeat, Retire, RuntimeRow, Runtimes, Topology, TopologyRow};
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
-pub(crate) use cols::{Cols, literal};
+pub(crate) use cols::{Cols, Literals, literal};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register};
 pub(crate) use inspect::{
     ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootExists, RootRunRow,
@@ -262,14 +262,25 @@ impl Sql {
 #[derive(Debug, Default)]
 pub(crate) struct StmtCache {
     stmts: Vec<Option<postgres::Statement>>,
-    /// The claim's name, once prepared on the session for the simple-query protocol.
-    claim: Option<String>,
+    /// The names of the statements prepared on the session for the simple-query protocol
+    /// (see [`Simple`]), once prepared.
+    simple: [Option<String>; 2],
 }
 
-/// Numbers the claims prepared by this process: every preparation gets a name of its own,
-/// since one prepared before [`StmtCache::clear`], or by an earlier user of a pooled
-/// connection, may still exist on the session.
-static CLAIMS_PREPARED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Statements that also run through the simple-query protocol, as `EXECUTE` of a statement
+/// prepared on the session with SQL `PREPARE`: so that one round trip can carry them with
+/// transaction control (`COMMIT; BEGIN; <claim>; SAVEPOINT ...`, `RELEASE SAVEPOINT ...;
+/// <finish>`) without planning them again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Simple {
+    Claim,
+    Finish,
+}
+
+/// Numbers the statements this process prepares with SQL `PREPARE`: every preparation gets a
+/// name of its own, since one prepared before [`StmtCache::clear`], or by an earlier user of
+/// a pooled connection, may still exist on the session.
+static SIMPLE_PREPARED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl StmtCache {
     /// The prepared statement for `id`, if there is one.
@@ -289,31 +300,42 @@ impl StmtCache {
     /// Forgets every statement (after an error that may have left them unusable).
     pub(crate) fn clear(&mut self) {
         self.stmts.clear();
-        self.claim = None;
+        self.simple = [None, None];
     }
 
-    /// The name of the session's prepared claim, and whether it is prepared yet (if not,
-    /// the caller prepares it under that name and then calls [`claim_prepared`]).
+    /// The name of statement `s` as prepared on the session, and whether it is prepared yet
+    /// (if not, the caller prepares it under that name and then calls [`prepared`]).
     ///
-    /// [`claim_prepared`]: Self::claim_prepared
-    pub(crate) fn claim_name(&self) -> (String, bool) {
-        match &self.claim {
+    /// [`prepared`]: Self::prepared
+    pub(crate) fn simple_name(&self, s: Simple) -> (String, bool) {
+        match &self.simple[s as usize] {
             Some(name) => (name.clone(), true),
             None => {
-                let n = CLAIMS_PREPARED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                (format!("sc_claim_{n}"), false)
+                let n = SIMPLE_PREPARED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let kind = match s {
+                    Simple::Claim => "claim",
+                    Simple::Finish => "finish",
+                };
+                (format!("sc_{kind}_{n}"), false)
             }
         }
     }
 
-    /// The claim is now prepared under `name`.
-    pub(crate) fn claim_prepared(&mut self, name: String) {
-        self.claim = Some(name);
+    /// Statement `s` is now prepared on the session under `name`.
+    pub(crate) fn prepared(&mut self, s: Simple, name: String) {
+        self.simple[s as usize] = Some(name);
     }
 }
 
 /// Which give-up check (see the migration's `check_give_up`) runs before the results of user
 /// code are written.
+///
+/// The statements skip the check itself (a function taking the root's shared advisory lock,
+/// then looking) when the run has no deadlines and the statement's snapshot holds no
+/// cancellation of its tree: the common case costs one index probe. A cancellation still
+/// being written then (its transaction holds the root's exclusive lock) is ordered after this
+/// step, which commits; the run's next claim finds it and gives up, as it would have had the
+/// step finished a moment earlier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum GiveUpCheck {
     /// None: bookkeeping that must happen whatever the run's deadlines and cancellations say.

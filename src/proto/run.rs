@@ -8,8 +8,8 @@ use postgres::{Row, SimpleQueryMessage};
 use uuid::Uuid;
 
 use super::{
-    Cols, ContextWrite, GiveUpCheck, Sql, Statement, StmtId, failure_col, failure_json, literal,
-    millis_col, one, run_view, u32_col,
+    Cols, ContextWrite, GiveUpCheck, Literals, Sql, Statement, StmtId, failure_col, failure_json,
+    literal, millis_col, one, run_view, u32_col,
 };
 use crate::core::decide::Transition;
 use crate::core::{RunView, Wake};
@@ -354,10 +354,20 @@ impl<'a> Finish<'a> {
     /// before anything is written; with `$27`, the context becomes `$28` (which includes any
     /// pending rollback context) and the pending one is cleared.
     pub(crate) const SQL: &'static str = "
-WITH checked AS MATERIALIZED (
+WITH me AS MATERIALIZED (
+    SELECT root_id, happy_deadline IS NULL AND rollback_deadline IS NULL
+                    AND absolute_deadline IS NULL AS timeless
+    FROM __S__.runs WHERE id = $1
+),
+checked AS MATERIALIZED (
+    -- A run without deadlines whose tree nobody cancelled has nothing to give up for: one
+    -- index probe instead of the check (see `GiveUpCheck`).
     SELECT CASE WHEN $26::bool IS NULL THEN true
-                ELSE __S__.check_give_up((SELECT root_id FROM __S__.runs WHERE id = $1), $1,
-                                         $26::bool) END AS ok
+                WHEN me.timeless
+                     AND NOT EXISTS (SELECT 1 FROM __S__.cancellations k
+                                     WHERE k.root_id = me.root_id) THEN true
+                ELSE __S__.check_give_up(me.root_id, $1, $26::bool) END AS ok
+    FROM me
 ),
 run AS (
     UPDATE __S__.runs SET
@@ -401,6 +411,90 @@ hist AS (
     ORDER BY e.ord
 )
 SELECT parent_id, release_pending FROM run";
+}
+
+impl Finish<'_> {
+    /// The parameters' types, in order, for the `PREPARE` of [`Finish::simple_text`].
+    const TYPES: &'static str = "uuid, text, int4, int4, int4, int4, text, text, int4, int4, \
+        int4, text, int4, int4, int4, int4, text, text[], text[], int4[], text[], uuid[], \
+        uuid[], timestamptz, int8, bool, bool, text";
+
+    /// The transition as simple-query text: `prefix` (`RELEASE SAVEPOINT ...; `, so the run's
+    /// row is updated outside the step's savepoint), then the statement prepared as `name`
+    /// (prepared first unless `prepared`) with its parameters as literals. `None` when a
+    /// parameter cannot travel inside query text (it holds U+0000): then it runs with bound
+    /// parameters.
+    pub(crate) fn simple_text(
+        &self,
+        sql: &Sql,
+        name: &str,
+        prepared: bool,
+        prefix: &str,
+    ) -> Option<String> {
+        let int = |v: i32| i64::from(v);
+        let opt = |v: Option<i32>| v.map(i64::from);
+        let args = Literals::default()
+            .uuid(&self.run)
+            .text(self.status)
+            .int(int(self.step_index))
+            .int(int(self.step_iteration))
+            .int(int(self.instances))
+            .int(int(self.pending_children))
+            .opt_text(self.failure.as_deref())
+            .opt_text(self.rollback_failure.as_deref())
+            .opt_int(opt(self.cfh_iteration))
+            .opt_int(opt(self.rollback_cursor))
+            .opt_int(opt(self.waited_instance))
+            .text(self.worker)
+            .opt_int(opt(self.instance_seq))
+            .opt_int(opt(self.instance_step))
+            .opt_int(opt(self.instance_iteration))
+            .opt_int(opt(self.instance_cfh))
+            .opt_text(self.instance_kind)
+            .text_array(&self.event_kinds)
+            .opt_text_array(&self.event_steps)
+            .opt_int_array(&self.event_next_steps)
+            .opt_text_array(&self.event_failures)
+            .opt_uuid_array(&self.event_messages)
+            .uuid_array(&self.messages)
+            .opt_time(self.wake_at)
+            .opt_int(self.wake_in_us)
+            .opt_bool(self.check)
+            .opt_bool(Some(self.write_context))
+            .opt_text(self.context.as_deref())
+            .done()?;
+        let mut text = String::from(prefix);
+        if !prepared {
+            text.push_str(&format!(
+                "PREPARE {name} ({}) AS {}; ",
+                Finish::TYPES,
+                sql.text(StmtId::Finish)
+            ));
+        }
+        text.push_str(&format!("EXECUTE {name}({args})"));
+        Some(text)
+    }
+
+    /// Decodes what [`Finish::simple_text`] returned.
+    pub(crate) fn decode_simple(&self, messages: Vec<SimpleQueryMessage>) -> Result<Applied> {
+        let row = messages.into_iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        });
+        let row = row.ok_or_else(|| self.gone())?;
+        Ok(Applied {
+            is_root: row.opt_uuid("parent_id")?.is_none(),
+            release_pending: row.bool("release_pending")?,
+        })
+    }
+
+    /// No row: the run does not exist (the check fails loudly instead of returning none).
+    fn gone(&self) -> Error {
+        Error::UnexpectedData(format!(
+            "run {} is gone: its transition was not applied",
+            self.run
+        ))
+    }
 }
 
 /// What persisting a transition revealed.
@@ -453,13 +547,7 @@ impl Statement for Finish<'_> {
     }
 
     fn decode(&self, rows: Vec<Row>) -> Result<Applied> {
-        // No row: the run does not exist (the check fails loudly instead of returning none).
-        let row = rows.into_iter().next().ok_or_else(|| {
-            Error::UnexpectedData(format!(
-                "run {} is gone: its transition was not applied",
-                self.run
-            ))
-        })?;
+        let row = rows.into_iter().next().ok_or_else(|| self.gone())?;
         let parent: Option<Uuid> = row.try_get("parent_id")?;
         Ok(Applied {
             is_root: parent.is_none(),

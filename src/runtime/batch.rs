@@ -55,9 +55,11 @@ impl Batch {
     /// Returns it with whether it commits; answer with [`Batch::claimed`].
     ///
     /// [`Io::CommitClaim`]: crate::core::attempt::Io::CommitClaim
-    pub(crate) fn next_claim(&self) -> (&'static str, bool) {
+    /// `held`: whether the step's savepoint still exists (it is released as soon as the
+    /// step's code succeeded, so the engine's writes run outside it).
+    pub(crate) fn next_claim(&self, held: bool) -> (&'static str, bool) {
         if self.pending + 1 < self.size {
-            (RELEASE, false)
+            (if held { RELEASE } else { "" }, false)
         } else {
             ("COMMIT; BEGIN; ", true)
         }
@@ -79,8 +81,9 @@ impl Batch {
     /// What ends the transaction when the attempt asks for a rollback: all of it, or, with
     /// finished steps in it, only the attempt's part (back to its savepoint), committing the
     /// rest. Answer with [`Batch::ended`].
-    pub(crate) fn rollback_text(&self) -> &'static str {
-        if self.pending > 0 {
+    /// Without the savepoint (`held`), the whole transaction is rolled back, batch and all.
+    pub(crate) fn rollback_text(&self, held: bool) -> &'static str {
+        if self.pending > 0 && held {
             "ROLLBACK TO SAVEPOINT structured_cooperation_step; COMMIT"
         } else {
             "ROLLBACK"
@@ -123,30 +126,30 @@ mod tests {
     fn one_step_per_commit_always_commits() {
         let mut b = Batch::new(1);
         for _ in 0..3 {
-            let (prefix, commits) = b.next_claim();
+            let (prefix, commits) = b.next_claim(true);
             assert_eq!((prefix, commits), ("COMMIT; BEGIN; ", true));
             b.claimed(commits, true);
             assert!(!b.holding());
             assert_eq!(b.take(), Settle::Nothing);
         }
-        assert_eq!(b.rollback_text(), "ROLLBACK");
+        assert_eq!(b.rollback_text(true), "ROLLBACK");
     }
 
     #[test]
     fn k_steps_share_a_commit() {
         let mut b = Batch::new(3);
         // Step 1 ends: its savepoint is released, its report held.
-        let (prefix, commits) = b.next_claim();
+        let (prefix, commits) = b.next_claim(true);
         assert!(prefix.starts_with("RELEASE SAVEPOINT") && !commits);
         b.claimed(commits, true);
         assert!(b.holding());
-        // Step 2 likewise.
-        let (_, commits) = b.next_claim();
-        assert!(!commits);
+        // Step 2 likewise, its savepoint released already.
+        let (prefix, commits) = b.next_claim(false);
+        assert_eq!((prefix, commits), ("", false));
         b.claimed(commits, true);
         assert!(b.holding());
         // Step 3 fills the batch: it commits, and the held reports settle.
-        let (prefix, commits) = b.next_claim();
+        let (prefix, commits) = b.next_claim(false);
         assert_eq!((prefix, commits), ("COMMIT; BEGIN; ", true));
         b.claimed(commits, true);
         assert!(!b.holding());
@@ -158,10 +161,12 @@ mod tests {
     fn a_rollback_with_steps_held_keeps_them() {
         let mut b = Batch::new(8);
         b.claimed(false, true);
-        assert!(b.rollback_text().starts_with("ROLLBACK TO SAVEPOINT"));
+        assert!(b.rollback_text(true).starts_with("ROLLBACK TO SAVEPOINT"));
+        // Without the savepoint, everything goes.
+        assert_eq!(b.rollback_text(false), "ROLLBACK");
         b.ended(true, false);
         assert_eq!(b.take(), Settle::Committed);
-        assert_eq!(b.rollback_text(), "ROLLBACK");
+        assert_eq!(b.rollback_text(true), "ROLLBACK");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use postgres::{GenericClient, Row};
 
 use crate::error::Result;
-use crate::proto::{Claim, Claimed, Sql, Statement, StmtCache};
+use crate::proto::{Applied, Claim, Claimed, Finish, Simple, Sql, Statement, StmtCache};
 
 /// Executes `s` and returns its rows, with the driver's own error (step code's helpers that
 /// promise a `postgres::Error` need it unconverted).
@@ -62,10 +62,34 @@ pub(crate) fn claim(
     c: &Claim<'_>,
     prefix: &str,
 ) -> Result<Claimed> {
-    let (name, prepared) = cache.claim_name();
+    let (name, prepared) = cache.simple_name(Simple::Claim);
     let messages = client.simple_query(&c.simple_text(sql, &name, prepared, prefix))?;
     if !prepared {
-        cache.claim_prepared(name);
+        cache.prepared(Simple::Claim, name);
     }
     c.decode_simple(messages)
+}
+
+/// Persists a transition through the simple-query protocol after `prefix` (the release of
+/// the step's savepoint), in one round trip; with bound parameters (and the prefix on its
+/// own) when a parameter cannot travel in query text.
+pub(crate) fn finish(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    cache: &mut StmtCache,
+    f: &Finish<'_>,
+    prefix: &str,
+) -> Result<Applied> {
+    let (name, prepared) = cache.simple_name(Simple::Finish);
+    let Some(text) = f.simple_text(sql, &name, prepared, prefix) else {
+        if !prefix.is_empty() {
+            client.batch_execute(prefix)?;
+        }
+        return run(client, sql, Some(cache), f);
+    };
+    let messages = client.simple_query(&text)?;
+    if !prepared {
+        cache.prepared(Simple::Finish, name);
+    }
+    f.decode_simple(messages)
 }

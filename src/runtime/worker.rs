@@ -14,10 +14,12 @@ use r2d2::PooledConnection;
 use super::common::{self, Event, SweepEnd, bump, sweep_entries};
 use super::{Shared, exec};
 use crate::core::Next;
-use crate::core::attempt::{Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, UserCall};
+use crate::core::attempt::{
+    Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, Stmt, UserCall,
+};
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
-use crate::proto::{Claim, Claimed};
+use crate::proto::{Claim, Claimed, Finish};
 use crate::proto::{
     Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
 };
@@ -33,6 +35,15 @@ const BATCH_TIME: Duration = Duration::from_millis(100);
 /// How long a worker without a connection waits for one before it gives its handler back
 /// (the handler is retried after the backoff, by whichever worker is free).
 pub(crate) const WORKER_CONNECT_WAIT: Duration = Duration::from_millis(500);
+
+/// Ends the step's savepoint, keeping what the step wrote.
+pub(crate) const RELEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT structured_cooperation_step; ";
+
+/// Whether `e` says the transaction was already aborted when the statement came.
+pub(crate) fn aborted_before(e: &Error) -> bool {
+    matches!(e, Error::Postgres(pg)
+        if pg.code() == Some(&postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION))
+}
 
 /// A worker's own connection, kept for its whole life so its prepared statements stay valid.
 struct WorkerConn {
@@ -185,6 +196,9 @@ fn settle(shared: &Shared, h: usize, report: Report, cache: &mut StmtCache) -> O
 struct Session<'c> {
     tx: Option<Transaction<'c>>,
     open: bool,
+    /// Whether the step's savepoint exists (taken with the claim, released once the step's
+    /// code succeeded).
+    savepoint: bool,
     batch: Batch,
 }
 
@@ -193,6 +207,7 @@ impl<'c> Session<'c> {
         Ok(Session {
             tx: Some(client.transaction()?),
             open: true,
+            savepoint: false,
             batch: Batch::new(steps_per_commit),
         })
     }
@@ -207,6 +222,7 @@ impl<'c> Session<'c> {
     /// whatever the answer (a failed commit ends the transaction too).
     fn end(&mut self, statement: &str) -> Result<Output> {
         self.open = false;
+        self.savepoint = false;
         self.tx().batch_execute(statement)?;
         Ok(Output::Done)
     }
@@ -220,7 +236,27 @@ impl<'c> Session<'c> {
         prefix: &str,
     ) -> Result<Output> {
         self.open = true;
-        exec::claim(self.tx(), sql, cache, c, prefix).map(Output::Claimed)
+        let claimed = exec::claim(self.tx(), sql, cache, c, prefix).map(Output::Claimed);
+        self.savepoint = claimed.is_ok();
+        claimed
+    }
+
+    /// Persists the transition, releasing the step's savepoint first in the same round trip:
+    /// the claimed run's row is updated outside it, since an update inside it would make
+    /// PostgreSQL record the claim's lock and the update together as a multixact, which
+    /// every later reader of the row (other workers' claims skipping it, among them) must
+    /// look up.
+    fn finish(&mut self, sql: &Sql, cache: &mut StmtCache, f: &Finish<'_>) -> Result<Output> {
+        let prefix = if self.savepoint {
+            RELEASE_SAVEPOINT
+        } else {
+            ""
+        };
+        let applied = exec::finish(self.tx(), sql, cache, f, prefix);
+        // It is released unless the release itself failed: the code left the transaction
+        // aborted, and the savepoint is still there to roll back to.
+        self.savepoint &= applied.as_ref().is_err_and(aborted_before);
+        applied.map(Output::Applied)
     }
 
     /// Done with the connection for now: rolls back what may be open; if nothing is, the
@@ -311,10 +347,13 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 }
                 Io::CommitClaim(c) => {
                     // The commit, or (while the batch has room) only the step's savepoint.
-                    let (prefix, commits) = self.session.batch.next_claim();
+                    let (prefix, commits) = self.session.batch.next_claim(self.session.savepoint);
                     let out = self.session.claim(sql, self.cache, &c, prefix);
                     self.session.batch.claimed(commits, out.is_ok());
                     attempt.handle_output(out);
+                }
+                Io::Run(Stmt::Finish(f)) => {
+                    attempt.handle_output(self.session.finish(sql, self.cache, &f));
                 }
                 Io::Run(s) | Io::RunAutocommit(s) => {
                     // Autocommit statements come only when no transaction is open.
@@ -344,13 +383,13 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 }
                 Io::Rollback => {
                     // With finished steps in the transaction, only the attempt's own part.
-                    let text = self.session.batch.rollback_text();
+                    let text = self.session.batch.rollback_text(self.session.savepoint);
                     let out = self.session.end(text);
                     if out.is_err() {
                         // The rollback to the savepoint may have failed before its commit.
                         self.session.open = true;
                     }
-                    self.session.batch.ended(out.is_ok(), false);
+                    self.session.batch.ended(out.is_ok(), text == "ROLLBACK");
                     attempt.handle_output(out);
                 }
                 Io::Done(report) => {

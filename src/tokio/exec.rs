@@ -4,7 +4,7 @@
 use tokio_postgres::{GenericClient, Row};
 
 use crate::error::Result;
-use crate::proto::{Claim, Claimed, Sql, Statement, StmtCache};
+use crate::proto::{Applied, Claim, Claimed, Finish, Simple, Sql, Statement, StmtCache};
 
 /// Executes `s` and returns its rows, with the driver's own error.
 ///
@@ -70,11 +70,37 @@ pub(crate) async fn claim<C>(
 where
     C: GenericClient + Sync,
 {
-    let (name, prepared) = cache.claim_name();
+    let (name, prepared) = cache.simple_name(Simple::Claim);
     let text = c.simple_text(sql, &name, prepared, prefix);
     let messages = client.simple_query(&text).await?;
     if !prepared {
-        cache.claim_prepared(name);
+        cache.prepared(Simple::Claim, name);
     }
     c.decode_simple(messages)
+}
+
+/// Persists a transition through the simple-query protocol after `prefix`, in one round trip
+/// (as `runtime::exec::finish` does).
+pub(crate) async fn finish<C>(
+    client: &C,
+    sql: &Sql,
+    cache: &mut StmtCache,
+    f: &Finish<'_>,
+    prefix: &str,
+) -> Result<Applied>
+where
+    C: GenericClient + Sync,
+{
+    let (name, prepared) = cache.simple_name(Simple::Finish);
+    let Some(text) = f.simple_text(sql, &name, prepared, prefix) else {
+        if !prefix.is_empty() {
+            client.batch_execute(prefix).await?;
+        }
+        return run(client, sql, Some(cache), f).await;
+    };
+    let messages = client.simple_query(&text).await?;
+    if !prepared {
+        cache.prepared(Simple::Finish, name);
+    }
+    f.decode_simple(messages)
 }

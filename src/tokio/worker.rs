@@ -18,15 +18,17 @@ use super::exec;
 use super::runtime::Shared;
 use crate::core::Next;
 use crate::core::attempt::{
-    Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, UserCall, UserOutcome,
+    Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, Stmt, UserCall, UserOutcome,
 };
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::proto::{
-    Claim, Claimed, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
+    Claim, Claimed, Finish, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased,
+    WorkerSession,
 };
 use crate::runtime::batch::{Batch, Settle};
 use crate::runtime::common::{self, Event, SweepEnd, bump, sweep_entries};
+use crate::runtime::worker::{RELEASE_SAVEPOINT, aborted_before};
 use crate::saga::{Engine, SagaOf, StepContext, Tokio, UserStatements};
 
 /// As in the blocking runtime: a task keeps claiming runs of its handler until none is due,
@@ -227,6 +229,7 @@ async fn drain_on<'e>(
     let mut session = Session {
         tx: Some(tx),
         open: true,
+        savepoint: false,
         batch: Batch::new(shared.registry.steps_per_commit),
     };
     let started = Instant::now();
@@ -307,6 +310,8 @@ struct Session<'c> {
     tx: Option<Transaction<'c>>,
     /// Whether a transaction may be open on the server.
     open: bool,
+    /// Whether the step's savepoint exists (see the blocking worker's `Session`).
+    savepoint: bool,
     batch: Batch,
 }
 
@@ -320,6 +325,7 @@ impl<'c> Session<'c> {
     /// Ends the server's transaction (`COMMIT` or `ROLLBACK`).
     async fn end(&mut self, statement: &str) -> Result<Output> {
         self.open = false;
+        self.savepoint = false;
         self.tx().batch_execute(statement).await?;
         Ok(Output::Done)
     }
@@ -332,9 +338,24 @@ impl<'c> Session<'c> {
         prefix: &str,
     ) -> Result<Output> {
         self.open = true;
-        exec::claim(self.tx(), sql, cache, c, prefix)
+        let claimed = exec::claim(self.tx(), sql, cache, c, prefix)
             .await
-            .map(Output::Claimed)
+            .map(Output::Claimed);
+        self.savepoint = claimed.is_ok();
+        claimed
+    }
+
+    /// Persists the transition, releasing the step's savepoint first in the same round trip
+    /// (see the blocking worker's `Session::finish`).
+    async fn finish(&mut self, sql: &Sql, cache: &mut StmtCache, f: &Finish<'_>) -> Result<Output> {
+        let prefix = if self.savepoint {
+            RELEASE_SAVEPOINT
+        } else {
+            ""
+        };
+        let applied = exec::finish(self.tx(), sql, cache, f, prefix).await;
+        self.savepoint &= applied.as_ref().is_err_and(aborted_before);
+        applied.map(Output::Applied)
     }
 
     /// Rolls back what may be open; if nothing is, the driver's object (which only borrows
@@ -427,9 +448,13 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 }
                 Io::CommitClaim(c) => {
                     // The commit, or (while the batch has room) only the step's savepoint.
-                    let (prefix, commits) = self.session.batch.next_claim();
+                    let (prefix, commits) = self.session.batch.next_claim(self.session.savepoint);
                     let out = self.session.claim(sql, self.cache, &c, prefix).await;
                     self.session.batch.claimed(commits, out.is_ok());
+                    attempt.handle_output(out);
+                }
+                Io::Run(Stmt::Finish(f)) => {
+                    let out = self.session.finish(sql, self.cache, &f).await;
                     attempt.handle_output(out);
                 }
                 Io::Run(s) | Io::RunAutocommit(s) => {
@@ -464,12 +489,12 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 }
                 Io::Rollback => {
                     // With finished steps in the transaction, only the attempt's own part.
-                    let text = self.session.batch.rollback_text();
+                    let text = self.session.batch.rollback_text(self.session.savepoint);
                     let out = self.session.end(text).await;
                     if out.is_err() {
                         self.session.open = true;
                     }
-                    self.session.batch.ended(out.is_ok(), false);
+                    self.session.batch.ended(out.is_ok(), text == "ROLLBACK");
                     attempt.handle_output(out);
                 }
                 Io::Done(report) => {
