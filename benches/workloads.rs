@@ -5,7 +5,8 @@
 //! * w3: 500 pre-launched roots whose first step emits 10 messages to a one-step handler
 //!   (each inserts one row) and whose second step (one insert) then runs: 12 steps a tree;
 //! * wake latency: on an idle runtime, from a last child's commit to its parent's next step;
-//! * history flatness: w1 again with 200,000 finished runs in the tables;
+//! * history flatness: w1 on a fresh schema and on one holding 200,000 finished trees the
+//!   engine made, alternately, three times each (`flat1m`: 1,000,000 trees, not by default);
 //! * idle transactions: 8 workers, 20 handlers, nothing to do, for 10 s;
 //! * w4: 100 pre-launched roots, each emitting 10 children of which one fails; the root then
 //!   rolls back and its 9 committed children run their compensations (one insert each);
@@ -23,7 +24,7 @@
 //!   trees (trees per second).
 //!
 //! Environment: `DATABASE_URL` (required), `SC_BENCH_ONLY` (comma-separated subset of
-//! `w1,w3,batched,trips,launch,wake,flat,w4,idle,sleep,cancel,tokio,scale,ops`).
+//! `w1,w3,batched,trips,launch,wake,flat,flat1m,w4,idle,sleep,cancel,tokio,scale,ops`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
@@ -34,6 +35,8 @@ use structured_cooperation::{Client, Runtime, Saga, StepContext, StepResult};
 
 #[path = "workloads/control.rs"]
 mod control;
+#[path = "workloads/flatness.rs"]
+mod flatness;
 #[path = "workloads/launches.rs"]
 mod launches;
 #[path = "workloads/operations.rs"]
@@ -48,7 +51,14 @@ use runtimes::Engine;
 const WORKERS: usize = 4;
 const SCHEMA: &str = "sc_bench";
 
+/// The database the workloads use, when it is not `DATABASE_URL`'s (see `flatness.rs`, which
+/// keeps history in a database of its own).
+static DATABASE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 fn url() -> String {
+    if let Some(url) = DATABASE.lock().unwrap().clone() {
+        return url;
+    }
     std::env::var("DATABASE_URL").unwrap_or_else(|_| {
         eprintln!("set DATABASE_URL (scripts/bench provisions a database and sets it)");
         std::process::exit(2)
@@ -71,6 +81,11 @@ fn wanted(name: &str) -> bool {
         Ok(only) => only.split(',').any(|w| w.trim() == name),
         Err(_) => true,
     }
+}
+
+/// Whether `SC_BENCH_ONLY` names the workload (for the long ones, never run by default).
+fn explicitly(name: &str) -> bool {
+    std::env::var("SC_BENCH_ONLY").is_ok_and(|only| only.split(',').any(|w| w.trim() == name))
 }
 
 fn fresh_schema(admin: &mut postgres::Client) -> Client {
@@ -160,10 +175,22 @@ fn w1_run(admin: &mut postgres::Client, client: &Client, jobs: usize) -> f64 {
 
 /// [`w1_run`] on the given runtime.
 fn w1_run_on(admin: &mut postgres::Client, client: &Client, jobs: usize, engine: Engine) -> f64 {
+    w1_measure(admin, client, jobs, engine, "VACUUM ANALYZE")
+}
+
+/// w1 after `prepare` (`VACUUM ANALYZE`, or `ANALYZE` to leave the dead tuples the engine's
+/// own updates left) on the runs table.
+fn w1_measure(
+    admin: &mut postgres::Client,
+    client: &Client,
+    jobs: usize,
+    engine: Engine,
+    prepare: &str,
+) -> f64 {
     client.register_handler("w1", "w1-job").unwrap();
     prelaunch(client, "w1", jobs);
     admin
-        .batch_execute(&format!("VACUUM ANALYZE {SCHEMA}.runs"))
+        .batch_execute(&format!("{prepare} {SCHEMA}.runs"))
         .unwrap();
     let start = db_now(admin);
     let stop = runtimes::start_w1(engine);
@@ -212,47 +239,6 @@ fn w1(admin: &mut postgres::Client) -> f64 {
     }
     report("w1_steps_per_s", best);
     best
-}
-
-/// Fills the tables with `n` finished runs (and their messages and history), as the engine
-/// would have left them, in bulk.
-fn fill_history(admin: &mut postgres::Client, n: i64) {
-    admin
-        .batch_execute(&format!(
-            "INSERT INTO {SCHEMA}.messages (id, root_id, topic, payload, created_at)
-             SELECT id, id, 'w1', jsonb_build_object('n', i), now() - interval '1 day'
-             FROM (SELECT {SCHEMA}.uuid_v7() AS id, i FROM generate_series(1, {n}) i) s;
-             INSERT INTO {SCHEMA}.runs (id, root_id, message_id, handler, topic, status,
-                                        step_index, instances, wake_at, started_at, finished_at)
-             SELECT {SCHEMA}.uuid_v7(), m.id, m.id, 'w1-job', 'w1', 'committed', 1, 1,
-                    m.created_at, m.created_at, m.created_at
-             FROM {SCHEMA}.messages m;
-             INSERT INTO {SCHEMA}.history (root_id, run_id, message_id, event, handler, step, at)
-             SELECT r.root_id, CASE WHEN e.event = 'EMITTED' THEN NULL ELSE r.id END,
-                    r.message_id, e.event, CASE WHEN e.event = 'EMITTED' THEN NULL ELSE r.handler END,
-                    CASE WHEN e.event IN ('SUSPENDED', 'COMMITTED') THEN '0' END, r.finished_at
-             FROM {SCHEMA}.runs r,
-                  (VALUES (1, 'EMITTED'), (2, 'SEEN'), (3, 'SUSPENDED'), (4, 'COMMITTED')) e(o, event)
-             ORDER BY r.id, e.o;
-             INSERT INTO {SCHEMA}.results (run_id) SELECT id FROM {SCHEMA}.runs;"
-        ))
-        .unwrap();
-    admin
-        .batch_execute(&format!(
-            "VACUUM ANALYZE {SCHEMA}.messages, {SCHEMA}.runs, {SCHEMA}.history, {SCHEMA}.results"
-        ))
-        .unwrap();
-}
-
-fn flatness(admin: &mut postgres::Client, empty_rate: f64) {
-    let mut best = 0.0f64;
-    for _ in 0..2 {
-        let client = fresh_schema(admin);
-        fill_history(admin, 200_000);
-        best = best.max(w1_run(admin, &client, 10_000));
-    }
-    report("w1_with_200k_history_steps_per_s", best);
-    report("history_flatness", best / empty_rate);
 }
 
 fn w3(admin: &mut postgres::Client) {
@@ -520,9 +506,8 @@ fn idle(admin: &mut postgres::Client) {
 
 fn main() {
     let mut admin = admin();
-    let mut w1_rate = None;
-    if wanted("w1") || wanted("flat") {
-        w1_rate = Some(w1(&mut admin));
+    if wanted("w1") {
+        w1(&mut admin);
     }
     if wanted("w3") {
         w3(&mut admin);
@@ -545,7 +530,10 @@ fn main() {
         report("wake_latency_via_notify_p99_ms", p99);
     }
     if wanted("flat") {
-        flatness(&mut admin, w1_rate.expect("w1 ran"));
+        flatness::flatness(200_000);
+    }
+    if explicitly("flat1m") {
+        flatness::flatness(1_000_000);
     }
     if wanted("w4") {
         w4(&mut admin);
