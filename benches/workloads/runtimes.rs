@@ -194,7 +194,7 @@ mod on_tokio {
         const JOBS: usize = 5_000;
         const ROUNDS: usize = 3;
         let mut configs: Vec<(String, usize, Engine)> = Vec::new();
-        for workers in [1, 4, 16] {
+        for workers in super::WORKER_COUNTS {
             configs.push(("blocking".into(), workers, Engine::Blocking { workers }));
             configs.push((
                 "tokio".into(),
@@ -237,6 +237,9 @@ mod on_tokio {
             report(&key, median);
             points.push((name, workers, median));
         }
+        for (clients, tps) in super::ceiling_by_clients() {
+            points.push(("ceiling".into(), clients, tps));
+        }
         let svg = super::plot(&points);
         std::fs::create_dir_all("target/bench").unwrap();
         std::fs::write("target/bench/blocking_vs_tokio.svg", svg).unwrap();
@@ -244,8 +247,26 @@ mod on_tokio {
     }
 }
 
-/// An SVG line chart of w1 throughput against workers (1, 4, 16 on a log scale), one line
-/// per runtime, plus tokio's many-tasks point at its connection count.
+/// The worker counts of the scaling figures.
+const WORKER_COUNTS: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// The pgbench ceiling at each client count, as `scripts/bench` measured it in the same run
+/// (`SC_CEILING_BY_CLIENTS=1:1234.5,2:...`); empty when not given.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+fn ceiling_by_clients() -> Vec<(usize, f64)> {
+    std::env::var("SC_CEILING_BY_CLIENTS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| {
+            let (c, tps) = pair.split_once(':')?;
+            Some((c.trim().parse().ok()?, tps.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// An SVG line chart of w1 throughput against workers (1 to 16 on a log scale), one line per
+/// runtime and one for the pgbench ceiling at the same client counts, plus tokio's
+/// many-tasks point at its connection count.
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 fn plot(points: &[(String, usize, f64)]) -> String {
     let (w, h, left, bottom, top, right) = (780.0, 400.0, 70.0, 50.0, 40.0, 250.0);
@@ -257,7 +278,7 @@ fn plot(points: &[(String, usize, f64)]) -> String {
          font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"{left}\" y=\"22\" font-size=\"14\">w1 steps/s by workers (one job = one \
-         step transaction; median of 3 rounds)</text>\n"
+         step transaction; median of 3 rounds) beside the pgbench ceiling</text>\n"
     );
     // Axes, ticks, grid.
     svg += &format!(
@@ -268,7 +289,7 @@ fn plot(points: &[(String, usize, f64)]) -> String {
         h - bottom,
         h - bottom
     );
-    for workers in [1, 4, 16] {
+    for workers in WORKER_COUNTS {
         svg += &format!(
             "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{workers}</text>\n",
             x(workers),
@@ -293,7 +314,11 @@ fn plot(points: &[(String, usize, f64)]) -> String {
         );
         tick += step;
     }
-    let series = [("blocking", "#1f77b4"), ("tokio", "#d62728")];
+    let series = [
+        ("blocking", "#1f77b4"),
+        ("tokio", "#d62728"),
+        ("ceiling", "#7f7f7f"),
+    ];
     for (i, (name, color)) in series.iter().enumerate() {
         let line: Vec<(f64, f64)> = points
             .iter()
@@ -311,23 +336,28 @@ fn plot(points: &[(String, usize, f64)]) -> String {
         let ly = top + 20.0 * i as f64;
         svg += &format!(
             "<rect x=\"{0}\" y=\"{1}\" width=\"12\" height=\"12\" fill=\"{color}\"/>\n\
-             <text x=\"{2}\" y=\"{3}\">{name}: workers = connections</text>\n",
+             <text x=\"{2}\" y=\"{3}\">{4}</text>\n",
             w - right + 10.0,
             ly,
             w - right + 28.0,
-            ly + 11.0
+            ly + 11.0,
+            if *name == "ceiling" {
+                "pgbench ceiling: clients".to_owned()
+            } else {
+                format!("{name}: workers = connections")
+            }
         );
     }
     for p in points
         .iter()
-        .filter(|p| p.0 != "blocking" && p.0 != "tokio")
+        .filter(|p| p.0 != "blocking" && p.0 != "tokio" && p.0 != "ceiling")
     {
         svg += &format!(
             "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"8\" height=\"8\" fill=\"#2ca02c\"/>\n",
             x(p.1) - 4.0,
             y(p.2) - 4.0
         );
-        let ly = top + 40.0;
+        let ly = top + 60.0;
         svg += &format!(
             "<rect x=\"{0}\" y=\"{1}\" width=\"12\" height=\"12\" fill=\"#2ca02c\"/>\n\
              <text x=\"{2}\" y=\"{3}\">{4}, 16 connections</text>\n",

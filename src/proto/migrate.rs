@@ -36,6 +36,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "operations",
         include_str!("../../migrations/0006_operations.sql"),
     ),
+    (
+        7,
+        "autovacuum",
+        include_str!("../../migrations/0007_autovacuum.sql"),
+    ),
 ];
 
 /// The highest migration version this library ships.
