@@ -44,7 +44,10 @@ pub(crate) fn flatness(trees: usize) {
         .query_one("SHOW autovacuum", &[])
         .unwrap()
         .get(0);
-    report("server_autovacuum_on", f64::from(u8::from(autovacuum == "on")));
+    report(
+        "server_autovacuum_on",
+        f64::from(u8::from(autovacuum == "on")),
+    );
     if autovacuum == "on" {
         let waited = Instant::now();
         wait_for_autovacuum(&mut history_admin);
@@ -109,8 +112,13 @@ fn ensure_database(base: &str, name: &str) -> String {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
     }
-    let (prefix, rest) = base.rsplit_once('/').expect("DATABASE_URL names a database");
-    let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    let (prefix, rest) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL names a database");
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
     format!("{prefix}/{name}{query}")
 }
 

@@ -288,6 +288,17 @@ impl<X: Flavor> HandlerEntry<X> {
     pub(crate) fn take_owed(&self) -> Vec<(RunId, String)> {
         std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()))
     }
+
+    /// Whether failures are owed to runs of this handler: then a worker's next attempt starts
+    /// afresh (recording them first) rather than from a claim its commit made, which could
+    /// pick the very run whose failure is owed before it is pushed back.
+    pub(crate) fn owes(&self) -> bool {
+        !self
+            .owed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
 }
 
 /// While a handler served here was notified this recently, further notifications for it are

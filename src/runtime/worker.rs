@@ -124,11 +124,12 @@ fn drain_on<'e>(
     // Reports of steps whose writes wait for the batch's commit (see `runtime::batch`).
     let mut held: Vec<Report> = Vec::new();
     let result = loop {
-        // A commit claims the next run only while the batch has room for it; a claim carried
-        // over is always run.
+        // A commit claims the next run only while the drain has room for it and no failure is
+        // owed to the handler's runs; a claim carried over is always run.
         let chain = ran + 1 < BATCH_STEPS
             && started.elapsed() < BATCH_TIME
-            && !shared.registry.is_stopping();
+            && !shared.registry.is_stopping()
+            && !shared.registry.handlers[h].owes();
         let mut report = attempt(shared, &mut session, cache, user, h, end, carried, chain);
         carried = report.next_claim.take();
         match session.batch.take() {

@@ -240,7 +240,8 @@ async fn drain_on<'e>(
     let result = loop {
         let chain = ran + 1 < BATCH_STEPS
             && started.elapsed() < BATCH_TIME
-            && !shared.registry.is_stopping();
+            && !shared.registry.is_stopping()
+            && !shared.registry.handlers[h].owes();
         let attempted = attempt(shared, &mut session, cache, user, h, end, carried, chain).await;
         let mut report = match attempted {
             Ok(report) => report,
