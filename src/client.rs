@@ -167,7 +167,8 @@ impl ClientBuilder {
 
     /// Whether a launch on a topic that no handler is registered for fails with
     /// [`Error::Unhandled`] (writing nothing) instead of being written with a warning. Off by
-    /// default; one launch can say otherwise with [`EmitOptions::strict`].
+    /// default; one launch can say otherwise with
+    /// [`EmitOptions::strict`](crate::EmitOptions::strict).
     pub fn strict_topics(mut self, strict: bool) -> Self {
         self.options.strict_topics = strict;
         self
