@@ -15,6 +15,7 @@ mod alive;
 mod chain;
 mod cols;
 mod emit;
+mod finish;
 mod inspect;
 mod list;
 mod migrate;
@@ -38,6 +39,7 @@ pub(crate) use alive::{Heartbeat, Retire, RuntimeRow, Runtimes, Topology, Topolo
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
 pub(crate) use cols::{Cols, Literals, literal};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register};
+pub(crate) use finish::{Applied, Finish};
 pub(crate) use inspect::{
     ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootExists, RootRunRow,
     RootRuns, Tree, TreeRow,
@@ -54,9 +56,7 @@ pub(crate) use operator::{
     RunOrigin, TargetRun,
 };
 pub(crate) use rollback::{Children, Instances, RequestRollback, Requested};
-pub(crate) use run::{
-    Applied, Claim, Claimed, ClaimedRun, Finish, Release, Sweep, SweepRow, Unreleased,
-};
+pub(crate) use run::{Claim, Claimed, ClaimedRun, Release, Sweep, SweepRow, Unreleased};
 pub(crate) use session::{
     ConnectionLimits, Limits, Listen, RollbackToSavepoint, Savepoint, Unlisten, WorkerSession,
 };

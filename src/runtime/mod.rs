@@ -20,6 +20,7 @@ pub(crate) mod exec;
 pub(crate) mod limits;
 mod listener;
 pub(crate) mod logs;
+pub(crate) mod session;
 #[cfg(all(unix, feature = "signals"))]
 pub(crate) mod signals;
 pub(crate) mod worker;

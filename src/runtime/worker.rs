@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use postgres::Transaction;
 use r2d2::PooledConnection;
 
 use super::common::{self, Event, SweepEnd, bump, sweep_entries};
@@ -19,11 +18,12 @@ use crate::core::attempt::{
 };
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
-use crate::proto::{Claim, Claimed, Finish};
+use crate::proto::Claimed;
 use crate::proto::{
     Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
 };
-use crate::runtime::batch::{Batch, Settle};
+use crate::runtime::batch::Settle;
+use crate::runtime::session::Session;
 use crate::saga::{Engine, Saga, StepContext, UserStatements};
 
 /// A worker keeps claiming runs of the handler it was given until none is due, or until it
@@ -35,15 +35,6 @@ const BATCH_TIME: Duration = Duration::from_millis(100);
 /// How long a worker without a connection waits for one before it gives its handler back
 /// (the handler is retried after the backoff, by whichever worker is free).
 pub(crate) const WORKER_CONNECT_WAIT: Duration = Duration::from_millis(500);
-
-/// Ends the step's savepoint, keeping what the step wrote.
-pub(crate) const RELEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT structured_cooperation_step; ";
-
-/// Whether `e` says the transaction was already aborted when the statement came.
-pub(crate) fn aborted_before(e: &Error) -> bool {
-    matches!(e, Error::Postgres(pg)
-        if pg.code() == Some(&postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION))
-}
 
 /// A worker's own connection, kept for its whole life so its prepared statements stay valid.
 struct WorkerConn {
@@ -187,92 +178,6 @@ fn settle(shared: &Shared, h: usize, report: Report, cache: &mut StmtCache) -> O
         let _ = shared.events.send(Event::SweepRequested);
     }
     settled.outcome
-}
-
-/// The worker's handle on its connection for one drain. The driver's `Transaction` object
-/// is made once (`BEGIN`) and then kept, while the transactions on the server come and go
-/// with the statements sent through it (`COMMIT; BEGIN; <claim>` ends one step and starts
-/// the next in one round trip); user code always gets this object. `open` tracks the
-/// server's side: whether a transaction may be open there.
-struct Session<'c> {
-    tx: Option<Transaction<'c>>,
-    open: bool,
-    /// Whether the step's savepoint exists (taken with the claim, released once the step's
-    /// code succeeded).
-    savepoint: bool,
-    batch: Batch,
-}
-
-impl<'c> Session<'c> {
-    fn begin(client: &'c mut postgres::Client, steps_per_commit: usize) -> Result<Session<'c>> {
-        Ok(Session {
-            tx: Some(client.transaction()?),
-            open: true,
-            savepoint: false,
-            batch: Batch::new(steps_per_commit),
-        })
-    }
-
-    fn tx(&mut self) -> &mut Transaction<'c> {
-        self.tx
-            .as_mut()
-            .expect("the session's transaction is back after user code")
-    }
-
-    /// Ends the server's transaction with `COMMIT` or `ROLLBACK`. Afterwards none is open,
-    /// whatever the answer (a failed commit ends the transaction too).
-    fn end(&mut self, statement: &str) -> Result<Output> {
-        self.open = false;
-        self.savepoint = false;
-        self.tx().batch_execute(statement)?;
-        Ok(Output::Done)
-    }
-
-    /// Claims in a new transaction (or, after a commit, in the next one).
-    fn claim(
-        &mut self,
-        sql: &Sql,
-        cache: &mut StmtCache,
-        c: &Claim<'_>,
-        prefix: &str,
-    ) -> Result<Output> {
-        self.open = true;
-        let claimed = exec::claim(self.tx(), sql, cache, c, prefix).map(Output::Claimed);
-        self.savepoint = claimed.is_ok();
-        claimed
-    }
-
-    /// Persists the transition, releasing the step's savepoint first in the same round trip:
-    /// the claimed run's row is updated outside it, since an update inside it would make
-    /// PostgreSQL record the claim's lock and the update together as a multixact, which
-    /// every later reader of the row (other workers' claims skipping it, among them) must
-    /// look up.
-    fn finish(&mut self, sql: &Sql, cache: &mut StmtCache, f: &Finish<'_>) -> Result<Output> {
-        let prefix = if self.savepoint {
-            RELEASE_SAVEPOINT
-        } else {
-            ""
-        };
-        let applied = exec::finish(self.tx(), sql, cache, f, prefix);
-        // It is released unless the release itself failed: the code left the transaction
-        // aborted, and the savepoint is still there to roll back to.
-        self.savepoint &= applied.as_ref().is_err_and(aborted_before);
-        applied.map(Output::Applied)
-    }
-
-    /// Done with the connection for now: rolls back what may be open; if nothing is, the
-    /// driver's object is forgotten rather than dropped, since dropping it would send a
-    /// `ROLLBACK` with no transaction to end (a round trip and a server warning). It owns no
-    /// resources: it only borrows the connection.
-    fn close(mut self) {
-        if let Some(tx) = self.tx.take() {
-            if self.open {
-                let _ = tx.rollback();
-            } else {
-                std::mem::forget(tx);
-            }
-        }
-    }
 }
 
 /// One attempt at a due run of handler `h` (or at the run `carried` over from the previous

@@ -51,6 +51,7 @@ mod dispatcher;
 pub(crate) mod exec;
 mod listener;
 mod runtime;
+mod session;
 mod typed;
 mod worker;
 

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Object;
 use futures_util::FutureExt;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
-use tokio_postgres::Transaction;
 
 use super::exec;
 use super::runtime::Shared;
+use super::session::Session;
 use crate::core::Next;
 use crate::core::attempt::{
     Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, Stmt, UserCall, UserOutcome,
@@ -23,12 +23,10 @@ use crate::core::attempt::{
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::proto::{
-    Claim, Claimed, Finish, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased,
-    WorkerSession,
+    Claimed, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
 };
 use crate::runtime::batch::{Batch, Settle};
 use crate::runtime::common::{self, Event, SweepEnd, bump, sweep_entries};
-use crate::runtime::worker::{RELEASE_SAVEPOINT, aborted_before};
 use crate::saga::{Engine, SagaOf, StepContext, Tokio, UserStatements};
 
 /// As in the blocking runtime: a task keeps claiming runs of its handler until none is due,
@@ -302,75 +300,6 @@ fn settle(shared: &Shared, h: usize, report: Report, cache: &mut StmtCache) -> O
         let _ = shared.events.send(Event::SweepRequested);
     }
     settled.outcome
-}
-
-/// A task's handle on its leased connection for one drain, as the blocking worker's
-/// `Session`: the driver's `Transaction` object is made once and kept, while transactions
-/// on the server come and go with the statements sent through it.
-struct Session<'c> {
-    tx: Option<Transaction<'c>>,
-    /// Whether a transaction may be open on the server.
-    open: bool,
-    /// Whether the step's savepoint exists (see the blocking worker's `Session`).
-    savepoint: bool,
-    batch: Batch,
-}
-
-impl<'c> Session<'c> {
-    fn tx(&self) -> &Transaction<'c> {
-        self.tx
-            .as_ref()
-            .expect("the session's transaction is back after user code")
-    }
-
-    /// Ends the server's transaction (`COMMIT` or `ROLLBACK`).
-    async fn end(&mut self, statement: &str) -> Result<Output> {
-        self.open = false;
-        self.savepoint = false;
-        self.tx().batch_execute(statement).await?;
-        Ok(Output::Done)
-    }
-
-    async fn claim(
-        &mut self,
-        sql: &Sql,
-        cache: &mut StmtCache,
-        c: &Claim<'_>,
-        prefix: &str,
-    ) -> Result<Output> {
-        self.open = true;
-        let claimed = exec::claim(self.tx(), sql, cache, c, prefix)
-            .await
-            .map(Output::Claimed);
-        self.savepoint = claimed.is_ok();
-        claimed
-    }
-
-    /// Persists the transition, releasing the step's savepoint first in the same round trip
-    /// (see the blocking worker's `Session::finish`).
-    async fn finish(&mut self, sql: &Sql, cache: &mut StmtCache, f: &Finish<'_>) -> Result<Output> {
-        let prefix = if self.savepoint {
-            RELEASE_SAVEPOINT
-        } else {
-            ""
-        };
-        let applied = exec::finish(self.tx(), sql, cache, f, prefix).await;
-        self.savepoint &= applied.as_ref().is_err_and(aborted_before);
-        applied.map(Output::Applied)
-    }
-
-    /// Rolls back what may be open; if nothing is, the driver's object (which only borrows
-    /// the connection) is forgotten rather than dropped, which would send a `ROLLBACK` with
-    /// no transaction to end.
-    async fn close(mut self) {
-        if let Some(tx) = self.tx.take() {
-            if self.open {
-                let _ = tx.rollback().await;
-            } else {
-                std::mem::forget(tx);
-            }
-        }
-    }
 }
 
 /// One attempt at a due run of handler `h` (or at the run `carried` over from the previous

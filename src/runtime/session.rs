@@ -1,0 +1,114 @@
+//! A worker's session on its connection for one drain: the driver's `Transaction` object,
+//! kept while the server's transactions come and go through it, and what is open on the
+//! server (a transaction, the step's savepoint, a batch of steps).
+
+use postgres::Transaction;
+
+use super::exec;
+use crate::core::attempt::Output;
+use crate::error::{Error, Result};
+use crate::proto::{Claim, Finish, Sql, StmtCache};
+use crate::runtime::batch::Batch;
+
+/// Ends the step's savepoint, keeping what the step wrote.
+pub(crate) const RELEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT structured_cooperation_step; ";
+
+/// Whether `e` says the transaction was already aborted when the statement came.
+pub(crate) fn aborted_before(e: &Error) -> bool {
+    matches!(e, Error::Postgres(pg)
+        if pg.code() == Some(&postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION))
+}
+
+/// The worker's handle on its connection for one drain. The driver's `Transaction` object
+/// is made once (`BEGIN`) and then kept, while the transactions on the server come and go
+/// with the statements sent through it (`COMMIT; BEGIN; <claim>` ends one step and starts
+/// the next in one round trip); user code always gets this object. `open` tracks the
+/// server's side: whether a transaction may be open there.
+pub(crate) struct Session<'c> {
+    pub(crate) tx: Option<Transaction<'c>>,
+    pub(crate) open: bool,
+    /// Whether the step's savepoint exists (taken with the claim, released once the step's
+    /// code succeeded).
+    pub(crate) savepoint: bool,
+    pub(crate) batch: Batch,
+}
+
+impl<'c> Session<'c> {
+    pub(crate) fn begin(
+        client: &'c mut postgres::Client,
+        steps_per_commit: usize,
+    ) -> Result<Session<'c>> {
+        Ok(Session {
+            tx: Some(client.transaction()?),
+            open: true,
+            savepoint: false,
+            batch: Batch::new(steps_per_commit),
+        })
+    }
+
+    pub(crate) fn tx(&mut self) -> &mut Transaction<'c> {
+        self.tx
+            .as_mut()
+            .expect("the session's transaction is back after user code")
+    }
+
+    /// Ends the server's transaction with `COMMIT` or `ROLLBACK`. Afterwards none is open,
+    /// whatever the answer (a failed commit ends the transaction too).
+    pub(crate) fn end(&mut self, statement: &str) -> Result<Output> {
+        self.open = false;
+        self.savepoint = false;
+        self.tx().batch_execute(statement)?;
+        Ok(Output::Done)
+    }
+
+    /// Claims in a new transaction (or, after a commit, in the next one).
+    pub(crate) fn claim(
+        &mut self,
+        sql: &Sql,
+        cache: &mut StmtCache,
+        c: &Claim<'_>,
+        prefix: &str,
+    ) -> Result<Output> {
+        self.open = true;
+        let claimed = exec::claim(self.tx(), sql, cache, c, prefix).map(Output::Claimed);
+        self.savepoint = claimed.is_ok();
+        claimed
+    }
+
+    /// Persists the transition, releasing the step's savepoint first in the same round trip:
+    /// the claimed run's row is updated outside it, since an update inside it would make
+    /// PostgreSQL record the claim's lock and the update together as a multixact, which
+    /// every later reader of the row (other workers' claims skipping it, among them) must
+    /// look up.
+    pub(crate) fn finish(
+        &mut self,
+        sql: &Sql,
+        cache: &mut StmtCache,
+        f: &Finish<'_>,
+    ) -> Result<Output> {
+        let prefix = if self.savepoint {
+            RELEASE_SAVEPOINT
+        } else {
+            ""
+        };
+        let applied = exec::finish(self.tx(), sql, cache, f, prefix);
+        // It is released unless the release itself failed: the code left the transaction
+        // aborted, and the savepoint is still there to roll back to.
+        self.savepoint &= applied.as_ref().is_err_and(aborted_before);
+        applied.map(Output::Applied)
+    }
+
+    /// Done with the connection for now: rolls back what may be open; if nothing is, the
+    /// driver's object is forgotten rather than dropped, since dropping it would send a
+    /// `ROLLBACK` with no transaction to end (a round trip and a server warning). It owns no
+    /// resources: it only borrows the connection.
+    pub(crate) fn close(mut self) {
+        if let Some(tx) = self.tx.take() {
+            if self.open {
+                let _ = tx.rollback();
+            } else {
+                std::mem::forget(tx);
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! A task's session on its leased connection for one drain (see the blocking runtime's
+//! `runtime/session.rs`, which this mirrors with `.await`s).
+
+use tokio_postgres::Transaction;
+
+use super::exec;
+use crate::core::attempt::Output;
+use crate::error::Result;
+use crate::proto::{Claim, Finish, Sql, StmtCache};
+use crate::runtime::batch::Batch;
+use crate::runtime::session::{RELEASE_SAVEPOINT, aborted_before};
+
+/// A task's handle on its leased connection for one drain, as the blocking worker's
+/// `Session`: the driver's `Transaction` object is made once and kept, while transactions
+/// on the server come and go with the statements sent through it.
+pub(super) struct Session<'c> {
+    pub(super) tx: Option<Transaction<'c>>,
+    /// Whether a transaction may be open on the server.
+    pub(super) open: bool,
+    /// Whether the step's savepoint exists (see the blocking worker's `Session`).
+    pub(super) savepoint: bool,
+    pub(super) batch: Batch,
+}
+
+impl<'c> Session<'c> {
+    pub(super) fn tx(&self) -> &Transaction<'c> {
+        self.tx
+            .as_ref()
+            .expect("the session's transaction is back after user code")
+    }
+
+    /// Ends the server's transaction (`COMMIT` or `ROLLBACK`).
+    pub(super) async fn end(&mut self, statement: &str) -> Result<Output> {
+        self.open = false;
+        self.savepoint = false;
+        self.tx().batch_execute(statement).await?;
+        Ok(Output::Done)
+    }
+
+    pub(super) async fn claim(
+        &mut self,
+        sql: &Sql,
+        cache: &mut StmtCache,
+        c: &Claim<'_>,
+        prefix: &str,
+    ) -> Result<Output> {
+        self.open = true;
+        let claimed = exec::claim(self.tx(), sql, cache, c, prefix)
+            .await
+            .map(Output::Claimed);
+        self.savepoint = claimed.is_ok();
+        claimed
+    }
+
+    /// Persists the transition, releasing the step's savepoint first in the same round trip
+    /// (see the blocking worker's `Session::finish`).
+    pub(super) async fn finish(
+        &mut self,
+        sql: &Sql,
+        cache: &mut StmtCache,
+        f: &Finish<'_>,
+    ) -> Result<Output> {
+        let prefix = if self.savepoint {
+            RELEASE_SAVEPOINT
+        } else {
+            ""
+        };
+        let applied = exec::finish(self.tx(), sql, cache, f, prefix).await;
+        self.savepoint &= applied.as_ref().is_err_and(aborted_before);
+        applied.map(Output::Applied)
+    }
+
+    /// Rolls back what may be open; if nothing is, the driver's object (which only borrows
+    /// the connection) is forgotten rather than dropped, which would send a `ROLLBACK` with
+    /// no transaction to end.
+    pub(super) async fn close(mut self) {
+        if let Some(tx) = self.tx.take() {
+            if self.open {
+                let _ = tx.rollback().await;
+            } else {
+                std::mem::forget(tx);
+            }
+        }
+    }
+}
