@@ -627,3 +627,24 @@ fn a_failed_chained_commit_is_a_failed_commit() {
     assert!(!report.committed);
     assert!(report.next_claim.is_none());
 }
+
+#[test]
+fn a_chained_commit_may_be_answered_without_a_claim() {
+    let f = Fixture::new(&["a"]);
+    let mut a = f.attempt().chain_claims(true);
+    claim(&mut a, &claimed(RunView::default()));
+    user_call(&mut a);
+    a.handle_user(returned(Ok(Next::Continue), false));
+    finish(&mut a);
+    a.handle_output(Ok(Output::Applied(Applied {
+        is_root: true,
+        release_pending: false,
+    })));
+    assert!(matches!(a.poll(), Io::CommitClaim(_)));
+    // The driver committed only (failures are owed): the next attempt starts afresh.
+    ok(&mut a);
+    let report = done(&mut a);
+    assert!(report.committed && report.root_finished);
+    assert!(matches!(report.outcome, Outcome::Ran));
+    assert!(report.next_claim.is_none());
+}

@@ -222,6 +222,7 @@ fn attempt<'e: 'c, 'c>(
         cache,
         user,
         saga: &entry.saga,
+        handler: entry,
         max_json_bytes: shared.client.max_json_bytes(),
         stopping: &shared.registry.stopping,
     };
@@ -236,6 +237,7 @@ struct Driver<'e, 'w, 'c> {
     cache: &'w mut StmtCache,
     user: &'w mut UserStatements,
     saga: &'e Saga,
+    handler: &'e crate::runtime::common::HandlerEntry<crate::saga::Blocking>,
     max_json_bytes: usize,
     stopping: &'e std::sync::atomic::AtomicBool,
 }
@@ -250,6 +252,14 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     // The session's first claim finds the transaction `Session::begin` opened.
                     let prefix = if self.session.open { "" } else { "BEGIN; " };
                     attempt.handle_output(self.session.claim(sql, self.cache, &c, prefix));
+                }
+                Io::CommitClaim(_) if self.handler.owes() => {
+                    // A failure is owed to a run of the handler (its attempt lost its
+                    // connection): commit without claiming, so that the next attempt starts
+                    // afresh and records it before it could claim that run again.
+                    let out = self.session.end("COMMIT");
+                    self.session.batch.ended(out.is_ok(), false);
+                    attempt.handle_output(out);
                 }
                 Io::CommitClaim(c) => {
                     // The commit, or (while the batch has room) only the step's savepoint.

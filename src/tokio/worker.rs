@@ -338,6 +338,7 @@ async fn attempt<'e: 'c, 'c>(
         cache,
         user,
         saga: &entry.saga,
+        handler: entry,
         max_json_bytes: shared.client.max_json_bytes(),
         stopping: &shared.registry.stopping,
         step_timeout: shared.step_timeout,
@@ -354,6 +355,7 @@ struct Driver<'e, 'w, 'c> {
     cache: &'w mut StmtCache,
     user: &'w mut UserStatements,
     saga: &'e SagaOf<Tokio>,
+    handler: &'e crate::runtime::common::HandlerEntry<Tokio>,
     max_json_bytes: usize,
     stopping: &'e std::sync::atomic::AtomicBool,
     step_timeout: Option<Duration>,
@@ -374,6 +376,14 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 Io::Claim(c) => {
                     let prefix = if self.session.open { "" } else { "BEGIN; " };
                     let out = self.session.claim(sql, self.cache, &c, prefix).await;
+                    attempt.handle_output(out);
+                }
+                Io::CommitClaim(_) if self.handler.owes() => {
+                    // A failure is owed to a run of the handler (its attempt lost its
+                    // connection): commit without claiming, so that the next attempt starts
+                    // afresh and records it before it could claim that run again.
+                    let out = self.session.end("COMMIT").await;
+                    self.session.batch.ended(out.is_ok(), false);
                     attempt.handle_output(out);
                 }
                 Io::CommitClaim(c) => {

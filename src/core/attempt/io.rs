@@ -43,8 +43,9 @@ pub(crate) enum Io<'h> {
     Commit,
     /// Commit the transaction, then open the next one and claim the handler's next due run
     /// in it, taking the step's savepoint, all in one round trip (`COMMIT; BEGIN; ...`).
-    /// Answer: `handle_output` with `Output::Claimed` (the commit happened), or the error
-    /// (whether the commit happened is then unknown, as for `Commit`). The claim ends up in
+    /// Answer: `handle_output` with `Output::Claimed` (the commit happened), `Output::Done`
+    /// if the driver committed without claiming (as for `Commit`), or the error (whether the
+    /// commit happened is then unknown, as for `Commit`). The claim ends up in
     /// [`Report::next_claim`]; the driver keeps the new transaction open for the attempt it
     /// resumes with it. Only asked of drivers that allowed it (`Attempt::chain_claims`).
     CommitClaim(Claim<'h>),
