@@ -184,12 +184,13 @@ fn the_tokio_runtime_uses_tls_too() {
         let root = runtime.launch("t", &json!({})).await.unwrap();
         assert!(runtime.wait_for(root, WAIT).await.unwrap().is_committed());
         let conn = runtime.client().pool().get().await.unwrap();
+        // This runtime's listener only: the other tests run theirs at the same time.
         let row = conn
             .query_one(
                 "SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s
                  JOIN pg_stat_activity a USING (pid) WHERE a.usename = current_user
-                 AND a.application_name LIKE 'sc-listener%'",
-                &[],
+                 AND a.application_name = 'sc-listener:' || $1",
+                &[&schema],
             )
             .await
             .unwrap();
