@@ -105,6 +105,11 @@ fn a_step_finishing_after_a_cancellation_is_discarded<E: Engine>() {
         db.query_i64(&format!("SELECT count(*) FROM public.{table}")),
         0
     );
+    // Counted when the attempt that did it is over, which may be just after the
+    // tree is seen finished.
+    eventually("the gave_up_after_step to be counted", || {
+        runtime.stats().gave_up_after_step >= 1
+    });
     assert_eq!(runtime.stats().gave_up_after_step, 1);
     let trace = history_of(&runtime, id);
     let cancelled = trace

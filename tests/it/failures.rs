@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use structured_cooperation::{EventKind, RunStatus, Saga, StepContext, StepError, StepResult};
 
-use crate::util::{ExecLog, Gate, TestDb, WAIT, history_of};
+use crate::util::{ExecLog, Gate, TestDb, WAIT, eventually, history_of};
 
 #[derive(Debug)]
 struct CardDeclined;
@@ -66,6 +66,11 @@ fn a_step_error_is_recorded_and_the_worker_survives() {
     assert_eq!(failure.source(), format!("flaky[{}]", runtime.instance()));
     assert_eq!(failure.step(), Some("0"));
     assert_eq!(outcome.runs()[0].failure.as_ref(), Some(failure));
+    // Counted when the attempt that did it is over, which may be just after the
+    // tree is seen finished.
+    eventually("the step_failures to be counted", || {
+        runtime.stats().step_failures >= 1
+    });
     assert_eq!(runtime.stats().step_failures, 1);
 }
 
@@ -287,6 +292,11 @@ fn a_lost_connection_mid_step_is_retried_not_rolled_back() {
     let outcome = runtime.wait_for(id, WAIT).unwrap();
     assert!(outcome.is_committed(), "{outcome:?}");
     assert_eq!(log.entries(), ["attempt", "attempt"]);
+    // Counted when the attempt that did it is over, which may be just after the
+    // tree is seen finished.
+    eventually("the infra_errors to be counted", || {
+        runtime.stats().infra_errors >= 1
+    });
     assert!(runtime.stats().infra_errors >= 1);
     assert_eq!(runtime.stats().step_failures, 0);
     let kinds: Vec<EventKind> = runtime

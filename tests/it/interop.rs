@@ -165,6 +165,11 @@ fn a_panic_after_an_await_is_recorded_and_the_worker_survives() {
             let root = runtime.launch("pay", &json!({ "n": n })).await.unwrap();
             outcomes.push(runtime.wait_for(root, WAIT).await.unwrap());
         }
+        // Counted when the attempt that did it is over, which may be just after the
+        // tree is seen finished.
+        eventually("the step_failures to be counted", || {
+            runtime.stats().step_failures >= 1
+        });
         assert_eq!(runtime.stats().step_failures, 1);
         runtime.shutdown().await.unwrap();
         outcomes

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use structured_cooperation::{RetryPolicy, RunStatus, StepContext, StepError, StepResult};
 
 use crate::engine::{Engine, Served, both};
-use crate::util::{TestDb, WAIT, history_of, wait_for_event};
+use crate::util::{TestDb, WAIT, eventually, history_of, wait_for_event};
 
 /// Quick retries for tests: 10 ms, then 20 ms, ...
 fn quick(attempts: u32) -> RetryPolicy {
@@ -98,6 +98,9 @@ fn retry_then_commit<E: Engine>() {
         .expect("a retry records its failure");
     assert_eq!(failure.message(), "the provider timed out");
     assert_eq!(failure.step(), Some("0"));
+    // Counted when the attempt that did it is over, which may be just after the
+    // tree is seen finished.
+    eventually("the retries to be counted", || runtime.stats().retries >= 2);
     assert_eq!(runtime.stats().retries, 2);
     assert_eq!(runtime.stats().step_failures, 0);
     let tree = runtime.tree(root).unwrap();
@@ -141,6 +144,11 @@ fn retries_run_out_and_the_run_rolls_back_with_the_last_error<E: Engine>() {
         .filter(|e| e.starts_with("RETRYING"))
         .count();
     assert_eq!(retrying, 2);
+    // Counted when the attempt that did it is over, which may be just after the
+    // tree is seen finished.
+    eventually("the step_failures to be counted", || {
+        runtime.stats().step_failures >= 1
+    });
     assert_eq!(runtime.stats().step_failures, 1);
     runtime.shutdown().unwrap();
 }
