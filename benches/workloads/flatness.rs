@@ -3,7 +3,8 @@
 //! engine itself made (database `sc_bench_history`): nine single-step jobs for every tree
 //! of a root with two children and two steps, run by the engine (8 steps per commit, so it
 //! takes minutes rather than an hour), with the dead tuples, index entries and history its
-//! own updates left; nothing is vacuumed by hand. Three runs of each, interleaved; reports
+//! own updates left; nothing is vacuumed by hand (autovacuum, where the server runs it, or
+//! else the runtimes' own vacuum, `RuntimeBuilder::vacuum_runs_after`, as users get it). Three runs of each, interleaved; reports
 //! every run, the medians and the spread, and `history_flatness` = median with history ÷
 //! median fresh.
 
@@ -33,7 +34,8 @@ pub(crate) fn flatness(trees: usize) {
     let mut history_admin = admin();
     let history_client = fresh_schema(&mut history_admin);
     let made = Instant::now();
-    make_history(&mut history_admin, &history_client, trees);
+    let vacuums = make_history(&mut history_admin, &history_client, trees);
+    report(&format!("history_{label}_runtime_vacuums"), vacuums as f64);
     let seconds = made.elapsed().as_secs_f64();
     report(&format!("history_{label}_made_in_s"), seconds);
     // Production tables are vacuumed as they go; a benchmark that starts the moment the
@@ -123,8 +125,9 @@ fn ensure_database(base: &str, name: &str) -> String {
 }
 
 /// Runs `trees` finished trees through the engine on the history database: nine w1 jobs
-/// (the measured handler's own kind) for every root with two children.
-fn make_history(admin: &mut postgres::Client, client: &Client, trees: usize) {
+/// (the measured handler's own kind) for every root with two children. Returns how many
+/// times the runtime vacuumed `runs` itself.
+fn make_history(admin: &mut postgres::Client, client: &Client, trees: usize) -> u64 {
     let job = Saga::builder("w1-job")
         .step(|ctx: &mut StepContext<'_>, _: &Value| insert_result(ctx))
         .build()
@@ -181,7 +184,9 @@ fn make_history(admin: &mut postgres::Client, client: &Client, trees: usize) {
             handler,
         );
     }
+    let vacuums = runtime.stats().vacuums;
     runtime.shutdown().unwrap();
+    vacuums
 }
 
 /// Waits until autovacuum has vacuumed the runs table since now (at most 10 minutes).

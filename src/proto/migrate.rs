@@ -41,6 +41,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "autovacuum",
         include_str!("../../migrations/0007_autovacuum.sql"),
     ),
+    (
+        8,
+        "index_cleanup",
+        include_str!("../../migrations/0008_index_cleanup.sql"),
+    ),
 ];
 
 /// The highest migration version this library ships.

@@ -24,6 +24,7 @@ mod rollback;
 mod run;
 mod session;
 mod trouble;
+mod vacuum;
 mod values;
 
 use std::time::Duration;
@@ -61,6 +62,7 @@ pub(crate) use session::{
     ConnectionLimits, Limits, Listen, RollbackToSavepoint, Savepoint, Unlisten, WorkerSession,
 };
 pub(crate) use trouble::{Poison, Postpone, Postponed, ScheduleRetry, Troubled, TroubledRow};
+pub(crate) use vacuum::{Vacuum, VacuumDue};
 pub(crate) use values::{ChildValueRow, ChildValues, GiveUpReason, StoreValue};
 
 /// An engine statement: what to execute and how to read what comes back.
@@ -190,6 +192,10 @@ statements! {
     ChildValues => ChildValues::SQL,
     /// [`GiveUpReason`]
     GiveUpReason => GiveUpReason::SQL,
+    /// [`VacuumDue`]
+    VacuumDue => VacuumDue::SQL,
+    /// [`Vacuum`]
+    Vacuum => Vacuum::SQL,
     /// [`Savepoint`]
     Savepoint => Savepoint::SQL,
     /// [`RollbackToSavepoint`]
@@ -223,6 +229,7 @@ impl StmtId {
             self,
             StmtId::Savepoint
                 | StmtId::RollbackToSavepoint
+                | StmtId::Vacuum
                 | StmtId::WorkerSession
                 | StmtId::Listen
                 | StmtId::Unlisten

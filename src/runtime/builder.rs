@@ -104,6 +104,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Vacuums the `runs` table from the runtime when PostgreSQL's autovacuum does not (it
+    /// is off on the server, or for the table): at a sweep, once at least `dead_versions`
+    /// dead row versions piled up (10,000 by default, and a sweep is asked for every time
+    /// this runtime committed that many steps), one runtime at a time, with
+    /// `VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON)`. Every finished step leaves a dead version of
+    /// its run and a dead entry in the claim's index, which every later claim of that
+    /// handler walks past until a vacuum removes it; without any vacuum, claims slow down as
+    /// history grows. Where autovacuum runs, the schema's own settings (vacuum after 10,000
+    /// dead versions) already keep up, and the runtime leaves it alone. It needs a role that
+    /// owns the table (others only check). `None` turns it off: then vacuum `runs` yourself.
+    pub fn vacuum_runs_after(mut self, dead_versions: Option<u64>) -> Self {
+        self.settings.vacuum_after = dead_versions;
+        self
+    }
+
     /// Steps per commit (opt-in; 1 by default): a worker draining a handler runs up to `k`
     /// steps, of different runs of that handler, in one transaction, each after its own
     /// claim and under its own savepoint, and commits them together; at most 32.

@@ -44,6 +44,9 @@ pub struct RuntimeStats {
     /// for: nobody ran them and their emitters did not wait (each is logged at warn and
     /// marked `UNHANDLED` in its root's history).
     pub unhandled: u64,
+    /// Times this runtime vacuumed the `runs` table itself because autovacuum does not (see
+    /// [`RuntimeBuilder::vacuum_runs_after`](crate::RuntimeBuilder::vacuum_runs_after)).
+    pub vacuums: u64,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +61,7 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     pub(crate) data_errors: AtomicU64,
     pub(crate) unhandled: AtomicU64,
+    pub(crate) vacuums: AtomicU64,
 }
 
 impl Counters {
@@ -74,6 +78,7 @@ impl Counters {
             retries: get(&self.retries),
             data_errors: get(&self.data_errors),
             unhandled: get(&self.unhandled),
+            vacuums: get(&self.vacuums),
         }
     }
 }
@@ -106,6 +111,8 @@ pub(crate) struct Settings<X: Flavor> {
     pub(crate) prune_after: Option<Duration>,
     /// Steps per commit when a worker drains a handler (see `runtime::batch`).
     pub(crate) steps_per_commit: usize,
+    /// Vacuum `runs` at a sweep when autovacuum does not and this many dead versions piled up.
+    pub(crate) vacuum_after: Option<u64>,
     pub(crate) subscriptions: Vec<Subscription<X>>,
     /// The first error met while building a typed handler's saga (reported by `start`).
     pub(crate) deferred: Option<Error>,
@@ -125,6 +132,7 @@ impl<X: Flavor> Settings<X> {
             migrate: true,
             prune_after: None,
             steps_per_commit: 1,
+            vacuum_after: Some(DEFAULT_VACUUM_AFTER),
             subscriptions: Vec::new(),
             deferred: None,
         }
@@ -161,6 +169,12 @@ impl<X: Flavor> Settings<X> {
         }
         if self.workers == 0 {
             return Err(Error::Config("workers must be >= 1".to_owned()));
+        }
+        if self.vacuum_after == Some(0) {
+            return Err(Error::Config(
+                "vacuum_runs_after needs a positive number of dead versions (None turns it off)"
+                    .to_owned(),
+            ));
         }
         if self.safety_net.is_zero() {
             return Err(Error::Config(
@@ -241,6 +255,7 @@ impl<X: Flavor> Settings<X> {
             backoff: self.backoff,
             strict_topics: self.strict_topics,
             prune_after: self.prune_after,
+            vacuum_after: self.vacuum_after,
             steps_per_commit: self.steps_per_commit,
             stopping: AtomicBool::new(false),
             alive: Alive {
@@ -327,6 +342,8 @@ pub(crate) struct Registry<X: Flavor> {
     pub(crate) strict_topics: bool,
     /// Finished trees this old are pruned at every sweep.
     pub(crate) prune_after: Option<Duration>,
+    /// Dead versions of `runs` after which a sweep vacuums it when autovacuum does not.
+    pub(crate) vacuum_after: Option<u64>,
     /// Steps per commit when a worker drains a handler.
     pub(crate) steps_per_commit: usize,
     /// Set when shutdown begins, so workers stop draining early.
@@ -473,9 +490,14 @@ impl<X: Flavor> Registry<X> {
             hints: Vec::new(),
             root_finished: false,
             release_failed: false,
+            sweep_soon: false,
         };
         if report.committed {
-            bump(&stats.steps);
+            let steps = stats.steps.fetch_add(1, Ordering::Relaxed) + 1;
+            // A sweep checks whether `runs` needs a vacuum; between the safety net's sweeps,
+            // ask for one every time this runtime's own steps could have left enough dead
+            // versions for it.
+            settled.sweep_soon = self.vacuum_after.is_some_and(|n| steps % n.max(1) == 0);
             let woken = report.woken.iter().map(String::as_str);
             self.record_notified(woken.clone(), quiet);
             // Wake local handlers now rather than after the notification's round trip. The
@@ -507,6 +529,10 @@ impl<X: Flavor> Registry<X> {
     }
 }
 
+/// Dead versions of `runs` after which a runtime vacuums it when autovacuum does not: the
+/// threshold migration 7 gives autovacuum.
+pub(crate) const DEFAULT_VACUUM_AFTER: u64 = 10_000;
+
 /// How long one sweep may spend pruning (batch after batch) before it yields to the work.
 pub(crate) const PRUNE_BUDGET: Duration = Duration::from_secs(1);
 
@@ -522,6 +548,20 @@ pub(crate) fn auto_prune_batch(keep: Duration, schema: &str) -> crate::proto::Pr
     }
 }
 
+/// The check a sweep runs to see whether `runs` needs the runtime's vacuum (`None`: the
+/// runtime never vacuums).
+pub(crate) fn vacuum_due<X: Flavor>(registry: &Registry<X>) -> Option<crate::proto::VacuumDue> {
+    registry.vacuum_after.map(|n| crate::proto::VacuumDue {
+        dead: i64::try_from(n).unwrap_or(i64::MAX),
+    })
+}
+
+/// Counts and logs a vacuum the sweep ran over `dead` dead versions.
+pub(crate) fn vacuumed<X: Flavor>(registry: &Registry<X>, dead: i64) {
+    bump(&registry.stats.vacuums);
+    log::info!("sweep: vacuumed the runs table ({dead} dead row versions; autovacuum is off)");
+}
+
 /// What a settled report asks of the runtime.
 #[derive(Debug)]
 pub(crate) struct Settled {
@@ -533,6 +573,8 @@ pub(crate) struct Settled {
     /// The release after the commit failed: clear the connection's statement cache and ask
     /// for a sweep.
     pub(crate) release_failed: bool,
+    /// A sweep is worth running soon (to see whether `runs` needs a vacuum).
+    pub(crate) sweep_soon: bool,
 }
 
 /// What the dispatcher hears about.

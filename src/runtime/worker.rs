@@ -1,7 +1,7 @@
 //! Worker threads: each performs what an attempt ([`crate::core::attempt`]) asks, over a
 //! connection it keeps for life, and tells the dispatcher how its tasks ended.
 
-use crate::runtime::common::{PRUNE_BUDGET, auto_prune_batch};
+use crate::runtime::common::{PRUNE_BUDGET, auto_prune_batch, vacuum_due, vacuumed};
 use crate::runtime::logs::StepLog;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::proto::Claimed;
 use crate::proto::{
-    Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
+    Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, Vacuum, WorkerSession,
 };
 use crate::runtime::batch::Settle;
 use crate::runtime::session::Session;
@@ -175,6 +175,9 @@ fn settle(shared: &Shared, h: usize, report: Report, cache: &mut StmtCache) -> O
     }
     if settled.release_failed {
         cache.clear();
+        let _ = shared.events.send(Event::SweepRequested);
+    }
+    if settled.sweep_soon {
         let _ = shared.events.send(Event::SweepRequested);
     }
     settled.outcome
@@ -412,6 +415,12 @@ fn sweep(shared: &Shared, slot: &mut Option<WorkerConn>) -> Result<Vec<SweepEntr
         }
         if trees > 0 {
             log::info!("sweep: pruned {trees} finished trees");
+        }
+    }
+    if let Some(dead) = vacuum_due(&shared.registry) {
+        if let Some(found) = exec::run(client, sql, Some(&mut conn.cache), &dead)? {
+            exec::run(client, sql, Some(&mut conn.cache), &Vacuum)?;
+            vacuumed(&shared.registry, found);
         }
     }
     let names = shared.registry.names();

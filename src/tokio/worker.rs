@@ -3,7 +3,7 @@
 //! `.await`s. Connections (with their prepared statements) are leased per task from a small
 //! set, so a runtime may run more tasks than it has connections.
 
-use crate::runtime::common::{PRUNE_BUDGET, auto_prune_batch};
+use crate::runtime::common::{PRUNE_BUDGET, auto_prune_batch, vacuum_due, vacuumed};
 use crate::runtime::logs::StepLog;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,8 @@ use crate::core::attempt::{
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::proto::{
-    Claimed, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, WorkerSession,
+    Claimed, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, Vacuum,
+    WorkerSession,
 };
 use crate::runtime::batch::{Batch, Settle};
 use crate::runtime::common::{self, Event, SweepEnd, bump, sweep_entries};
@@ -299,6 +300,9 @@ fn settle(shared: &Shared, h: usize, report: Report, cache: &mut StmtCache) -> O
         cache.clear();
         let _ = shared.events.send(Event::SweepRequested);
     }
+    if settled.sweep_soon {
+        let _ = shared.events.send(Event::SweepRequested);
+    }
     settled.outcome
 }
 
@@ -540,6 +544,13 @@ async fn sweep(shared: &Shared) -> Result<Vec<SweepEntry>> {
             }
             if trees > 0 {
                 log::info!("sweep: pruned {trees} finished trees");
+            }
+        }
+        if let Some(dead) = vacuum_due(&shared.registry) {
+            let client = &**conn.client;
+            if let Some(found) = exec::run(client, sql, Some(&mut conn.cache), &dead).await? {
+                exec::run(client, sql, Some(&mut conn.cache), &Vacuum).await?;
+                vacuumed(&shared.registry, found);
             }
         }
         let names = shared.registry.names();

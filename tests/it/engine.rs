@@ -118,6 +118,7 @@ pub struct Config<E: Engine> {
     max_json_bytes: Option<usize>,
     strict_topics: bool,
     steps_per_commit: usize,
+    vacuum_after: Option<Option<u64>>,
 }
 
 impl<E: Engine> Config<E> {
@@ -152,6 +153,10 @@ impl<E: Engine> Config<E> {
     }
     pub fn max_json_bytes(mut self, limit: usize) -> Self {
         self.max_json_bytes = Some(limit);
+        self
+    }
+    pub fn vacuum_runs_after(mut self, dead: Option<u64>) -> Self {
+        self.vacuum_after = Some(dead);
         self
     }
     pub fn start(self) -> Result<E::Runtime> {
@@ -350,6 +355,7 @@ pub trait Engine: Sized + 'static {
             max_json_bytes: None,
             strict_topics: false,
             steps_per_commit: 1,
+            vacuum_after: None,
         }
     }
 }
@@ -380,6 +386,9 @@ impl Engine for OnBlocking {
         }
         if let Some(limit) = config.max_json_bytes {
             b = b.max_json_bytes(limit);
+        }
+        if let Some(dead) = config.vacuum_after {
+            b = b.vacuum_runs_after(dead);
         }
         b = b
             .strict_topics(config.strict_topics)
@@ -619,6 +628,9 @@ mod on_tokio {
             }
             if let Some(limit) = config.max_json_bytes {
                 b = b.max_json_bytes(limit);
+            }
+            if let Some(dead) = config.vacuum_after {
+                b = b.vacuum_runs_after(dead);
             }
             b = b
                 .strict_topics(config.strict_topics)

@@ -64,5 +64,7 @@ mod try_finally;
 mod typed;
 /// Shared fixtures.
 mod util;
+/// The runtime's own vacuum of `runs` when autovacuum is off.
+mod vacuum;
 /// Safe defaults: unhandled topics, unknown ids, migrations left to a deploy step.
 mod visibility;
