@@ -198,6 +198,16 @@ pub enum Error {
         id: String,
     },
 
+    /// A migration of runs between saga versions was refused before anything was written
+    /// (see [`Client::migrate_runs`](crate::Client::migrate_runs)).
+    #[error("cannot migrate runs of handler {handler:?}: {reason}")]
+    InvalidMigration {
+        /// The handler whose runs were to move.
+        handler: String,
+        /// Why, e.g. a version that was never registered or a step that does not exist.
+        reason: String,
+    },
+
     /// A string is not a valid id.
     #[error("{input:?} is not a valid {kind}: {source}")]
     InvalidId {

@@ -114,6 +114,9 @@ pub struct RunInfo {
     /// The error of the latest retried or failed attempt, while `retries` or
     /// `infra_failures` is not 0.
     pub last_error: Option<String>,
+    /// The saga version that wrote it (see [`SagaOf::version`](crate::SagaOf::version));
+    /// `None` for runs written before versions existed and runs of external handlers.
+    pub version: Option<String>,
 }
 
 /// An unfinished run that is being retried after transient failures or keeps failing with
@@ -294,8 +297,11 @@ pub struct HistoryEvent {
     pub message_id: MessageId,
     /// On `SUSPENDED`: the index of the step to run next (`None` after the last step).
     pub next_step: Option<i32>,
-    /// On `ROLLING_BACK` and `ROLLBACK_FAILED`: the failure.
+    /// On `ROLLING_BACK` and `ROLLBACK_FAILED`: the failure; on `MIGRATED`: why the run was
+    /// moved (its message), and by whom (its source).
     pub failure: Option<Failure>,
+    /// Who wrote it: the runtime instance, or, on `MIGRATED`, the operator who moved the run.
+    pub worker: Option<String>,
 }
 
 impl fmt::Display for HistoryEvent {
@@ -407,6 +413,7 @@ impl RunInfo {
             retries: r.retries,
             infra_failures: r.infra_failures,
             last_error: r.last_error,
+            version: r.version,
         }
     }
 }
@@ -422,6 +429,7 @@ impl HistoryEvent {
             run_id: r.run_id,
             message_id: r.message_id,
             next_step: r.next_step,
+            worker: r.worker,
             failure: r.failure,
         }
     }

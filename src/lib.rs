@@ -118,6 +118,7 @@ mod tls;
 pub mod tokio;
 mod typed;
 mod validate;
+mod versions;
 
 pub use crate::client::{Client, ClientBuilder, DEFAULT_SCHEMA};
 pub use crate::context::{ContextKey, CooperationContext};
@@ -143,6 +144,7 @@ pub use crate::schedule::Schedule;
 pub use crate::typed::{
     Action, AsReturnName, AsTopic, ChildValue, Handler, Request, ReturnName, Topic,
 };
+pub use crate::versions::{Migrated, RefusedRun, RunMigration};
 
 /// The `postgres` crate, re-exported so that step code uses the same version.
 pub use postgres;

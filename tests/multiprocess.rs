@@ -9,6 +9,10 @@
 //! And: several OS processes launch the same idempotency keys at once; each key creates one
 //! root (see `multiprocess/keyed.rs`).
 //!
+//! And: a rolling deploy of a new saga version, one process upgraded and one not, serving
+//! the same handler; every run runs in its own version, exactly once (see
+//! `multiprocess/rolling.rs`).
+//!
 //! And: a process is sent SIGTERM with steps in flight; they commit, it exits cleanly, and
 //! another finishes the rest (see `multiprocess/graceful.rs`, `signals` feature).
 //!
@@ -30,6 +34,8 @@ mod batched;
 mod graceful;
 #[path = "multiprocess/keyed.rs"]
 mod keyed;
+#[path = "multiprocess/rolling.rs"]
+mod rolling;
 
 const ROOTS: usize = 1000;
 const CHILDREN: usize = 2;
@@ -55,6 +61,7 @@ fn main() {
         Ok("compensator") => return compensator(),
         Ok("launcher") => return keyed::launcher(),
         Ok("batcher") => return batched::worker(),
+        Ok("rolling") => return rolling::worker(),
         #[cfg(all(unix, feature = "signals"))]
         Ok("graceful") => return graceful::worker(),
         _ => {}
@@ -67,6 +74,7 @@ fn main() {
         (keyed::NAME, keyed::idempotent_launches_across_processes),
         (NAME_BATCHED, || orchestrate_with(&[BOTH, BOTH], ROOTS, 8)),
         (batched::NAME, batched::sigkill_mid_batch),
+        (rolling::NAME, rolling::rolling_deploy),
     ];
     #[cfg(feature = "tokio")]
     tests.extend(on_tokio::tests());

@@ -11,9 +11,11 @@ use crate::inspect::{Requested, Scope};
 use crate::proto::{
     BusyAround, CancelScope, ContextWrite, Fault, Finish, GiveUpCheck, LockExternal, LockRoot,
     LockTargets, Message, RecordCancel, Register, Release, RequestOperatorRollback, RunOrigin,
+    VersionShapes,
 };
 use crate::runtime::exec::run;
 use crate::validate;
+use crate::versions::{Migrated, RunMigration};
 
 impl Client {
     /// Asks finished work to compensate: every top-level run of a root (`Scope::Root`), or one
@@ -164,10 +166,46 @@ impl Client {
         self.register(topic, handler, "external")
     }
 
+    /// Moves the unfinished runs of one version of a saga to another, with a step mapping
+    /// by name (see [`RunMigration`]): for runs whose saga changed shape in a way that the
+    /// old version cannot simply be kept beside the new one to drain them. Each run moves
+    /// atomically (its version, its position, the steps it executed, so that a later rollback
+    /// runs the new version's compensations for them) with a `MIGRATED` history entry
+    /// saying who and why, or not at all: a run rolling back, or sitting at or having
+    /// executed a step that does not map, stays where it is and is listed in
+    /// [`Migrated::refused`]. A run in the middle of a step is moved after that step commits.
+    ///
+    /// Refused with [`Error::InvalidMigration`], before anything is written, when a version
+    /// was never served by a runtime (runtimes record each version's shape at start) or the
+    /// mapping names a step that does not exist.
+    ///
+    /// ```no_run
+    /// use structured_cooperation::RunMigration;
+    ///
+    /// # fn main() -> structured_cooperation::Result<()> {
+    /// # let client = structured_cooperation::Client::builder("postgres://postgres@127.0.0.1/postgres").connect()?;
+    /// let moved = client.migrate_runs(
+    ///     &RunMigration::new("order-saga", "1", "2", "alice", "v1 is being retired")
+    ///         .step("charge", "pay"),
+    /// )?;
+    /// println!("{} moved, {} left at version 1", moved.moved.len(), moved.refused.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn migrate_runs(&self, migration: &RunMigration) -> Result<Migrated> {
+        validate::name("handler", migration.handler())?;
+        let shapes = self.run(&VersionShapes {
+            handler: migration.handler(),
+        })?;
+        let statement = migration.statement(&shapes)?;
+        Ok(Migrated::from_rows(self.run(&statement)?))
+    }
+
     fn register(&self, topic: &str, handler: &str, kind: &'static str) -> Result<()> {
         validate::name("topic", topic)?;
         validate::name("handler", handler)?;
-        self.run(&Register::new(&[(topic, handler)], kind))
+        self.run(&Register::external(&[(topic, handler)], kind))
+            .map(|_| ())
     }
 
     /// Finishes the run of the external `handler` for `message`: `Ok(())` commits it,

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::decide::{ChildrenOf, Transition};
 use super::rollback::{Compensation, Plan};
 use super::schedule::Backoff;
-use super::state::{Instance, Next, StepShape, Wake};
+use super::state::{Instance, Next, StepShape, VersionShape, Wake};
 use crate::context::CooperationContext;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
@@ -34,8 +34,13 @@ pub(crate) struct HandlerRef<'h> {
     pub(crate) name: &'h Arc<str>,
     /// `handler[instance]`: the source of the failures its code raises.
     pub(crate) source: &'h str,
-    /// The saga's steps.
+    /// The steps of the version the attempt's run was written by (the newest served until a
+    /// run is claimed).
     pub(crate) steps: &'h [StepShape],
+    /// Every version of the saga this runtime serves, newest first.
+    pub(crate) versions: &'h [VersionShape],
+    /// Their names, comma-separated, for the claim.
+    pub(crate) served: &'h str,
 }
 
 /// What stays the same for the whole attempt.
@@ -263,6 +268,13 @@ impl<'h> Attempt<'h> {
                 Io::Rollback
             }
             (State::Claim, Output::Claimed(Claimed::Due(run))) => {
+                // The run is driven by the version that wrote it (the claim only returns runs
+                // of served versions; a run from before versions existed gets the newest).
+                if let Some(shape) = (run.version.as_deref())
+                    .and_then(|v| self.env.handler.versions.iter().find(|s| s.version == v))
+                {
+                    self.env.handler.steps = &shape.steps;
+                }
                 self.state = State::Claimed(Box::new(Run::new(*run)));
                 Io::Announce
             }
@@ -290,6 +302,7 @@ fn claim_of<'h>(handler: HandlerRef<'h>, worker: &'h str) -> Claim<'h> {
     Claim {
         handler: handler.name,
         worker,
+        versions: handler.served,
     }
 }
 

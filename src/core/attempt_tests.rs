@@ -50,6 +50,8 @@ impl Fixture {
             name: &self.name,
             source: "h[1]",
             steps: &self.steps,
+            versions: &[],
+            served: "",
         };
         Attempt::new(
             handler,
@@ -80,6 +82,7 @@ pub(super) fn claimed(view: RunView) -> ClaimedRun {
         launch_context: None,
         occurrence: None,
         chain_stop: None,
+        version: None,
     }
 }
 

@@ -15,6 +15,7 @@
 
 pub(crate) mod attempt;
 pub(crate) mod decide;
+pub(crate) mod migration;
 pub(crate) mod operator;
 mod retry;
 pub(crate) mod rollback;
@@ -23,4 +24,4 @@ mod state;
 
 pub use retry::RetryPolicy;
 pub use state::{EventKind, Next, RunStatus};
-pub(crate) use state::{Instance, InstanceKind, RunView, StepShape, Wake};
+pub(crate) use state::{Instance, InstanceKind, RunView, StepShape, VersionShape, Wake};

@@ -51,6 +51,9 @@ pub enum EventKind {
     /// The message just emitted had no registered handler: nobody runs it and its emitter
     /// does not wait for it.
     Unhandled,
+    /// An operator moved the unfinished run to another version of its saga (the entry's
+    /// step says from which step to which, its worker who moved it, its failure why).
+    Migrated,
 }
 
 impl EventKind {
@@ -68,6 +71,7 @@ impl EventKind {
             EventKind::CancellationRequested => "CANCELLATION_REQUESTED",
             EventKind::Retrying => "RETRYING",
             EventKind::Unhandled => "UNHANDLED",
+            EventKind::Migrated => "MIGRATED",
         }
     }
 
@@ -85,6 +89,7 @@ impl EventKind {
             "CANCELLATION_REQUESTED" => EventKind::CancellationRequested,
             "RETRYING" => EventKind::Retrying,
             "UNHANDLED" => EventKind::Unhandled,
+            "MIGRATED" => EventKind::Migrated,
             _ => return None,
         })
     }
@@ -196,6 +201,14 @@ pub(crate) struct StepShape {
     pub(crate) handles_child_failures: bool,
     /// How its code is retried after transient failures.
     pub(crate) retry: super::RetryPolicy,
+}
+
+/// One version of a saga, as the attempt machine needs it: which runs it drives (those that
+/// recorded `version`) and their steps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct VersionShape {
+    pub(crate) version: String,
+    pub(crate) steps: Vec<StepShape>,
 }
 
 /// The name of step `index`, or `#index` if the saga has no such step (a run whose stored

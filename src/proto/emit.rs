@@ -175,13 +175,13 @@ ed AS MATERIALIZED (
 child AS (
     INSERT INTO __S__.runs (id, root_id, parent_id, parent_instance, message_id, handler, topic,
                             happy_deadline, rollback_deadline, absolute_deadline, deadline_trace,
-                            wake_at, context)
+                            wake_at, context, version)
     SELECT __S__.uuid_v7(), CASE WHEN e.scoped THEN $5::uuid ELSE e.id END,
            CASE WHEN e.scoped THEN $6::uuid END, CASE WHEN e.scoped THEN $7::int4 END,
            e.id, h.handler, e.topic, d.happy, d.rollback, d.absolute, d.trace,
            least(greatest(clock_timestamp(), coalesce(e.not_before, clock_timestamp())),
                  d.happy, d.absolute),
-           e.context
+           e.context, h.version
     FROM w e JOIN ed d ON d.id = e.id JOIN __S__.handlers h ON h.topic = e.topic
     RETURNING parent_id, handler
 ),
@@ -270,42 +270,122 @@ impl Statement for Emit<'_> {
     }
 }
 
-/// Adds (topic, handler) pairs of a kind (`runtime` or `external`) to the durable topology.
+/// Adds (topic, handler) pairs of a kind (`runtime` or `external`) to the durable topology,
+/// with the version new runs of the handler get, and records the shapes of the saga versions
+/// a runtime serves. Nothing is written if one of those versions is already recorded with
+/// another shape (two sagas given the same explicit version): the pairs come back instead.
 #[derive(Debug)]
 pub(crate) struct Register<'a> {
     topics: Vec<&'a str>,
     handlers: Vec<&'a str>,
     kind: &'static str,
+    /// The version new runs get, per pair (`None` for external handlers).
+    newest: Vec<Option<&'a str>>,
+    /// Every served version: handler, version, shape (JSON).
+    version_handlers: Vec<&'a str>,
+    versions: Vec<&'a str>,
+    shapes: Vec<String>,
+}
+
+/// A handler's registration as a runtime makes it: its topic, name, and every version it
+/// serves (newest first) with its shape as JSON.
+#[derive(Debug)]
+pub(crate) struct Served<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) handler: &'a str,
+    pub(crate) versions: Vec<(&'a str, String)>,
 }
 
 impl<'a> Register<'a> {
-    pub(crate) fn new(pairs: &[(&'a str, &'a str)], kind: &'static str) -> Register<'a> {
+    /// Pairs registered by a client (external handlers, or runtime handlers ahead of their
+    /// runtime): no versions, and the version new runs get stays what a runtime said.
+    pub(crate) fn external(pairs: &[(&'a str, &'a str)], kind: &'static str) -> Register<'a> {
         Register {
             topics: pairs.iter().map(|p| p.0).collect(),
             handlers: pairs.iter().map(|p| p.1).collect(),
             kind,
+            newest: vec![None; pairs.len()],
+            version_handlers: Vec::new(),
+            versions: Vec::new(),
+            shapes: Vec::new(),
         }
     }
 
+    /// A runtime's handlers.
+    pub(crate) fn runtime(served: &'a [Served<'a>]) -> Register<'a> {
+        let mut register = Register {
+            topics: served.iter().map(|s| s.topic).collect(),
+            handlers: served.iter().map(|s| s.handler).collect(),
+            kind: "runtime",
+            newest: (served.iter())
+                .map(|s| s.versions.first().map(|v| v.0))
+                .collect(),
+            version_handlers: Vec::new(),
+            versions: Vec::new(),
+            shapes: Vec::new(),
+        };
+        for s in served {
+            for (version, shape) in &s.versions {
+                register.version_handlers.push(s.handler);
+                register.versions.push(version);
+                register.shapes.push(shape.clone());
+            }
+        }
+        register
+    }
+
     pub(crate) const SQL: &'static str = "
-INSERT INTO __S__.handlers (topic, handler, kind)
-SELECT t.topic, t.handler, $3 FROM unnest($1::text[], $2::text[]) AS t(topic, handler)
-ON CONFLICT (topic, handler) DO UPDATE SET kind = excluded.kind, last_started_at = clock_timestamp()";
+WITH given AS MATERIALIZED (
+    SELECT * FROM unnest($5::text[], $6::text[], $7::text[]) AS g(handler, version, steps)
+),
+conflict AS MATERIALIZED (
+    SELECT g.handler, g.version
+    FROM given g JOIN __S__.saga_versions v USING (handler, version)
+    WHERE v.steps <> g.steps::jsonb
+),
+ok AS MATERIALIZED (SELECT NOT EXISTS (SELECT 1 FROM conflict) AS yes),
+versions AS (
+    INSERT INTO __S__.saga_versions (handler, version, steps)
+    SELECT g.handler, g.version, g.steps::jsonb FROM given g, ok WHERE ok.yes
+    ON CONFLICT (handler, version) DO NOTHING
+),
+topology AS (
+    INSERT INTO __S__.handlers (topic, handler, kind, version)
+    SELECT t.topic, t.handler, $3, t.version
+    FROM unnest($1::text[], $2::text[], $4::text[]) AS t(topic, handler, version), ok
+    WHERE ok.yes
+    ON CONFLICT (topic, handler) DO UPDATE
+        SET kind = excluded.kind, last_started_at = clock_timestamp(),
+            -- A registration without versions (a client's) keeps the runtimes' one.
+            version = coalesce(excluded.version, __S__.handlers.version)
+)
+SELECT handler, version FROM conflict";
 }
 
 impl Statement for Register<'_> {
-    type Output = ();
+    /// The (handler, version) pairs recorded with another shape (then nothing was written).
+    type Output = Vec<(String, String)>;
 
     fn id(&self) -> StmtId {
         StmtId::Register
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![&self.topics, &self.handlers, &self.kind]
+        vec![
+            &self.topics,
+            &self.handlers,
+            &self.kind,
+            &self.newest,
+            &self.version_handlers,
+            &self.versions,
+            &self.shapes,
+        ]
     }
 
-    fn decode(&self, _rows: Vec<Row>) -> Result<()> {
-        Ok(())
+    fn decode(&self, rows: Vec<Row>) -> Result<Vec<(String, String)>> {
+        rows.iter()
+            .map(|row| Ok((row.try_get("handler")?, row.try_get("version")?)))
+            .collect()
     }
 }
 

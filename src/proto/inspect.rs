@@ -118,18 +118,18 @@ WITH RECURSIVE t AS (
     SELECT r.id, r.parent_id, r.root_id, r.handler, r.topic, r.status, r.step_index,
            r.pending_children, r.failure, r.rollback_failure, r.context, r.retries,
            r.infra_failures, r.last_error, r.created_at, r.started_at, r.finished_at,
-           0 AS depth, ARRAY[r.created_at] AS path
+           r.version, 0 AS depth, ARRAY[r.created_at] AS path
     FROM __S__.runs r WHERE r.message_id = $1 AND r.parent_id IS NULL
     UNION ALL
     SELECT c.id, c.parent_id, c.root_id, c.handler, c.topic, c.status, c.step_index,
            c.pending_children, c.failure, c.rollback_failure, c.context, c.retries,
            c.infra_failures, c.last_error, c.created_at, c.started_at, c.finished_at,
-           t.depth + 1, t.path || c.created_at
+           c.version, t.depth + 1, t.path || c.created_at
     FROM __S__.runs c JOIN t ON c.parent_id = t.id
 )
 SELECT id, parent_id, root_id, handler, topic, status, step_index, pending_children, depth,
        failure::text AS failure, rollback_failure::text AS rollback_failure, context, retries,
-       infra_failures, last_error, created_at, started_at, finished_at
+       infra_failures, last_error, created_at, started_at, finished_at, version
 FROM t ORDER BY path, handler";
 }
 
@@ -154,6 +154,7 @@ pub(crate) struct TreeRow {
     pub(crate) retries: u32,
     pub(crate) infra_failures: u32,
     pub(crate) last_error: Option<String>,
+    pub(crate) version: Option<String>,
 }
 
 impl Statement for Tree {
@@ -195,6 +196,7 @@ pub(crate) fn tree_row(row: &Row) -> Result<TreeRow> {
         retries: u32_col(row, "retries")?,
         infra_failures: u32_col(row, "infra_failures")?,
         last_error: row.try_get("last_error")?,
+        version: row.try_get("version")?,
     })
 }
 
@@ -212,7 +214,8 @@ impl History {
     }
 
     pub(crate) const SQL: &'static str = "
-SELECT seq, at, event, handler, step, run_id, message_id, next_step, failure::text AS failure
+SELECT seq, at, event, handler, step, run_id, message_id, next_step, failure::text AS failure,
+       worker
 FROM __S__.history WHERE root_id = $1 ORDER BY seq";
 }
 
@@ -228,6 +231,7 @@ pub(crate) struct HistoryRow {
     pub(crate) message_id: MessageId,
     pub(crate) next_step: Option<i32>,
     pub(crate) failure: Option<Failure>,
+    pub(crate) worker: Option<String>,
 }
 
 impl Statement for History {
@@ -259,6 +263,7 @@ impl Statement for History {
                     message_id: MessageId::from_uuid(row.try_get("message_id")?),
                     next_step: row.try_get("next_step")?,
                     failure: failure_col(row, "failure")?,
+                    worker: row.try_get("worker")?,
                 })
             })
             .collect()

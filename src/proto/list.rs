@@ -20,7 +20,7 @@ macro_rules! run_columns {
 SELECT r.id, r.parent_id, r.root_id, r.handler, r.topic, r.status, r.step_index,
        r.pending_children, 0 AS depth, r.failure::text AS failure,
        r.rollback_failure::text AS rollback_failure, r.context, r.retries, r.infra_failures,
-       r.last_error, r.created_at, r.started_at, r.finished_at
+       r.last_error, r.created_at, r.started_at, r.finished_at, r.version
 "
     };
 }

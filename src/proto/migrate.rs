@@ -46,6 +46,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "index_cleanup",
         include_str!("../../migrations/0008_index_cleanup.sql"),
     ),
+    (
+        9,
+        "versions",
+        include_str!("../../migrations/0009_versions.sql"),
+    ),
 ];
 
 /// The highest migration version this library ships.

@@ -26,6 +26,7 @@ mod session;
 mod trouble;
 mod vacuum;
 mod values;
+mod versions;
 
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ use crate::failure::Failure;
 pub(crate) use alive::{Heartbeat, Retire, RuntimeRow, Runtimes, Topology, TopologyRow};
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
 pub(crate) use cols::{Cols, Literals, literal};
-pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register};
+pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register, Served};
 pub(crate) use finish::{Applied, Finish};
 pub(crate) use inspect::{
     ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootExists, RootRunRow,
@@ -64,6 +65,7 @@ pub(crate) use session::{
 pub(crate) use trouble::{Poison, Postpone, Postponed, ScheduleRetry, Troubled, TroubledRow};
 pub(crate) use vacuum::{Vacuum, VacuumDue};
 pub(crate) use values::{ChildValueRow, ChildValues, GiveUpReason, StoreValue};
+pub(crate) use versions::{MigrateRow, MigrateRuns, UnservedRow, UnservedRuns, VersionShapes};
 
 /// An engine statement: what to execute and how to read what comes back.
 ///
@@ -194,6 +196,12 @@ statements! {
     GiveUpReason => GiveUpReason::SQL,
     /// [`VacuumDue`]
     VacuumDue => VacuumDue::SQL,
+    /// [`UnservedRuns`]
+    UnservedRuns => UnservedRuns::SQL,
+    /// [`VersionShapes`]
+    VersionShapes => VersionShapes::SQL,
+    /// [`MigrateRuns`]
+    MigrateRuns => MigrateRuns::SQL,
     /// [`Vacuum`]
     Vacuum => Vacuum::SQL,
     /// [`Savepoint`]

@@ -22,6 +22,9 @@ pub(crate) struct Claim<'a> {
     pub(crate) handler: &'a str,
     /// Who claims, for the `SEEN` history entry.
     pub(crate) worker: &'a str,
+    /// The saga versions the claimer serves, comma-separated: only their runs are claimed
+    /// (and runs from before versions existed, which have none).
+    pub(crate) versions: &'a str,
 }
 
 impl Claim<'_> {
@@ -34,7 +37,8 @@ impl Claim<'_> {
     /// in a step (whose end-of-step check catches it) locked. When nothing is due, the second
     /// branch says, without locking, how long until the earliest runnable run wakes, so the
     /// runtime knows when to try again without another query. The first claim of a run writes
-    /// its `SEEN`.
+    /// its `SEEN`. Runs of saga versions the claimer does not serve are neither claimed nor
+    /// waited for: they wait for a runtime that serves them.
     pub(crate) const SQL: &'static str = "
 WITH clock AS (SELECT clock_timestamp() AS t),
 c AS (
@@ -42,10 +46,12 @@ c AS (
            r.step_iteration, r.instances, r.failed_children, r.started_at IS NOT NULL AS seen,
            r.wake_at, r.cfh_iteration, r.rollback_cursor, r.waited_instance, r.rollback_seen,
            r.failure, r.happy_deadline, r.rollback_deadline, r.absolute_deadline,
-           r.context, r.rollback_context, r.poison, r.retries, r.parent_id IS NULL AS top_level
+           r.context, r.rollback_context, r.poison, r.retries, r.parent_id IS NULL AS top_level,
+           r.version
     FROM __S__.runs r
     WHERE r.handler = $1 AND r.status IN ('active', 'rolling_back') AND r.pending_children = 0
       AND r.wake_at <= (SELECT t FROM clock)
+      AND (r.version IS NULL OR r.version = ANY (string_to_array($3, ',')))
     ORDER BY r.wake_at, r.id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -62,6 +68,7 @@ later AS (
     WHERE NOT EXISTS (SELECT 1 FROM c)
       AND r.handler = $1 AND r.status IN ('active', 'rolling_back') AND r.pending_children = 0
       AND r.wake_at > clock.t
+      AND (r.version IS NULL OR r.version = ANY (string_to_array($3, ',')))
     ORDER BY r.wake_at
     LIMIT 1
 )
@@ -81,14 +88,15 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
                  AND NOT EXISTS (SELECT 1 FROM __S__.cancellations k WHERE k.root_id = c.root_id)
             THEN NULL
             ELSE __S__.give_up_reason(c.root_id, c.id, c.status = 'rolling_back')::text
-       END AS give_up
+       END AS give_up,
+       c.version
 FROM c JOIN __S__.messages m ON m.id = c.message_id
     -- An occurrence of a stopped chain that has not started gives up.
     LEFT JOIN __S__.chain_stops s ON s.chain = m.chain AND NOT c.seen
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        false, later.wait_ms, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL
+       NULL, NULL, NULL, NULL
 FROM later";
 }
 
@@ -134,6 +142,8 @@ pub(crate) struct ClaimedRun {
     pub(crate) occurrence: Option<Occurrence>,
     /// Its chain was stopped before it started: it gives up with this.
     pub(crate) chain_stop: Option<Failure>,
+    /// The saga version that wrote the run (`None`: from before versions existed).
+    pub(crate) version: Option<String>,
 }
 
 impl Statement for Claim<'_> {
@@ -144,7 +154,7 @@ impl Statement for Claim<'_> {
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![&self.handler, &self.worker]
+        vec![&self.handler, &self.worker, &self.versions]
     }
 
     fn decode(&self, rows: Vec<Row>) -> Result<Claimed> {
@@ -157,7 +167,10 @@ impl Claim<'_> {
     /// transaction it is made in), so that the simple-query protocol can execute it without
     /// planning it again: see [`Claim::simple_text`].
     pub(crate) fn prepare_text(sql: &Sql, name: &str) -> String {
-        format!("PREPARE {name} (text, text) AS {}", sql.text(StmtId::Claim))
+        format!(
+            "PREPARE {name} (text, text, text) AS {}",
+            sql.text(StmtId::Claim)
+        )
     }
 
     /// The claim as simple-query text: executes the statement prepared as `name` (preparing
@@ -176,9 +189,10 @@ impl Claim<'_> {
             text.push_str("; ");
         }
         text.push_str(&format!(
-            "EXECUTE {name}({}, {})",
+            "EXECUTE {name}({}, {}, {})",
             literal(self.handler),
-            literal(self.worker)
+            literal(self.worker),
+            literal(self.versions)
         ));
         // The step's savepoint, right after the claim in the same round trip: the claim's row
         // lock predates it and survives a rollback to it.
@@ -220,6 +234,7 @@ fn decode_claimed(row: &impl Cols) -> Result<Claimed> {
         launch_context: row.opt_str("launch_context")?,
         occurrence: occurrence(row)?,
         chain_stop: chain_stop(row)?,
+        version: row.opt_str("version")?,
     })))
 }
 
@@ -359,6 +374,8 @@ impl Statement for Unreleased {
 #[derive(Debug)]
 pub(crate) struct Sweep<'a> {
     pub(crate) handlers: &'a [&'a str],
+    /// Per handler, the versions served (comma-separated): runs of others are not its work.
+    pub(crate) served: &'a [&'a str],
 }
 
 impl Sweep<'_> {
@@ -366,11 +383,12 @@ impl Sweep<'_> {
     pub(crate) const SQL: &'static str = "
 SELECT h.i::int8, w.wake_at <= clock_timestamp() AS due,
        greatest(0, ceil(extract(epoch FROM w.wake_at - clock_timestamp()) * 1000))::int8 AS wait_ms
-FROM unnest($1::text[]) WITH ORDINALITY AS h(name, i)
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS h(name, served, i)
 CROSS JOIN LATERAL (
     SELECT r.wake_at FROM __S__.runs r
     WHERE r.handler = h.name AND r.status IN ('active', 'rolling_back')
       AND r.pending_children = 0
+      AND (r.version IS NULL OR r.version = ANY (string_to_array(h.served, ',')))
     ORDER BY r.wake_at
     LIMIT 1
 ) w";
@@ -393,7 +411,7 @@ impl Statement for Sweep<'_> {
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![&self.handlers]
+        vec![&self.handlers, &self.served]
     }
 
     fn decode(&self, rows: Vec<Row>) -> Result<Vec<SweepRow>> {

@@ -4,12 +4,12 @@ use crate::runtime::limits::check_connection_limits;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::common::Settings;
+use super::common::{Settings, refuse_conflicts};
 use super::{Runtime, Shared, Signals, Threads, dispatcher, listener, worker};
 use crate::client::{Client, Source, build_pool};
 use crate::core::schedule::Backoff;
 use crate::error::{Error, Result};
-use crate::proto::Register;
+use crate::proto::{Register, UnservedRuns};
 use crate::saga::{Blocking, Saga};
 use crate::typed::{Action, Handler};
 
@@ -168,6 +168,18 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Serves an older version of a subscribed handler beside its newest one (the saga given
+    /// to `subscribe`, which new runs get): the old version drives the runs it wrote until
+    /// they finish, and runs its own compensations when one of its finished trees is rolled
+    /// back. Same handler name and topic as the subscription, a different
+    /// [`version`](crate::SagaOf::version). Drop it once no run of it is unfinished and
+    /// none of its finished trees can still be rolled back (see the README's "Upgrading
+    /// sagas").
+    pub fn also_serve(mut self, topic: impl Into<String>, older: Saga) -> Self {
+        self.settings.older.push((topic.into(), older));
+        self
+    }
+
     /// Subscribes `saga` to `topic` with at most `concurrency` of its runs executing at once
     /// in this runtime (must be >= 1).
     pub fn subscribe_with(
@@ -216,15 +228,24 @@ impl RuntimeBuilder {
         }
         let registry = settings.registry("blocking");
         {
-            let pairs: Vec<(&str, &str)> = registry
-                .handlers
-                .iter()
-                .map(|h| (h.topic.as_str(), &*h.name))
-                .collect();
+            let served = registry.served();
             let mut conn = client.conn()?;
-            if !pairs.is_empty() {
-                let register = Register::new(&pairs, "runtime");
-                super::exec::run(&mut *conn, client.sql(), None, &register)?;
+            if !served.is_empty() {
+                let register = Register::runtime(&served);
+                refuse_conflicts(&super::exec::run(
+                    &mut *conn,
+                    client.sql(),
+                    None,
+                    &register,
+                )?)?;
+                let (handlers, served) = registry.served_versions();
+                let unserved = UnservedRuns { handlers, served };
+                registry.warn_unserved(&super::exec::run(
+                    &mut *conn,
+                    client.sql(),
+                    None,
+                    &unserved,
+                )?);
             }
             super::exec::run(&mut *conn, client.sql(), None, &registry.heartbeat())?;
         }

@@ -2,11 +2,12 @@
 //! registry of subscribed handlers with its notification quiet window, the counters, the
 //! dispatcher's events, and what an attempt's report asks of a runtime. None of it does I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::core::VersionShape;
 use crate::core::attempt::{Outcome, Report};
 use crate::core::schedule::{Backoff, ClaimResult, Jitter, Scheduler, SweepEntry};
 use crate::error::{Error, Result};
@@ -47,6 +48,10 @@ pub struct RuntimeStats {
     /// Times this runtime vacuumed the `runs` table itself because autovacuum does not (see
     /// [`RuntimeBuilder::vacuum_runs_after`](crate::RuntimeBuilder::vacuum_runs_after)).
     pub vacuums: u64,
+    /// Runnable runs of this runtime's handlers written by saga versions it does not serve,
+    /// as its last sweep counted them: they wait for a runtime that serves their version
+    /// (see [`RuntimeBuilder::also_serve`](crate::RuntimeBuilder::also_serve)).
+    pub unserved_runs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +67,7 @@ pub(crate) struct Counters {
     pub(crate) data_errors: AtomicU64,
     pub(crate) unhandled: AtomicU64,
     pub(crate) vacuums: AtomicU64,
+    pub(crate) unserved_runs: AtomicU64,
 }
 
 impl Counters {
@@ -79,6 +85,7 @@ impl Counters {
             data_errors: get(&self.data_errors),
             unhandled: get(&self.unhandled),
             vacuums: get(&self.vacuums),
+            unserved_runs: get(&self.unserved_runs),
         }
     }
 }
@@ -114,6 +121,8 @@ pub(crate) struct Settings<X: Flavor> {
     /// Vacuum `runs` at a sweep when autovacuum does not and this many dead versions piled up.
     pub(crate) vacuum_after: Option<u64>,
     pub(crate) subscriptions: Vec<Subscription<X>>,
+    /// Older versions of subscribed handlers, served beside them: (topic, saga).
+    pub(crate) older: Vec<(String, SagaOf<X>)>,
     /// The first error met while building a typed handler's saga (reported by `start`).
     pub(crate) deferred: Option<Error>,
 }
@@ -134,6 +143,7 @@ impl<X: Flavor> Settings<X> {
             steps_per_commit: 1,
             vacuum_after: Some(DEFAULT_VACUUM_AFTER),
             subscriptions: Vec::new(),
+            older: Vec::new(),
             deferred: None,
         }
     }
@@ -204,6 +214,47 @@ impl<X: Flavor> Settings<X> {
                 )));
             }
         }
+        self.validate_older()
+    }
+
+    /// Older versions must belong to a subscribed handler, on its topic, and every version of
+    /// a handler must differ.
+    fn validate_older(&self) -> Result<()> {
+        for (topic, old) in &self.older {
+            validate::name("topic", topic)?;
+            let Some(sub) = (self.subscriptions.iter()).find(|s| s.saga.name() == old.name())
+            else {
+                return Err(Error::Config(format!(
+                    "also_serve: handler {:?} is not subscribed; subscribe its newest version, \
+                     then add older ones beside it",
+                    old.name()
+                )));
+            };
+            if &sub.topic != topic {
+                return Err(Error::Config(format!(
+                    "also_serve: handler {:?} is subscribed to {:?}, not {topic:?}",
+                    old.name(),
+                    sub.topic
+                )));
+            }
+        }
+        for sub in &self.subscriptions {
+            let mut seen = HashSet::from([sub.saga.version()]);
+            for (_, old) in self
+                .older
+                .iter()
+                .filter(|(_, o)| o.name() == sub.saga.name())
+            {
+                if !seen.insert(old.version()) {
+                    return Err(Error::Config(format!(
+                        "handler {:?} serves version {:?} twice (two sagas of the same shape, \
+                         or the same explicit version)",
+                        old.name(),
+                        old.version()
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -224,16 +275,37 @@ impl<X: Flavor> Settings<X> {
     pub(crate) fn registry(&mut self, edition: &'static str) -> Registry<X> {
         let instance = crate::ids::new_uuid().to_string();
         let workers = self.workers;
+        let mut older = std::mem::take(&mut self.older);
         let handlers: Vec<HandlerEntry<X>> = std::mem::take(&mut self.subscriptions)
             .into_iter()
-            .map(|sub| HandlerEntry {
-                last_notified: AtomicU64::new(0),
-                owed: Mutex::new(Vec::new()),
-                name: Arc::from(sub.saga.name()),
-                source: format!("{}[{instance}]", sub.saga.name()),
-                concurrency: sub.concurrency.unwrap_or(workers).min(workers),
-                topic: sub.topic,
-                saga: sub.saga,
+            .map(|sub| {
+                let (mine, rest) = std::mem::take(&mut older)
+                    .into_iter()
+                    .partition(|(_, o)| o.name() == sub.saga.name());
+                older = rest;
+                let older: Vec<SagaOf<X>> = mine.into_iter().map(|(_, o)| o).collect();
+                let versions: Vec<VersionShape> = std::iter::once(&sub.saga)
+                    .chain(&older)
+                    .map(|s| VersionShape {
+                        version: s.version().to_owned(),
+                        steps: s.shapes().to_vec(),
+                    })
+                    .collect();
+                let served = (versions.iter().map(|v| v.version.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                HandlerEntry {
+                    last_notified: AtomicU64::new(0),
+                    owed: Mutex::new(Vec::new()),
+                    name: Arc::from(sub.saga.name()),
+                    source: format!("{}[{instance}]", sub.saga.name()),
+                    concurrency: sub.concurrency.unwrap_or(workers).min(workers),
+                    topic: sub.topic,
+                    saga: sub.saga,
+                    older,
+                    versions,
+                    served,
+                }
             })
             .collect();
         let by_name = handlers
@@ -284,7 +356,14 @@ impl<X: Flavor> Settings<X> {
 pub(crate) struct HandlerEntry<X: Flavor> {
     pub(crate) name: Arc<str>,
     pub(crate) topic: String,
+    /// The newest version: new runs of the handler get it.
     pub(crate) saga: SagaOf<X>,
+    /// Older versions served beside it (to drain their runs and roll back their trees).
+    pub(crate) older: Vec<SagaOf<X>>,
+    /// Every served version's steps, newest first, for the attempt machine.
+    pub(crate) versions: Vec<VersionShape>,
+    /// The served versions, comma-separated, for the claim.
+    pub(crate) served: String,
     /// `handler[instance]`, the source of failures raised by its steps.
     pub(crate) source: String,
     pub(crate) concurrency: usize,
@@ -297,6 +376,25 @@ pub(crate) struct HandlerEntry<X: Flavor> {
 }
 
 impl<X: Flavor> HandlerEntry<X> {
+    /// The saga of `version` (the newest for a run without one, or an unknown version, which
+    /// the claim never returns).
+    pub(crate) fn saga_for(&self, version: Option<&str>) -> &SagaOf<X> {
+        version
+            .and_then(|v| self.older.iter().find(|s| s.version() == v))
+            .unwrap_or(&self.saga)
+    }
+
+    /// What the attempt machine knows of the handler.
+    pub(crate) fn attempt_ref(&self) -> crate::core::attempt::HandlerRef<'_> {
+        crate::core::attempt::HandlerRef {
+            name: &self.name,
+            source: &self.source,
+            steps: self.saga.shapes(),
+            versions: &self.versions,
+            served: &self.served,
+        }
+    }
+
     /// Takes the failures owed to runs of this handler (see [`Attempt::owing`]).
     ///
     /// [`Attempt::owing`]: crate::core::attempt::Attempt::owing
@@ -350,6 +448,71 @@ pub(crate) struct Registry<X: Flavor> {
     pub(crate) stopping: AtomicBool,
     /// What its heartbeat records.
     alive: Alive,
+}
+
+impl<X: Flavor> Registry<X> {
+    /// The handlers to register, with every version they serve (newest first).
+    pub(crate) fn served(&self) -> Vec<crate::proto::Served<'_>> {
+        self.handlers
+            .iter()
+            .map(|h| crate::proto::Served {
+                topic: &h.topic,
+                handler: &h.name,
+                versions: std::iter::once(&h.saga)
+                    .chain(&h.older)
+                    .map(|s| (s.version(), s.shape_json()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The handler names and their served versions (comma-separated), in parallel.
+    pub(crate) fn served_versions(&self) -> (Vec<&str>, Vec<&str>) {
+        self.handlers
+            .iter()
+            .map(|h| (&*h.name, h.served.as_str()))
+            .unzip()
+    }
+
+    /// Records what a sweep counted of runs waiting for versions this runtime does not serve.
+    pub(crate) fn count_unserved(&self, rows: &[crate::proto::UnservedRow]) {
+        let runs = rows
+            .iter()
+            .map(|r| u64::try_from(r.runs).unwrap_or(0))
+            .sum();
+        self.stats.unserved_runs.store(runs, Ordering::Relaxed);
+    }
+
+    /// Logs, at start, the runnable runs of this runtime's handlers that were written by
+    /// versions it does not serve: they wait for a runtime that serves them.
+    pub(crate) fn warn_unserved(&self, rows: &[crate::proto::UnservedRow]) {
+        for row in rows {
+            log::warn!(
+                "handler {:?}: {} runnable runs were written by version {:?}, which this \
+                 runtime does not serve (it serves {}); they wait for a runtime that does \
+                 (serve it beside the new one with also_serve, or migrate them)",
+                row.handler,
+                row.runs,
+                row.version,
+                self.handlers
+                    .iter()
+                    .find(|h| *h.name == *row.handler)
+                    .map_or("", |h| h.served.as_str())
+            );
+        }
+    }
+}
+
+/// Fails a start whose saga versions are recorded with other shapes.
+pub(crate) fn refuse_conflicts(conflicts: &[(String, String)]) -> Result<()> {
+    match conflicts.first() {
+        None => Ok(()),
+        Some((handler, version)) => Err(Error::Config(format!(
+            "version {version:?} of handler {handler:?} is already recorded with another shape \
+             (steps, their kinds or handlers differ): give the changed saga a new version, or \
+             none to use its fingerprint; nothing was registered"
+        ))),
+    }
 }
 
 /// What a runtime's heartbeat records about it besides its instance and handlers.

@@ -188,7 +188,7 @@ impl Runtime {
     /// that no one will run (an external handler, a stopped service) do not count as due.
     pub fn wait_idle(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let names = self.shared.registry.names();
+        let (names, served) = self.shared.registry.served_versions();
         loop {
             {
                 let guard = self.shared.signals.lock();
@@ -204,7 +204,10 @@ impl Runtime {
                 }
             }
             let mut conn = self.shared.client.conn()?;
-            let sweep = Sweep { handlers: &names };
+            let sweep = Sweep {
+                handlers: &names,
+                served: &served,
+            };
             let due = due_handlers(exec::run(
                 &mut *conn,
                 self.shared.client.sql(),

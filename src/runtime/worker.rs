@@ -13,18 +13,17 @@ use r2d2::PooledConnection;
 use super::common::{self, Event, SweepEnd, bump, sweep_entries};
 use super::{Shared, exec};
 use crate::core::Next;
-use crate::core::attempt::{
-    Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, Stmt, UserCall,
-};
+use crate::core::attempt::{Attempt, CallKind, Io, Outcome, Output, Report, Stmt, UserCall};
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::proto::Claimed;
 use crate::proto::{
-    Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, Vacuum, WorkerSession,
+    Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, UnservedRuns, Vacuum,
+    WorkerSession,
 };
 use crate::runtime::batch::Settle;
 use crate::runtime::session::Session;
-use crate::saga::{Engine, Saga, StepContext, UserStatements};
+use crate::saga::{Engine, StepContext, UserStatements};
 
 /// A worker keeps claiming runs of the handler it was given until none is due, or until it
 /// has run this many (or for `BATCH_TIME`), then goes back to the dispatcher so other
@@ -198,11 +197,7 @@ fn attempt<'e: 'c, 'c>(
 ) -> Report {
     let entry = &shared.registry.handlers[h];
     let quiet = shared.registry.quiet_handlers();
-    let handler = HandlerRef {
-        name: &entry.name,
-        source: &entry.source,
-        steps: entry.saga.shapes(),
-    };
+    let handler = entry.attempt_ref();
     let registry = &shared.registry;
     let now = std::time::SystemTime::now();
     let attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now)
@@ -224,7 +219,6 @@ fn attempt<'e: 'c, 'c>(
         session,
         cache,
         user,
-        saga: &entry.saga,
         handler: entry,
         max_json_bytes: shared.client.max_json_bytes(),
         stopping: &shared.registry.stopping,
@@ -239,7 +233,6 @@ struct Driver<'e, 'w, 'c> {
     session: &'w mut Session<'c>,
     cache: &'w mut StmtCache,
     user: &'w mut UserStatements,
-    saga: &'e Saga,
     handler: &'e crate::runtime::common::HandlerEntry<crate::saga::Blocking>,
     max_json_bytes: usize,
     stopping: &'e std::sync::atomic::AtomicBool,
@@ -333,7 +326,8 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
             info,
             context,
         } = call;
-        let (saga, index, payload) = (self.saga, info.step_index, info.payload.clone());
+        let saga = self.handler.saga_for(info.version.as_deref());
+        let (index, payload) = (info.step_index, info.payload.clone());
         let engine = Engine {
             sql: self.sql,
             cache: std::mem::take(self.cache),
@@ -423,8 +417,17 @@ fn sweep(shared: &Shared, slot: &mut Option<WorkerConn>) -> Result<Vec<SweepEntr
             vacuumed(&shared.registry, found);
         }
     }
-    let names = shared.registry.names();
-    let sweep = Sweep { handlers: &names };
+    let (names, served) = shared.registry.served_versions();
+    let unserved = UnservedRuns {
+        handlers: names.clone(),
+        served: served.clone(),
+    };
+    let unserved = exec::run(client, sql, Some(&mut conn.cache), &unserved)?;
+    shared.registry.count_unserved(&unserved);
+    let sweep = Sweep {
+        handlers: &names,
+        served: &served,
+    };
     Ok(sweep_entries(exec::run(
         client,
         sql,

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
-use super::{Blocking, ChildFailures, SagaBuilder, SagaOf, StepContext, decode};
+use super::{Blocking, ChildFailures, SagaBuilder, SagaOf, StepContext, StepKind, decode};
 use crate::core::Next;
 use crate::failure::{Failure, StepResult};
 
@@ -175,6 +175,7 @@ impl<P: DeserializeOwned + 'static> SagaBuilder<P, Blocking> {
                 let _ = on_failure(ctx, payload);
             })
         })
+        .mark(StepKind::Try)
         .rollback(move |ctx, payload: &P, _cause| {
             if ctx.successor_ran() {
                 Ok(())
@@ -185,5 +186,6 @@ impl<P: DeserializeOwned + 'static> SagaBuilder<P, Blocking> {
         .push(None, move |ctx: &mut StepContext<'_>, payload: &P| {
             finally(ctx, payload)
         })
+        .mark(StepKind::Finally)
     }
 }

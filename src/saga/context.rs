@@ -104,6 +104,8 @@ pub(crate) struct StepInfo {
     pub(crate) attempt: u32,
     /// The context the run's message was launched with (for a periodic saga's next run).
     pub(crate) launch_context: Option<String>,
+    /// The saga version that wrote the run (`None`: from before versions existed).
+    pub(crate) version: Option<String>,
 }
 
 /// What step code's helpers use of the runtime: the statements, the worker connection's
@@ -428,6 +430,13 @@ impl<'c, X: Flavor> StepContext<'c, X> {
     /// The index of the running step.
     pub fn step_index(&self) -> usize {
         self.info.step_index
+    }
+
+    /// The saga version that wrote this run, and so runs this code (see
+    /// [`SagaOf::version`](crate::SagaOf::version)); `None` for a run written before versions
+    /// existed (it is driven by the newest version its runtime serves).
+    pub fn saga_version(&self) -> Option<&str> {
+        self.info.version.as_deref()
     }
 
     /// How many times this step has run consecutively before this execution (0 the first

@@ -8,6 +8,7 @@ mod context;
 mod flavor;
 #[cfg(feature = "tokio")]
 mod tokio;
+mod version;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -26,11 +27,13 @@ pub(crate) use context::{Emission, Engine, Occurrence, StepInfo, UserStatements}
 #[cfg(feature = "tokio")]
 pub use flavor::Tokio;
 pub use flavor::{Blocking, Flavor};
+pub(crate) use version::StepKind;
 
 type Decoded<P> = std::result::Result<P, StepError>;
 
 struct StepDef<X: Flavor> {
     name: Option<String>,
+    kind: StepKind,
     body: X::Body,
     compensate: Option<X::Compensate>,
     child_failures: Option<X::OnChildFailures>,
@@ -53,8 +56,11 @@ pub type Saga = SagaOf<Blocking>;
 pub struct SagaOf<X: Flavor> {
     name: String,
     payload_type: &'static str,
+    /// Explicit, or the fingerprint of the shape (see `version.rs`).
+    version: String,
     shapes: Vec<StepShape>,
     step_names: Vec<String>,
+    kinds: Vec<StepKind>,
     steps: Vec<StepDef<X>>,
 }
 
@@ -109,6 +115,20 @@ impl<X: Flavor> SagaOf<X> {
         self.payload_type
     }
 
+    /// The saga's version: the one given to [`SagaBuilder::version`], or else a fingerprint
+    /// of its shape (`fp-` and 16 hex digits) computed from its step names, their kinds (step,
+    /// sleep, scheduled wait, try, finally, periodic launch) and which of them compensate or
+    /// handle child failures, in order. Every run records the version that created it, and
+    /// only a runtime serving that version drives it (see the README's "Upgrading sagas").
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The shape the topology records for this version (step names, kinds, handlers).
+    pub(crate) fn shape_json(&self) -> String {
+        version::shape_json(&self.shapes, &self.kinds)
+    }
+
     pub(crate) fn shapes(&self) -> &[StepShape] {
         &self.shapes
     }
@@ -119,6 +139,7 @@ impl<X: Flavor> fmt::Debug for SagaOf<X> {
         f.debug_struct("Saga")
             .field("name", &self.name)
             .field("payload_type", &self.payload_type)
+            .field("version", &self.version)
             .field("steps", &self.step_names)
             .finish()
     }
@@ -129,6 +150,7 @@ pub struct SagaBuilder<P, X: Flavor = Blocking> {
     name: String,
     steps: Vec<StepDef<X>>,
     default_retry: RetryPolicy,
+    version: Option<String>,
     /// A modifier called before any step exists (reported by `build`).
     misplaced: Option<&'static str>,
     _payload: PhantomData<fn(&P)>,
@@ -154,6 +176,7 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
             name,
             steps: Vec::new(),
             default_retry: RetryPolicy::default(),
+            version: None,
             misplaced: None,
             _payload: PhantomData,
         }
@@ -167,6 +190,7 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
             ctx.delay_next(duration);
             Ok(Next::Continue)
         })
+        .mark(StepKind::Sleep)
     }
 
     /// [`sleep`](Self::sleep) with an explicit step name.
@@ -175,6 +199,7 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
             ctx.delay_next(duration);
             Ok(Next::Continue)
         })
+        .mark(StepKind::Sleep)
     }
 
     /// Makes the saga periodic: appends `"<n> (sleep)"`, which waits `every`, and
@@ -186,15 +211,14 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
     /// overlap); placed last, a failing run ends the chain.
     pub fn periodic(self, every: Duration, runs: Option<u32>) -> Self {
         let n = self.steps.len();
-        self.sleep_named(format!("{n} (sleep)"), every).push_sync(
-            Some(format!("{n} (launch next)")),
-            move |ctx, _| {
+        self.sleep_named(format!("{n} (sleep)"), every)
+            .push_sync(Some(format!("{n} (launch next)")), move |ctx, _| {
                 if runs.is_none_or(|runs| ctx.run_count() + 1 < runs) {
                     ctx.relaunch_next();
                 }
                 Ok(Next::Continue)
-            },
-        )
+            })
+            .mark(StepKind::LaunchNext)
     }
 
     /// Appends a built-in step that runs `f` synchronously: it only buffers (a delay, a
@@ -221,16 +245,37 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
                 Ok(Next::Continue)
             },
         )
+        .mark(StepKind::WaitUntil)
     }
 
     fn push_def(mut self, name: Option<String>, body: X::Body) -> Self {
         self.steps.push(StepDef {
             name,
+            kind: StepKind::Step,
             body,
             compensate: None,
             child_failures: None,
             retry: None,
         });
+        self
+    }
+
+    /// Says what kind of step the step added last is (they are all plain steps at first).
+    fn mark(mut self, kind: StepKind) -> Self {
+        if let Some(step) = self.steps.last_mut() {
+            step.kind = kind;
+        }
+        self
+    }
+
+    /// Gives the saga an explicit version instead of the fingerprint of its shape (see
+    /// [`SagaOf::version`]): 1 to 64 ASCII letters, digits, `.`, `_` or `-`. Use it to name
+    /// releases ("2", "2026-12-orders"), or to keep a version while changing the shape in a
+    /// way you know runs in flight survive (say, appending a step). Two different shapes must
+    /// never carry the same explicit version: a runtime that starts with a shape that
+    /// differs from the one already recorded for that version refuses to start.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
         self
     }
 
@@ -307,11 +352,21 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
                 retry: step.retry.unwrap_or(self.default_retry),
             });
         }
+        let kinds: Vec<StepKind> = self.steps.iter().map(|s| s.kind).collect();
+        let version = match self.version {
+            Some(explicit) => {
+                version::check_explicit(&self.name, &explicit)?;
+                explicit
+            }
+            None => version::fingerprint(&shapes, &kinds),
+        };
         Ok(SagaOf {
             name: self.name,
             payload_type: std::any::type_name::<P>(),
+            version,
             step_names: shapes.iter().map(|s| s.name.clone()).collect(),
             shapes,
+            kinds,
             steps: self.steps,
         })
     }

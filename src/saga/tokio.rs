@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
-use super::{ChildFailures, SagaBuilder, SagaOf, StepContext, Tokio, decode};
+use super::{ChildFailures, SagaBuilder, SagaOf, StepContext, StepKind, Tokio, decode};
 use crate::core::Next;
 use crate::failure::{Failure, StepResult};
 
@@ -236,6 +236,7 @@ impl<P: DeserializeOwned + Send + Sync + 'static> SagaBuilder<P, Tokio> {
                 }
             })
         })
+        .mark(StepKind::Try)
         .rollback(move |ctx, payload: &P, _cause| {
             let on_rollback = on_rollback.clone();
             Box::pin(async move {
@@ -247,5 +248,6 @@ impl<P: DeserializeOwned + Send + Sync + 'static> SagaBuilder<P, Tokio> {
             })
         })
         .push(None, move |ctx, payload: &P| finally(ctx, payload))
+        .mark(StepKind::Finally)
     }
 }

@@ -15,8 +15,8 @@ use super::worker::Conns;
 use super::{dispatcher, exec, listener};
 use crate::core::schedule::Backoff;
 use crate::error::{Error, Result};
-use crate::proto::Register;
-use crate::runtime::common::Settings;
+use crate::proto::{Register, UnservedRuns};
+use crate::runtime::common::{Settings, refuse_conflicts};
 use crate::saga::{SagaOf, Tokio};
 
 /// Where connections come from.
@@ -177,6 +177,18 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Serves an older version of a subscribed handler beside its newest one (the saga given
+    /// to `subscribe`, which new runs get): the old version drives the runs it wrote until
+    /// they finish, and runs its own compensations when one of its finished trees is rolled
+    /// back. Same handler name and topic as the subscription, a different
+    /// [`version`](crate::SagaOf::version). Drop it once no run of it is unfinished and
+    /// none of its finished trees can still be rolled back (see the README's "Upgrading
+    /// sagas").
+    pub fn also_serve(mut self, topic: impl Into<String>, older: SagaOf<Tokio>) -> Self {
+        self.settings.older.push((topic.into(), older));
+        self
+    }
+
     /// Like [`crate::RuntimeBuilder::subscribe_with`].
     pub fn subscribe_with(
         mut self,
@@ -229,15 +241,14 @@ impl RuntimeBuilder {
         }
         let registry = settings.registry("tokio");
         {
-            let pairs: Vec<(&str, &str)> = registry
-                .handlers
-                .iter()
-                .map(|h| (h.topic.as_str(), &*h.name))
-                .collect();
+            let served = registry.served();
             let conn = client.conn().await?;
-            if !pairs.is_empty() {
-                let register = Register::new(&pairs, "runtime");
-                exec::run(&**conn, client.sql(), None, &register).await?;
+            if !served.is_empty() {
+                let register = Register::runtime(&served);
+                refuse_conflicts(&exec::run(&**conn, client.sql(), None, &register).await?)?;
+                let (handlers, served) = registry.served_versions();
+                let unserved = UnservedRuns { handlers, served };
+                registry.warn_unserved(&exec::run(&**conn, client.sql(), None, &unserved).await?);
             }
             exec::run(&**conn, client.sql(), None, &registry.heartbeat()).await?;
         }

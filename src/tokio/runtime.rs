@@ -208,9 +208,12 @@ impl Runtime {
             if !idle {
                 return Err(Error::NotIdle { waited: timeout });
             }
-            let names = self.shared.registry.names();
+            let (names, served) = self.shared.registry.served_versions();
             let conn = self.shared.client.conn().await?;
-            let sweep = Sweep { handlers: &names };
+            let sweep = Sweep {
+                handlers: &names,
+                served: &served,
+            };
             let due =
                 due_handlers(exec::run(&**conn, self.shared.client.sql(), None, &sweep).await?);
             if due.is_empty() {

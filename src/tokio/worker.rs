@@ -18,17 +18,17 @@ use super::runtime::Shared;
 use super::session::Session;
 use crate::core::Next;
 use crate::core::attempt::{
-    Attempt, CallKind, HandlerRef, Io, Outcome, Output, Report, Stmt, UserCall, UserOutcome,
+    Attempt, CallKind, Io, Outcome, Output, Report, Stmt, UserCall, UserOutcome,
 };
 use crate::core::schedule::{ClaimResult, SweepEntry, Task};
 use crate::error::{Error, Result};
 use crate::proto::{
-    Claimed, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, Vacuum,
+    Claimed, Release, RollbackToSavepoint, Sql, StmtCache, Sweep, Unreleased, UnservedRuns, Vacuum,
     WorkerSession,
 };
 use crate::runtime::batch::{Batch, Settle};
 use crate::runtime::common::{self, Event, SweepEnd, bump, sweep_entries};
-use crate::saga::{Engine, SagaOf, StepContext, Tokio, UserStatements};
+use crate::saga::{Engine, StepContext, Tokio, UserStatements};
 
 /// As in the blocking runtime: a task keeps claiming runs of its handler until none is due,
 /// or for this many steps or this long.
@@ -322,11 +322,7 @@ async fn attempt<'e: 'c, 'c>(
 ) -> Result<Report> {
     let entry = &shared.registry.handlers[h];
     let quiet = shared.registry.quiet_handlers();
-    let handler = HandlerRef {
-        name: &entry.name,
-        source: &entry.source,
-        steps: entry.saga.shapes(),
-    };
+    let handler = entry.attempt_ref();
     let registry = &shared.registry;
     let now = std::time::SystemTime::now();
     let attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now)
@@ -341,7 +337,6 @@ async fn attempt<'e: 'c, 'c>(
         session,
         cache,
         user,
-        saga: &entry.saga,
         handler: entry,
         max_json_bytes: shared.client.max_json_bytes(),
         stopping: &shared.registry.stopping,
@@ -358,7 +353,6 @@ struct Driver<'e, 'w, 'c> {
     session: &'w mut Session<'c>,
     cache: &'w mut StmtCache,
     user: &'w mut UserStatements,
-    saga: &'e SagaOf<Tokio>,
     handler: &'e crate::runtime::common::HandlerEntry<Tokio>,
     max_json_bytes: usize,
     stopping: &'e std::sync::atomic::AtomicBool,
@@ -461,7 +455,8 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
             info,
             context,
         } = call;
-        let (saga, index, payload) = (self.saga, info.step_index, info.payload.clone());
+        let saga = self.handler.saga_for(info.version.as_deref());
+        let (index, payload) = (info.step_index, info.payload.clone());
         let (handler, step) = (info.handler.clone(), info.step_name.clone());
         let tx = self
             .session
@@ -553,8 +548,18 @@ async fn sweep(shared: &Shared) -> Result<Vec<SweepEntry>> {
                 vacuumed(&shared.registry, found);
             }
         }
-        let names = shared.registry.names();
-        let sweep = Sweep { handlers: &names };
+        let (names, served) = shared.registry.served_versions();
+        let unserved = UnservedRuns {
+            handlers: names.clone(),
+            served: served.clone(),
+        };
+        let client = &**conn.client;
+        let unserved = exec::run(client, sql, Some(&mut conn.cache), &unserved).await?;
+        shared.registry.count_unserved(&unserved);
+        let sweep = Sweep {
+            handlers: &names,
+            served: &served,
+        };
         let rows = exec::run(&**conn.client, sql, Some(&mut conn.cache), &sweep).await?;
         Ok(sweep_entries(rows))
     }

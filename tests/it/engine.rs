@@ -119,6 +119,7 @@ pub struct Config<E: Engine> {
     strict_topics: bool,
     steps_per_commit: usize,
     vacuum_after: Option<Option<u64>>,
+    older: Vec<(String, SagaOf<E::X>)>,
 }
 
 impl<E: Engine> Config<E> {
@@ -153,6 +154,10 @@ impl<E: Engine> Config<E> {
     }
     pub fn max_json_bytes(mut self, limit: usize) -> Self {
         self.max_json_bytes = Some(limit);
+        self
+    }
+    pub fn also_serve(mut self, topic: &str, saga: SagaOf<E::X>) -> Self {
+        self.older.push((topic.to_owned(), saga));
         self
     }
     pub fn vacuum_runs_after(mut self, dead: Option<u64>) -> Self {
@@ -245,6 +250,11 @@ impl<P: DeserializeOwned + Send + Sync + 'static, E: Engine> Builder<P, E> {
     pub fn periodic(self, every: Duration, runs: Option<u32>) -> Self {
         Builder {
             inner: self.inner.periodic(every, runs),
+        }
+    }
+    pub fn version(self, version: &str) -> Self {
+        Builder {
+            inner: self.inner.version(version),
         }
     }
     pub fn build(self) -> Result<SagaOf<E::X>> {
@@ -356,6 +366,7 @@ pub trait Engine: Sized + 'static {
             strict_topics: false,
             steps_per_commit: 1,
             vacuum_after: None,
+            older: Vec::new(),
         }
     }
 }
@@ -398,6 +409,9 @@ impl Engine for OnBlocking {
                 Some(c) => b.subscribe_with(topic, saga, c),
                 None => b.subscribe(topic, saga),
             };
+        }
+        for (topic, saga) in config.older {
+            b = b.also_serve(topic, saga);
         }
         b.start()
     }
@@ -640,6 +654,9 @@ mod on_tokio {
                     Some(c) => b.subscribe_with(topic, saga, c),
                     None => b.subscribe(topic, saga),
                 };
+            }
+            for (topic, saga) in config.older {
+                b = b.also_serve(topic, saga);
             }
             let runtime = rt.block_on(b.start())?;
             Ok(TokioServed {

@@ -66,5 +66,7 @@ mod typed;
 mod util;
 /// The runtime's own vacuum of `runs` when autovacuum is off.
 mod vacuum;
+/// Saga versions: side by side, rollback with the old version, migration (VE-*).
+mod versions;
 /// Safe defaults: unhandled topics, unknown ids, migrations left to a deploy step.
 mod visibility;

@@ -50,8 +50,9 @@ fn a_runtime_vacuums_runs_when_autovacuum_does_not<E: Engine>() {
     eventually("the runtime's vacuum", || runtime.stats().vacuums >= 1);
     eventually("the server to count it", || manual_vacuums(&mut db) >= 1);
     eventually("the dead versions gone", || {
-        db.query_i64("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = '__S__.runs'::regclass")
-            < 100
+        db.query_i64(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = '__S__.runs'::regclass",
+        ) < 100
     });
     runtime.shutdown().unwrap();
 }

@@ -59,6 +59,7 @@ fn run_json(run: &RunInfo) -> Value {
         "topic": run.topic,
         "status": run.status.as_str(),
         "step_index": run.step_index,
+        "version": run.version,
         "pending_children": run.pending_children,
         "depth": run.depth,
         "created_at": time(run.created_at),
@@ -102,13 +103,14 @@ impl Out {
                 format!("  {}: {}", f.kind(), f.message())
             });
             println!(
-                "{}  {}  {:<16} {:<16} {:>10}  root {}{why}",
+                "{}  {}  {:<16} {:<16} {:>10}  root {}  version {}{why}",
                 time(run.created_at),
                 run.id,
                 run.handler,
                 run.status.as_str(),
                 took,
-                run.root_id
+                run.root_id,
+                run.version.as_deref().unwrap_or("-")
             );
         }
         if let Some(next) = next {

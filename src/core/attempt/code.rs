@@ -39,6 +39,7 @@ impl Run {
             successor_ran,
             attempt: self.claimed.retries + 1,
             launch_context: self.claimed.launch_context.clone(),
+            version: self.claimed.version.clone(),
         };
         self.wait = Await::User(code);
         Io::CallUser(UserCall {

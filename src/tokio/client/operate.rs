@@ -12,9 +12,11 @@ use crate::inspect::{Requested, Scope};
 use crate::proto::{
     BusyAround, CancelScope, ContextWrite, Fault, Finish, GiveUpCheck, LockExternal, LockRoot,
     LockTargets, Message, RecordCancel, Register, Release, RequestOperatorRollback, RunOrigin,
+    VersionShapes,
 };
 use crate::tokio::exec::run;
 use crate::validate;
+use crate::versions::{Migrated, RunMigration};
 
 impl Client {
     /// Like [`crate::Client::rollback`], but async.
@@ -132,10 +134,24 @@ impl Client {
         self.register(topic, handler, "external").await
     }
 
+    /// Like [`crate::Client::migrate_runs`], but async.
+    pub async fn migrate_runs(&self, migration: &RunMigration) -> Result<Migrated> {
+        validate::name("handler", migration.handler())?;
+        let shapes = self
+            .run(&VersionShapes {
+                handler: migration.handler(),
+            })
+            .await?;
+        let statement = migration.statement(&shapes)?;
+        Ok(Migrated::from_rows(self.run(&statement).await?))
+    }
+
     async fn register(&self, topic: &str, handler: &str, kind: &'static str) -> Result<()> {
         validate::name("topic", topic)?;
         validate::name("handler", handler)?;
-        self.run(&Register::new(&[(topic, handler)], kind)).await
+        self.run(&Register::external(&[(topic, handler)], kind))
+            .await
+            .map(|_| ())
     }
 
     /// Like [`crate::Client::complete_external`], but async.
