@@ -427,6 +427,60 @@ mod tests {
     }
 
     #[test]
+    fn the_version_is_a_fingerprint_of_the_shape_unless_given() {
+        let other = |_: &mut StepContext<'_>, _: &Value| -> StepResult { Err(StepError::msg("x")) };
+        let version = |b: SagaBuilder<Value>| b.build().unwrap().version().to_owned();
+        let base = version(
+            Saga::builder("h")
+                .step_named("a", noop)
+                .step_named("b", noop),
+        );
+        // Different code in the same shape: the same version.
+        assert_eq!(
+            base,
+            version(
+                Saga::builder("h")
+                    .step_named("a", other)
+                    .step_named("b", noop)
+            )
+        );
+        // Reordered, renamed, a sleep instead of a step, a compensation added: new versions.
+        let reordered = version(
+            Saga::builder("h")
+                .step_named("b", noop)
+                .step_named("a", noop),
+        );
+        let renamed = version(
+            Saga::builder("h")
+                .step_named("a", noop)
+                .step_named("c", noop),
+        );
+        let slept = version(
+            Saga::builder("h")
+                .step_named("a", noop)
+                .sleep_named("b", Duration::from_secs(1)),
+        );
+        let compensated = version(
+            Saga::builder("h")
+                .step_named("a", noop)
+                .rollback(|_, _: &Value, _| Ok(()))
+                .step_named("b", noop),
+        );
+        for changed in [&reordered, &renamed, &slept, &compensated] {
+            assert_ne!(&base, changed);
+        }
+        assert!(base.starts_with("fp-"), "{base}");
+        let explicit = Saga::builder("h").version("2").step(noop).build().unwrap();
+        assert_eq!(explicit.version(), "2");
+        let err = Saga::builder("h")
+            .version("no spaces")
+            .step(noop)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("version"), "{err}");
+    }
+
+    #[test]
     fn empty_sagas_and_duplicate_names_are_rejected() {
         let err = Saga::builder::<Value>("h").build().unwrap_err();
         assert_eq!(

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use structured_cooperation::{
-    Client, Error, Failure, MessageId, Requested, RootId, RunFilter, RunId, RunStatus, Scope,
+    Client, Error, Failure, MessageId, Requested, RootId, RunFilter, RunId, RunMigration,
+    RunStatus, Scope,
 };
 
 /// Find, inspect, steer and prune the runs of a structured-cooperation schema.
@@ -126,6 +127,26 @@ enum Command {
         /// e.g. 30d, 12h.
         #[arg(long, value_parser = parse_age)]
         older_than: Duration,
+    },
+    /// Move the unfinished runs of one saga version to another, mapping steps by name.
+    MigrateRuns {
+        /// The handler whose runs move.
+        handler: String,
+        /// The version they were written by.
+        #[arg(long)]
+        from: String,
+        /// The version to move them to.
+        #[arg(long)]
+        to: String,
+        /// Map an old step to a new one: OLD=NEW (repeatable); other steps map by name.
+        #[arg(long = "map", value_name = "OLD=NEW")]
+        maps: Vec<String>,
+        /// Who moves them (recorded in each run's history).
+        #[arg(long)]
+        by: String,
+        /// Why (recorded in each run's history).
+        #[arg(long)]
+        reason: String,
     },
     /// Unfinished runs per handler and status, the oldest due run's age, live runtimes.
     Stats,
@@ -302,6 +323,27 @@ fn run(cli: &Cli) -> std::result::Result<(), Failed> {
                 .checked_sub(*older_than)
                 .ok_or_else(|| Failed::Usage("--older-than is too large".to_owned()))?;
             out.pruned(&client.prune(cutoff)?);
+        }
+        Command::MigrateRuns {
+            handler,
+            from,
+            to,
+            maps,
+            by,
+            reason,
+        } => {
+            let mut migration = RunMigration::new(handler, from, to, by, reason);
+            for map in maps {
+                let (old, new) = map
+                    .split_once('=')
+                    .ok_or_else(|| Failed::Usage(format!("--map {map:?}: expected OLD=NEW")))?;
+                migration = migration.step(old, new);
+            }
+            match client.migrate_runs(&migration) {
+                Ok(migrated) => out.migrated(&migrated),
+                Err(Error::InvalidMigration { reason, .. }) => return Err(Failed::Refused(reason)),
+                Err(e) => return Err(e.into()),
+            }
         }
         Command::Stats => out.stats(&client.unfinished_counts()?, &client.runtimes()?),
         Command::Topology => out.topology(&client.topology()?),

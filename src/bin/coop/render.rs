@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use structured_cooperation::{
-    EventKind, Failure, HistoryEvent, PruneReport, RunCount, RunInfo, RunPage, RunStatus,
+    EventKind, Failure, HistoryEvent, Migrated, PruneReport, RunCount, RunInfo, RunPage, RunStatus,
     RuntimeInfo, TopologyEntry, render_tree,
 };
 
@@ -203,6 +203,24 @@ impl Out {
             "pruned {} trees ({} runs, {} messages) in {} transactions",
             report.trees, report.runs, report.messages, report.batches
         );
+    }
+
+    pub(crate) fn migrated(&self, migrated: &Migrated) {
+        let refused: Vec<Value> = (migrated.refused.iter())
+            .map(|r| json!({ "run": r.run.to_string(), "reason": r.reason }))
+            .collect();
+        if self.json {
+            let moved: Vec<String> = migrated.moved.iter().map(ToString::to_string).collect();
+            return self.print_json(json!({ "moved": moved, "refused": refused }));
+        }
+        println!(
+            "moved {} runs; {} left at their version",
+            migrated.moved.len(),
+            migrated.refused.len()
+        );
+        for r in &migrated.refused {
+            println!("  {}: {}", r.run, r.reason);
+        }
     }
 
     pub(crate) fn stats(&self, counts: &[RunCount], runtimes: &[RuntimeInfo]) {
