@@ -226,6 +226,9 @@ impl FromStr for Cursor {
 pub struct RunCount {
     /// The handler.
     pub handler: String,
+    /// The saga version that wrote the runs (unfinished counts are per version; `None` for
+    /// runs without one, and in root counts).
+    pub version: Option<String>,
     /// The status.
     pub status: RunStatus,
     /// How many runs.
@@ -241,6 +244,7 @@ impl RunCount {
     pub(crate) fn from_row(r: CountRow) -> RunCount {
         RunCount {
             handler: r.handler,
+            version: r.version,
             status: r.status,
             runs: u64::try_from(r.runs).unwrap_or(0),
             due: u64::try_from(r.due).unwrap_or(0),

@@ -126,16 +126,17 @@ pub(crate) struct UnfinishedCounts;
 
 impl UnfinishedCounts {
     pub(crate) const SQL: &'static str = "
-SELECT handler, status, count(*) AS runs, min(created_at) AS oldest,
+SELECT handler, version, status, count(*) AS runs, min(created_at) AS oldest,
        count(*) FILTER (WHERE pending_children = 0 AND wake_at <= now()) AS due
 FROM __S__.runs WHERE status IN ('active', 'rolling_back')
-GROUP BY handler, status ORDER BY handler, status";
+GROUP BY handler, version, status ORDER BY handler, version, status";
 }
 
 /// One line of [`UnfinishedCounts`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CountRow {
     pub(crate) handler: String,
+    pub(crate) version: Option<String>,
     pub(crate) status: RunStatus,
     pub(crate) runs: i64,
     pub(crate) due: i64,
@@ -158,6 +159,7 @@ impl Statement for UnfinishedCounts {
             .map(|row| {
                 Ok(CountRow {
                     handler: row.try_get("handler")?,
+                    version: row.try_get("version")?,
                     status: status(row, "status")?,
                     runs: row.try_get("runs")?,
                     due: row.try_get("due")?,
@@ -177,7 +179,7 @@ pub(crate) struct RootCounts {
 
 impl RootCounts {
     pub(crate) const SQL: &'static str = "
-SELECT handler, status, count(*) AS runs, min(created_at) AS oldest,
+SELECT handler, NULL::text AS version, status, count(*) AS runs, min(created_at) AS oldest,
        count(*) FILTER (WHERE status IN ('active', 'rolling_back') AND pending_children = 0
                         AND wake_at <= now()) AS due
 FROM __S__.runs WHERE parent_id IS NULL AND created_at >= $1

@@ -111,6 +111,11 @@ fn ve_01_a_sleeping_v1_run_finishes_in_v1_after_v2_is_deployed<E: Engine>() {
         v2_only.stats().sweeps >= sweeps + 10
     });
     assert_eq!(v2_only.stats().unserved_runs, 1);
+    // Operators see it waiting, with its version.
+    let counts = db.client().unfinished_counts().unwrap();
+    let waiting = counts.iter().find(|c| c.handler == "order").unwrap();
+    assert_eq!(waiting.version.as_deref(), Some(v1_version.as_str()));
+    assert_eq!((waiting.runs, waiting.due), (1, 1));
     let tree = v2_only.tree(sleeping).unwrap();
     assert_eq!(tree[0].status, RunStatus::Active);
     assert_eq!(tree[0].version.as_deref(), Some(v1_version.as_str()));

@@ -231,8 +231,8 @@ impl Out {
                 .iter()
                 .map(|c| {
                     json!({
-                        "handler": c.handler, "status": c.status.as_str(), "runs": c.runs,
-                        "due": c.due, "oldest_age_s": age(c.oldest),
+                        "handler": c.handler, "version": c.version, "status": c.status.as_str(),
+                        "runs": c.runs, "due": c.due, "oldest_age_s": age(c.oldest),
                     })
                 })
                 .collect();
@@ -245,8 +245,9 @@ impl Out {
         }
         for c in counts {
             println!(
-                "  {:<20} {:<13} {:>8} runs {:>8} due   oldest {} s",
+                "  {:<20} {:<20} {:<13} {:>8} runs {:>8} due   oldest {} s",
                 c.handler,
+                c.version.as_deref().unwrap_or("-"),
                 c.status.as_str(),
                 c.runs,
                 c.due,
