@@ -64,7 +64,7 @@ impl Client {
         launches.add(topic.topic_name(), payload, &options.into())?;
         let mut conn = self.conn()?;
         let mut cache = take_cache(&mut conn);
-        let written = self.write(&mut *conn, Some(&mut cache), &launches);
+        let written = self.write(&mut *conn, Some(&mut cache), Alone::Yes, &launches);
         put_cache(&mut conn, cache, written.is_ok());
         Ok(written?[0])
     }
@@ -121,7 +121,7 @@ impl Client {
     ) -> Result<RootId> {
         let mut launches = Launches::new(self.max_json_bytes(), self.strict_topics());
         launches.add(topic.topic_name(), payload, &options.into())?;
-        let roots = self.write(client, None, &launches)?;
+        let roots = self.write(client, None, Alone::No, &launches)?;
         Ok(roots[0])
     }
 
@@ -155,7 +155,7 @@ impl Client {
         let mut conn = self.conn()?;
         let mut cache = take_cache(&mut conn);
         let written = conn.transaction().map_err(Error::from).and_then(|mut tx| {
-            let roots = self.write(&mut tx, Some(&mut cache), &launches)?;
+            let roots = self.write(&mut tx, Some(&mut cache), Alone::No, &launches)?;
             tx.commit()?;
             Ok(roots)
         });
@@ -176,7 +176,7 @@ impl Client {
         for payload in payloads {
             launches.add(topic, payload, &options)?;
         }
-        self.write(client, None, &launches)
+        self.write(client, None, Alone::No, &launches)
     }
 
     /// Writes `launches` on `client`, prepared through `cache` if given, and returns their
@@ -185,12 +185,16 @@ impl Client {
         &self,
         client: &mut impl GenericClient,
         mut cache: Option<&mut StmtCache>,
+        alone: Alone,
         launches: &Launches,
     ) -> Result<Vec<RootId>> {
         let mut roots = Vec::with_capacity(launches.len());
         for chunk in launches.chunks() {
             let emit = chunk.emit();
-            let emitted = exec::run(client, self.sql(), cache.as_deref_mut(), &emit)?;
+            let emitted = match (alone, cache.as_deref_mut()) {
+                (Alone::Yes, Some(cache)) => exec::launch(client, self.sql(), cache, &emit)?,
+                (_, cache) => exec::run(client, self.sql(), cache, &emit)?,
+            };
             for root in chunk.roots(&emitted)? {
                 roots.push(match root {
                     Launched::Root(root) => root,
@@ -209,6 +213,14 @@ impl Client {
 
 /// The statements prepared on a pooled connection for launches, kept with the connection
 /// (in its r2d2 extensions) for as long as the pool keeps it.
+/// Whether a launch is written in a transaction of its own, on a connection outside any
+/// transaction: then it travels as one simple query (see `exec::launch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Alone {
+    Yes,
+    No,
+}
+
 fn take_cache(conn: &mut PooledConnection<ConnectionManager>) -> StmtCache {
     PooledConnection::extensions_mut(conn)
         .remove::<StmtCache>()

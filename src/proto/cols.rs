@@ -14,6 +14,10 @@ pub(crate) trait Cols {
     fn opt_i64(&self, column: &str) -> Result<Option<i64>>;
     fn opt_bool(&self, column: &str) -> Result<Option<bool>>;
     fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>>;
+    /// A `text[]` without NULL elements.
+    fn str_array(&self, column: &str) -> Result<Vec<String>>;
+    /// A `uuid[]` without NULL elements.
+    fn uuid_array(&self, column: &str) -> Result<Vec<Uuid>>;
 
     fn str(&self, column: &str) -> Result<String> {
         present(self.opt_str(column)?, column)
@@ -52,6 +56,12 @@ impl Cols for Row {
     fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>> {
         Ok(self.try_get(column)?)
     }
+    fn str_array(&self, column: &str) -> Result<Vec<String>> {
+        Ok(self.try_get(column)?)
+    }
+    fn uuid_array(&self, column: &str) -> Result<Vec<Uuid>> {
+        Ok(self.try_get(column)?)
+    }
 }
 
 impl Cols for SimpleQueryRow {
@@ -73,6 +83,59 @@ impl Cols for SimpleQueryRow {
     }
     fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>> {
         parsed(self, column, |t| Uuid::parse_str(t).ok())
+    }
+    fn str_array(&self, column: &str) -> Result<Vec<String>> {
+        present(parsed(self, column, text_array)?, column)
+    }
+    fn uuid_array(&self, column: &str) -> Result<Vec<Uuid>> {
+        let ids = parsed(self, column, |t| {
+            (text_array(t)?.iter())
+                .map(|id| Uuid::parse_str(id).ok())
+                .collect::<Option<Vec<_>>>()
+        })?;
+        present(ids, column)
+    }
+}
+
+/// Parses PostgreSQL's text output of a one-dimensional array without NULLs: `{a,"b c"}`.
+/// Elements are quoted when they hold a delimiter, a quote, a backslash or spaces, or are
+/// empty or `NULL`; inside quotes, a backslash escapes the next character.
+fn text_array(text: &str) -> Option<Vec<String>> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = Vec::new();
+    if inner.is_empty() {
+        return Some(out);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        let mut element = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => element.push(chars.next()?),
+                    c => element.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                element.push(c);
+                chars.next();
+            }
+            if element == "NULL" {
+                return None;
+            }
+        }
+        out.push(element);
+        match chars.next() {
+            None => return Some(out),
+            Some(',') => {}
+            Some(_) => return None,
+        }
     }
 }
 
@@ -118,6 +181,21 @@ mod tests {
         assert_eq!(literal("it's"), "E'it''s'");
         assert_eq!(literal(r"a\b"), r"E'a\\b'");
         assert_eq!(literal(r"\'; DROP"), r"E'\\''; DROP'");
+    }
+}
+
+/// A timestamp as an SQL expression, exactly (to the microsecond), whatever the session's time
+/// zone; `NULL` for none.
+fn time_literal(v: Option<std::time::SystemTime>) -> String {
+    match v {
+        None => "NULL".to_owned(),
+        Some(t) => {
+            let us = match t.duration_since(std::time::UNIX_EPOCH) {
+                Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+                Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+            };
+            format!("(timestamptz 'epoch' + {us} * interval '1 microsecond')")
+        }
     }
 }
 
@@ -192,16 +270,7 @@ impl Literals {
 
     /// A timestamp, exactly (to the microsecond), whatever the session's time zone.
     pub(crate) fn opt_time(&mut self, v: Option<std::time::SystemTime>) -> &mut Self {
-        let text = match v {
-            None => "NULL".to_owned(),
-            Some(t) => {
-                let us = match t.duration_since(std::time::UNIX_EPOCH) {
-                    Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-                    Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
-                };
-                format!("timestamptz 'epoch' + {us} * interval '1 microsecond'")
-            }
-        };
+        let text = time_literal(v);
         self.next().push_str(&text);
         self
     }
@@ -249,6 +318,28 @@ impl Literals {
         self.array("uuid", elements)
     }
 
+    pub(crate) fn opt_uuid(&mut self, v: Option<&Uuid>) -> &mut Self {
+        match v {
+            Some(v) => self.uuid(v),
+            None => self.null(),
+        }
+    }
+
+    pub(crate) fn bool_array(&mut self, v: &[bool]) -> &mut Self {
+        let elements = v.iter().map(bool::to_string).collect();
+        self.array("bool", elements)
+    }
+
+    pub(crate) fn int_array(&mut self, v: &[i32]) -> &mut Self {
+        let elements = v.iter().map(i32::to_string).collect();
+        self.array("int4", elements)
+    }
+
+    pub(crate) fn opt_time_array(&mut self, v: &[Option<std::time::SystemTime>]) -> &mut Self {
+        let elements = v.iter().map(|t| time_literal(*t)).collect();
+        self.array("timestamptz", elements)
+    }
+
     pub(crate) fn uuid_array(&mut self, v: &[Uuid]) -> &mut Self {
         let elements = v.iter().map(|u| format!("'{u}'")).collect();
         self.array("uuid", elements)
@@ -287,6 +378,24 @@ mod literal_tests {
             "'00000000-0000-0000-0000-000000000000', E'it''s', NULL, -3, true, \
              '{}'::text[], ARRAY[1, NULL]::int4[], ARRAY[NULL, E'a']::text[]"
         );
+    }
+
+    #[test]
+    fn text_arrays_parse_with_quotes_and_escapes() {
+        use super::text_array;
+        assert_eq!(text_array("{}"), Some(vec![]));
+        assert_eq!(
+            text_array(r#"{a,"b c","d\"e","f\\g",""}"#),
+            Some(vec![
+                "a".to_owned(),
+                "b c".to_owned(),
+                "d\"e".to_owned(),
+                "f\\g".to_owned(),
+                String::new()
+            ])
+        );
+        assert_eq!(text_array("{NULL}"), None);
+        assert_eq!(text_array("a,b"), None);
     }
 
     #[test]

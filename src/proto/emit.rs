@@ -6,8 +6,10 @@ use postgres::Row;
 use postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{GiveUpCheck, Statement, StmtId, one, u32_col};
-use crate::error::Result;
+use postgres::SimpleQueryMessage;
+
+use super::{Cols, GiveUpCheck, Literals, Sql, Statement, StmtId, one, u32_col};
+use crate::error::{Error, Result};
 use crate::ids::{RootId, RunId};
 use crate::saga::Emission;
 
@@ -258,15 +260,78 @@ impl Statement for Emit<'_> {
     }
 
     fn decode(&self, rows: Vec<Row>) -> Result<Emitted> {
-        let row = one(rows)?;
-        Ok(Emitted {
-            children: u32_col(&row, "children")?,
-            handlers: row.try_get("woken")?,
-            written: row.try_get("launched")?,
-            unhandled: row.try_get("unhandled")?,
-            // NULL when the give-up check stopped everything (nothing was written either).
-            refused: row.try_get::<_, Option<bool>>("refused")?.unwrap_or(false),
-        })
+        decode_emitted(&one(rows)?)
+    }
+}
+
+/// The emission's one row, in either format.
+fn decode_emitted(row: &impl Cols) -> Result<Emitted> {
+    Ok(Emitted {
+        children: u32_col(row, "children")?,
+        handlers: row.str_array("woken")?,
+        written: row.uuid_array("launched")?,
+        unhandled: row.str_array("unhandled")?,
+        // NULL when the give-up check stopped everything (nothing was written either).
+        refused: row.opt_bool("refused")?.unwrap_or(false),
+    })
+}
+
+impl Emit<'_> {
+    /// The parameters' types, in order, for the `PREPARE` of [`Emit::simple_text`].
+    const TYPES: &'static str = "uuid[], text[], text[], bool[], uuid, uuid, int4, text, text, \
+        text, text[], int4[], bool, text[], text[], text[], timestamptz[], text[], text[], bool[]";
+
+    /// The emission as simple-query text, for a launch in its own transaction: the statement
+    /// prepared as `name` (prepared first unless `prepared`) with its parameters as literals,
+    /// after `SET LOCAL plan_cache_mode = force_generic_plan`. That is the point: with bound
+    /// parameters PostgreSQL plans this statement afresh for every call (its estimate of the
+    /// generic plan, blind to the arrays' lengths, is several times the custom plans'), which
+    /// costs more than executing it; the setting lasts for the implicit transaction of this
+    /// one query. `None` when a parameter cannot travel inside query text (it holds U+0000).
+    pub(crate) fn simple_text(&self, sql: &Sql, name: &str, prepared: bool) -> Option<String> {
+        let args = Literals::default()
+            .uuid_array(&self.ids)
+            .text_array(&self.topics.iter().map(String::as_str).collect::<Vec<_>>())
+            .text_array(&self.payloads.iter().map(String::as_str).collect::<Vec<_>>())
+            .bool_array(&self.scoped)
+            .opt_uuid(self.root.as_ref())
+            .opt_uuid(self.run.as_ref())
+            .opt_int(self.instance.map(i64::from))
+            .opt_text(self.handler)
+            .opt_text(self.step.as_deref())
+            .text(self.worker)
+            .opt_text_array(&self.deadlines)
+            .int_array(&self.run_counts)
+            .opt_bool(self.check)
+            .text_array(self.quiet)
+            .opt_text_array(&self.contexts)
+            .opt_text_array(&self.keys)
+            .opt_time_array(&self.not_before)
+            .opt_text_array(&self.chains)
+            .opt_text_array(&self.schedules)
+            .bool_array(&self.strict)
+            .done()?;
+        let mut text = String::from("SET LOCAL plan_cache_mode = force_generic_plan; ");
+        if !prepared {
+            text.push_str(&format!(
+                "PREPARE {name} ({}) AS {}; ",
+                Emit::TYPES,
+                sql.text(StmtId::Emit)
+            ));
+        }
+        text.push_str(&format!("EXECUTE {name}({args})"));
+        Some(text)
+    }
+
+    /// Decodes what [`Emit::simple_text`] returned.
+    pub(crate) fn decode_simple(&self, messages: Vec<SimpleQueryMessage>) -> Result<Emitted> {
+        let row = messages.into_iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        });
+        decode_emitted(
+            &row.ok_or_else(|| Error::UnexpectedData("the emission returned no row".to_owned()))?,
+        )
     }
 }
 

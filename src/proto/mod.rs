@@ -279,7 +279,7 @@ pub(crate) struct StmtCache {
     stmts: Vec<Option<postgres::Statement>>,
     /// The names of the statements prepared on the session for the simple-query protocol
     /// (see [`Simple`]), once prepared.
-    simple: [Option<String>; 2],
+    simple: [Option<String>; 3],
 }
 
 /// Statements that also run through the simple-query protocol, as `EXECUTE` of a statement
@@ -290,6 +290,7 @@ pub(crate) struct StmtCache {
 pub(crate) enum Simple {
     Claim,
     Finish,
+    Launch,
 }
 
 /// Numbers the statements this process prepares with SQL `PREPARE`: every preparation gets a
@@ -315,7 +316,7 @@ impl StmtCache {
     /// Forgets every statement (after an error that may have left them unusable).
     pub(crate) fn clear(&mut self) {
         self.stmts.clear();
-        self.simple = [None, None];
+        self.simple = [None, None, None];
     }
 
     /// The name of statement `s` as prepared on the session, and whether it is prepared yet
@@ -330,6 +331,7 @@ impl StmtCache {
                 let kind = match s {
                     Simple::Claim => "claim",
                     Simple::Finish => "finish",
+                    Simple::Launch => "launch",
                 };
                 (format!("sc_{kind}_{n}"), false)
             }

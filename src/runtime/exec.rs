@@ -6,7 +6,9 @@
 use postgres::{GenericClient, Row};
 
 use crate::error::Result;
-use crate::proto::{Applied, Claim, Claimed, Finish, Simple, Sql, Statement, StmtCache};
+use crate::proto::{
+    Applied, Claim, Claimed, Emit, Emitted, Finish, Simple, Sql, Statement, StmtCache,
+};
 
 /// Executes `s` and returns its rows, with the driver's own error (step code's helpers that
 /// promise a `postgres::Error` need it unconverted).
@@ -68,6 +70,26 @@ pub(crate) fn claim(
         cache.prepared(Simple::Claim, name);
     }
     c.decode_simple(messages)
+}
+
+/// Writes a launch in a transaction of its own through the simple-query protocol (see
+/// [`Emit::simple_text`]: generic plans, one round trip); with bound parameters when a
+/// parameter cannot travel in query text. `client` must not be in a transaction.
+pub(crate) fn launch(
+    client: &mut impl GenericClient,
+    sql: &Sql,
+    cache: &mut StmtCache,
+    e: &Emit<'_>,
+) -> Result<Emitted> {
+    let (name, prepared) = cache.simple_name(Simple::Launch);
+    let Some(text) = e.simple_text(sql, &name, prepared) else {
+        return run(client, sql, Some(cache), e);
+    };
+    let messages = client.simple_query(&text)?;
+    if !prepared {
+        cache.prepared(Simple::Launch, name);
+    }
+    e.decode_simple(messages)
 }
 
 /// Persists a transition through the simple-query protocol after `prefix` (the release of
