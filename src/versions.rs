@@ -7,7 +7,7 @@ use crate::core::migration::step_map;
 use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::ids::RunId;
-use crate::proto::{MigrateRow, MigrateRuns};
+use crate::proto::{LockVersionRuns, MigrateRow, MigrateRuns};
 use crate::validate;
 
 /// An operator's request to move the unfinished runs of one version of a saga to another
@@ -59,9 +59,21 @@ impl RunMigration {
         &self.handler
     }
 
+    /// The statement locking the runs to move (see [`LockVersionRuns`]).
+    pub(crate) fn lock(&self) -> LockVersionRuns<'_> {
+        LockVersionRuns {
+            handler: &self.handler,
+            version: &self.from,
+        }
+    }
+
     /// Checks the request and, given the two versions' recorded shapes (`None` when a
     /// version was never registered), builds the statement that moves the runs.
-    pub(crate) fn statement(&self, shapes: &[(String, String)]) -> Result<MigrateRuns<'_>> {
+    pub(crate) fn statement(
+        &self,
+        shapes: &[(String, String)],
+        locked: Vec<uuid::Uuid>,
+    ) -> Result<MigrateRuns<'_>> {
         let invalid = |reason: String| Error::InvalidMigration {
             handler: self.handler.clone(),
             reason,
@@ -109,6 +121,7 @@ impl RunMigration {
             to_names: map.to_names,
             by: &self.by,
             why: serde_json::to_string(&why)?,
+            locked,
         })
     }
 }

@@ -197,8 +197,15 @@ impl Client {
         let shapes = self.run(&VersionShapes {
             handler: migration.handler(),
         })?;
-        let statement = migration.statement(&shapes)?;
-        Ok(Migrated::from_rows(self.run(&statement)?))
+        // Check the request before locking anything.
+        migration.statement(&shapes, Vec::new())?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let locked = run(&mut tx, self.sql(), None, &migration.lock())?;
+        let statement = migration.statement(&shapes, locked)?;
+        let rows = run(&mut tx, self.sql(), None, &statement)?;
+        tx.commit()?;
+        Ok(Migrated::from_rows(rows))
     }
 
     fn register(&self, topic: &str, handler: &str, kind: &'static str) -> Result<()> {

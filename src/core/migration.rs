@@ -7,10 +7,11 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// A step as `saga_versions.steps` records it (only the name matters here).
+/// A step as `saga_versions.steps` records it.
 #[derive(Debug, Deserialize)]
 struct RecordedStep {
     name: String,
+    kind: String,
 }
 
 /// Which step of `to` each step of `from` becomes, by index, plus the position after the
@@ -24,9 +25,12 @@ pub(crate) struct StepMap {
 }
 
 /// Maps `from`'s steps onto `to`'s: a step named in `renames` (from-name, to-name) goes to
-/// that step, any other one to the step of `to` with the same name, if there is one. Steps
-/// that map nowhere are left out: a run sitting at one, or having executed one, is not moved.
-/// Refused when a rename names a step that does not exist in its version.
+/// that step, any other one to the step of `to` with the same name and kind, if there is one
+/// and the name is not an index (an unnamed step is named after its index, which says nothing
+/// about what it does once steps were inserted: those map only when named in `renames`).
+/// Steps that map nowhere are left out: a run sitting at one, or having executed one, is not
+/// moved. Refused when a rename names a step that does not exist in its version, maps a step
+/// to one of another kind (a sleep to a step, say), or when two steps would map to one.
 pub(crate) fn step_map(
     handler: &str,
     from: &str,
@@ -37,11 +41,10 @@ pub(crate) fn step_map(
         handler: handler.to_owned(),
         reason,
     };
-    let parse = |json: &str| -> Result<Vec<String>> {
-        let steps: Vec<RecordedStep> = serde_json::from_str(json)?;
-        Ok(steps.into_iter().map(|s| s.name).collect())
-    };
-    let (from_names, to_names) = (parse(from)?, parse(to)?);
+    let parse = |json: &str| -> Result<Vec<RecordedStep>> { Ok(serde_json::from_str(json)?) };
+    let (from_steps, to_steps) = (parse(from)?, parse(to)?);
+    let from_names: Vec<String> = from_steps.iter().map(|s| s.name.clone()).collect();
+    let to_names: Vec<String> = to_steps.iter().map(|s| s.name.clone()).collect();
     let to_index: HashMap<&str, usize> = (to_names.iter().enumerate())
         .map(|(i, n)| (n.as_str(), i))
         .collect();
@@ -66,12 +69,33 @@ pub(crate) fn step_map(
         to_steps: Vec::new(),
         to_names: to_names.clone(),
     };
+    let mut targets = HashMap::new();
     for (i, name) in from_names.iter().enumerate() {
-        let target = renamed.get(name.as_str()).copied().unwrap_or(name);
-        if let Some(&j) = to_index.get(target) {
-            map.from_steps.push(index(i));
-            map.to_steps.push(index(j));
+        let explicit = renamed.get(name.as_str()).copied();
+        let target = match explicit {
+            Some(target) => target,
+            None if name.bytes().all(|b| b.is_ascii_digit()) => continue,
+            None => name.as_str(),
+        };
+        let Some(&j) = to_index.get(target) else {
+            continue;
+        };
+        if from_steps[i].kind != to_steps[j].kind {
+            if explicit.is_none() {
+                continue;
+            }
+            return Err(invalid(format!(
+                "step {name:?} is a {} and {target:?} a {}: they cannot stand for each other",
+                from_steps[i].kind, to_steps[j].kind
+            )));
         }
+        if let Some(other) = targets.insert(j, name) {
+            return Err(invalid(format!(
+                "steps {other:?} and {name:?} both map to {target:?}"
+            )));
+        }
+        map.from_steps.push(index(i));
+        map.to_steps.push(index(j));
     }
     map.from_steps.push(index(from_names.len()));
     map.to_steps.push(index(to_names.len()));
@@ -90,7 +114,10 @@ mod tests {
     fn shape(names: &[&str]) -> String {
         let steps: Vec<_> = names
             .iter()
-            .map(|n| serde_json::json!({ "name": n, "kind": "step" }))
+            .map(|n| {
+                let (name, kind) = n.split_once(':').unwrap_or((n, "step"));
+                serde_json::json!({ "name": name, "kind": kind })
+            })
             .collect();
         serde_json::Value::Array(steps).to_string()
     }
@@ -137,5 +164,48 @@ mod tests {
             err.to_string().contains("new version does not have"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn index_names_kinds_and_shared_targets_are_guarded() {
+        // "1" is an unnamed step in both: it maps only when named; a sleep is not a step.
+        let map = step_map(
+            "h",
+            &shape(&["a", "1:sleep"]),
+            &shape(&["x", "1:sleep", "a"]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!((map.from_steps, map.to_steps), (vec![0, 2], vec![2, 3]));
+        let map = step_map(
+            "h",
+            &shape(&["a", "1:sleep"]),
+            &shape(&["x", "1:sleep", "a"]),
+            &[("1".to_owned(), "1".to_owned())],
+        )
+        .unwrap();
+        assert_eq!(
+            (map.from_steps, map.to_steps),
+            (vec![0, 1, 2], vec![2, 1, 3])
+        );
+        let err = step_map(
+            "h",
+            &shape(&["a", "w:sleep"]),
+            &shape(&["a", "w"]),
+            &[("w".to_owned(), "w".to_owned())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("is a sleep and \"w\" a step"),
+            "{err}"
+        );
+        let err = step_map(
+            "h",
+            &shape(&["a", "b"]),
+            &shape(&["a"]),
+            &[("b".to_owned(), "a".to_owned())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("both map to \"a\""), "{err}");
     }
 }

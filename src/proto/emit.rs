@@ -337,8 +337,8 @@ impl Emit<'_> {
 
 /// Adds (topic, handler) pairs of a kind (`runtime` or `external`) to the durable topology,
 /// with the version new runs of the handler get, and records the shapes of the saga versions
-/// a runtime serves. Nothing is written if one of those versions is already recorded with
-/// another shape (two sagas given the same explicit version): the pairs come back instead.
+/// a runtime serves. The (handler, version) pairs already recorded with another shape (two
+/// sagas given the same explicit version) come back: the caller then rolls back.
 #[derive(Debug)]
 pub(crate) struct Register<'a> {
     topics: Vec<&'a str>,
@@ -399,26 +399,29 @@ impl<'a> Register<'a> {
         register
     }
 
+    /// The versions are upserted so that the statement sees the shape stored for each one,
+    /// even by a runtime starting at the same moment (`ON CONFLICT DO UPDATE` locks and reads
+    /// the latest row, where a plain read would not see an uncommitted one); conflicts come
+    /// back, and the caller, which runs this in a transaction, rolls it back.
     pub(crate) const SQL: &'static str = "
 WITH given AS MATERIALIZED (
     SELECT * FROM unnest($5::text[], $6::text[], $7::text[]) AS g(handler, version, steps)
 ),
-conflict AS MATERIALIZED (
-    SELECT g.handler, g.version
-    FROM given g JOIN __S__.saga_versions v USING (handler, version)
-    WHERE v.steps <> g.steps::jsonb
-),
-ok AS MATERIALIZED (SELECT NOT EXISTS (SELECT 1 FROM conflict) AS yes),
 versions AS (
-    INSERT INTO __S__.saga_versions (handler, version, steps)
-    SELECT g.handler, g.version, g.steps::jsonb FROM given g, ok WHERE ok.yes
-    ON CONFLICT (handler, version) DO NOTHING
+    INSERT INTO __S__.saga_versions AS v (handler, version, steps)
+    SELECT g.handler, g.version, g.steps::jsonb FROM given g
+    ON CONFLICT (handler, version) DO UPDATE SET steps = v.steps
+    RETURNING v.handler, v.version, v.steps
+),
+conflict AS MATERIALIZED (
+    SELECT v.handler, v.version
+    FROM versions v JOIN given g USING (handler, version)
+    WHERE v.steps <> g.steps::jsonb
 ),
 topology AS (
     INSERT INTO __S__.handlers (topic, handler, kind, version)
     SELECT t.topic, t.handler, $3, t.version
-    FROM unnest($1::text[], $2::text[], $4::text[]) AS t(topic, handler, version), ok
-    WHERE ok.yes
+    FROM unnest($1::text[], $2::text[], $4::text[]) AS t(topic, handler, version)
     ON CONFLICT (topic, handler) DO UPDATE
         SET kind = excluded.kind, last_started_at = clock_timestamp(),
             -- A registration without versions (a client's) keeps the runtimes' one.

@@ -65,7 +65,9 @@ pub(crate) use session::{
 pub(crate) use trouble::{Poison, Postpone, Postponed, ScheduleRetry, Troubled, TroubledRow};
 pub(crate) use vacuum::{Vacuum, VacuumDue};
 pub(crate) use values::{ChildValueRow, ChildValues, GiveUpReason, StoreValue};
-pub(crate) use versions::{MigrateRow, MigrateRuns, UnservedRow, UnservedRuns, VersionShapes};
+pub(crate) use versions::{
+    LockVersionRuns, MigrateRow, MigrateRuns, UnservedRow, UnservedRuns, VersionShapes,
+};
 
 /// An engine statement: what to execute and how to read what comes back.
 ///
@@ -200,6 +202,8 @@ statements! {
     UnservedRuns => UnservedRuns::SQL,
     /// [`VersionShapes`]
     VersionShapes => VersionShapes::SQL,
+    /// [`LockVersionRuns`]
+    LockVersionRuns => LockVersionRuns::SQL,
     /// [`MigrateRuns`]
     MigrateRuns => MigrateRuns::SQL,
     /// [`Vacuum`]

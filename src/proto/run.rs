@@ -56,6 +56,13 @@ c AS (
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 ),
+-- A run without a version (written before any runtime registered its handler, or before
+-- versions existed) is pinned to the newest version of the first runtime that claims it, so
+-- that one shape drives it from then on.
+stamped AS (
+    UPDATE __S__.runs r SET version = nullif(split_part($3, ',', 1), '')
+    FROM c WHERE r.id = c.id AND c.version IS NULL
+),
 seen AS (
     INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, worker)
     SELECT c.root_id, c.id, c.message_id, 'SEEN', $1, $2
@@ -89,7 +96,7 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
             THEN NULL
             ELSE __S__.give_up_reason(c.root_id, c.id, c.status = 'rolling_back')::text
        END AS give_up,
-       c.version
+       coalesce(c.version, nullif(split_part($3, ',', 1), '')) AS version
 FROM c JOIN __S__.messages m ON m.id = c.message_id
     -- An occurrence of a stopped chain that has not started gives up.
     LEFT JOIN __S__.chain_stops s ON s.chain = m.chain AND NOT c.seen

@@ -90,14 +90,52 @@ impl Statement for VersionShapes<'_> {
     }
 }
 
+/// Locks the unfinished runs of `handler` written by `version` (in id order), waiting for the
+/// steps in flight to commit: the first statement of a migration, whose second one
+/// ([`MigrateRuns`]) then reads, with a snapshot taken after those commits, runs nobody can
+/// change under it.
+#[derive(Debug)]
+pub(crate) struct LockVersionRuns<'a> {
+    pub(crate) handler: &'a str,
+    pub(crate) version: &'a str,
+}
+
+impl LockVersionRuns<'_> {
+    pub(crate) const SQL: &'static str = "
+SELECT id FROM __S__.runs
+WHERE handler = $1 AND version = $2 AND status IN ('active', 'rolling_back')
+ORDER BY id
+FOR UPDATE";
+}
+
+impl Statement for LockVersionRuns<'_> {
+    type Output = Vec<Uuid>;
+
+    fn id(&self) -> StmtId {
+        StmtId::LockVersionRuns
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.handler, &self.version]
+    }
+
+    fn decode(&self, rows: Vec<Row>) -> Result<Vec<Uuid>> {
+        rows.iter()
+            .map(|row| row.try_get("id").map_err(Into::into))
+            .collect()
+    }
+}
+
 /// Moves the unfinished runs of `handler` written by version `from` to version `to`, with a
 /// step mapping by index (`from_steps[i]` becomes `to_steps[i]`; computed by the caller from
 /// the recorded shapes and the operator's mapping by name). A run moves only if it is on
 /// its happy path and every step it sits at or executed maps (its step instances are renumbered
 /// too, so that a later rollback finds the compensations in `to`); the others stay as they
-/// are and are reported. Each moved run is locked, changed and given a `MIGRATED` history
-/// entry (`worker` = who, failure message = why) in this one statement: atomically per run,
-/// and for all of them.
+/// are and are reported. Only the runs in `locked` are looked at: [`LockVersionRuns`] locked
+/// them earlier in the same transaction, so this statement's snapshot holds every step they
+/// committed (a run that finished meanwhile no longer matches). Each moved run is changed and
+/// given a `MIGRATED` history entry (`worker` = who, failure message = why), and the
+/// handler's runtimes are woken if any moved: atomically per run, and for all of them.
 #[derive(Debug)]
 pub(crate) struct MigrateRuns<'a> {
     pub(crate) handler: &'a str,
@@ -110,6 +148,8 @@ pub(crate) struct MigrateRuns<'a> {
     pub(crate) by: &'a str,
     /// The history entry's failure: `{type, message, source}` as JSON.
     pub(crate) why: String,
+    /// The runs [`LockVersionRuns`] locked.
+    pub(crate) locked: Vec<Uuid>,
 }
 
 impl MigrateRuns<'_> {
@@ -118,9 +158,8 @@ WITH map AS (SELECT * FROM unnest($4::int4[], $5::int4[]) AS m(from_step, to_ste
 cand AS MATERIALIZED (
     SELECT r.id, r.root_id, r.message_id, r.step_index, r.status
     FROM __S__.runs r
-    WHERE r.handler = $1 AND r.version = $2 AND r.status IN ('active', 'rolling_back')
-    ORDER BY r.id
-    FOR UPDATE
+    WHERE r.id = ANY ($9::uuid[])
+      AND r.handler = $1 AND r.version = $2 AND r.status IN ('active', 'rolling_back')
 ),
 judged AS MATERIALIZED (
     SELECT c.*, m.to_step,
@@ -146,8 +185,12 @@ hist AS (
            $8::text::jsonb, $7
     FROM judged j WHERE j.ok
     ORDER BY j.id
+),
+woken AS MATERIALIZED (
+    SELECT pg_notify('__S___wake', $1) WHERE EXISTS (SELECT 1 FROM judged WHERE ok)
 )
-SELECT j.id, j.ok, j.status, j.step_index FROM judged j ORDER BY j.id";
+SELECT j.id, j.ok, j.status, j.step_index FROM judged j, (SELECT count(*) FROM woken) w
+ORDER BY j.id";
 }
 
 /// One run a migration looked at.
@@ -176,6 +219,7 @@ impl Statement for MigrateRuns<'_> {
             &self.to_names,
             &self.by,
             &self.why,
+            &self.locked,
         ]
     }
 

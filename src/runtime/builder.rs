@@ -231,13 +231,11 @@ impl RuntimeBuilder {
             let served = registry.served();
             let mut conn = client.conn()?;
             if !served.is_empty() {
+                // In a transaction, rolled back if a version is recorded with another shape.
                 let register = Register::runtime(&served);
-                refuse_conflicts(&super::exec::run(
-                    &mut *conn,
-                    client.sql(),
-                    None,
-                    &register,
-                )?)?;
+                let mut tx = conn.transaction()?;
+                refuse_conflicts(&super::exec::run(&mut tx, client.sql(), None, &register)?)?;
+                tx.commit()?;
                 let (handlers, served) = registry.served_versions();
                 let unserved = UnservedRuns { handlers, served };
                 registry.warn_unserved(&super::exec::run(

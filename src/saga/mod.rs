@@ -270,10 +270,9 @@ impl<P: DeserializeOwned + 'static, X: Flavor> SagaBuilder<P, X> {
 
     /// Gives the saga an explicit version instead of the fingerprint of its shape (see
     /// [`SagaOf::version`]): 1 to 64 ASCII letters, digits, `.`, `_` or `-`. Use it to name
-    /// releases ("2", "2026-12-orders"), or to keep a version while changing the shape in a
-    /// way you know runs in flight survive (say, appending a step). Two different shapes must
-    /// never carry the same explicit version: a runtime that starts with a shape that
-    /// differs from the one already recorded for that version refuses to start.
+    /// releases ("2", "2026-12-orders"). A version names one shape: a runtime whose saga has
+    /// a shape that differs from the one already recorded for its explicit version refuses
+    /// to start (give the changed saga a new version).
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
         self

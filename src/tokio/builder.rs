@@ -242,10 +242,13 @@ impl RuntimeBuilder {
         let registry = settings.registry("tokio");
         {
             let served = registry.served();
-            let conn = client.conn().await?;
+            let mut conn = client.conn().await?;
             if !served.is_empty() {
+                // In a transaction, rolled back if a version is recorded with another shape.
                 let register = Register::runtime(&served);
-                refuse_conflicts(&exec::run(&**conn, client.sql(), None, &register).await?)?;
+                let tx = conn.transaction().await?;
+                refuse_conflicts(&exec::run(&*tx, client.sql(), None, &register).await?)?;
+                tx.commit().await?;
                 let (handlers, served) = registry.served_versions();
                 let unserved = UnservedRuns { handlers, served };
                 registry.warn_unserved(&exec::run(&**conn, client.sql(), None, &unserved).await?);

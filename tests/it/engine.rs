@@ -237,6 +237,11 @@ impl<P: DeserializeOwned + Send + Sync + 'static, E: Engine> Builder<P, E> {
             inner: self.inner.sleep(duration),
         }
     }
+    pub fn sleep_named(self, name: &str, duration: Duration) -> Self {
+        Builder {
+            inner: self.inner.sleep_named(name, duration),
+        }
+    }
     pub fn retry(self, policy: RetryPolicy) -> Self {
         Builder {
             inner: self.inner.retry(policy),

@@ -213,16 +213,25 @@ both!(ve_02_a_committed_v1_tree_rolls_back_with_v1_compensations);
 fn ve_03_an_operator_migrates_runs_with_a_step_mapping<E: Engine>() {
     let mut db = TestDb::new("ve_03");
     let s = db.schema.clone();
+    let undo = |what: &'static str| {
+        let undo = record::<E>(&s, what);
+        move |ctx: &mut StepContext<'_, E::X>, p: &Value, _: &_| undo(ctx, p)
+    };
     let v1 = E::saga("shipment")
         .step_named("reserve", record::<E>(&s, "v1:reserve"))
-        .sleep(Duration::from_secs(1))
+        .rollback(undo("v1:unreserve"))
+        .sleep_named("wait", Duration::from_secs(1))
         .step_named("charge", record::<E>(&s, "v1:charge"))
         .build()
         .unwrap();
+    // Version 2 inserts a step before the others (so every index moves), renames "charge"
+    // to "pay" and adds "ship".
     let v2 = || {
         E::saga("shipment")
+            .step_named("validate", record::<E>(&s, "v2:validate"))
             .step_named("reserve", record::<E>(&s, "v2:reserve"))
-            .sleep(Duration::from_secs(1))
+            .rollback(undo("v2:unreserve"))
+            .sleep_named("wait", Duration::from_secs(1))
             .step_named("pay", record::<E>(&s, "v2:pay"))
             .step_named("ship", record::<E>(&s, "v2:ship"))
             .build()
@@ -236,9 +245,12 @@ fn ve_03_an_operator_migrates_runs_with_a_step_mapping<E: Engine>() {
         old.launch("shipments", &json!({})).unwrap(),
         old.launch("shipments", &json!({})).unwrap(),
     ];
-    for root in roots {
-        wait_until_sleeping(&mut db, root, "v1:reserve");
-    }
+    // Both sleep before "charge" (index 2): past "reserve" and "wait".
+    eventually("both runs past the sleep step", || {
+        db.query_i64(&format!(
+            "SELECT count(*) FROM {s}.runs WHERE handler = 'shipment' AND step_index = 2"
+        )) == 2
+    });
     old.shutdown().unwrap();
     // Version 2 is recorded by the runtime that serves it; it cannot drive version 1's runs.
     let new = E::runtime(&db)
@@ -248,7 +260,9 @@ fn ve_03_an_operator_migrates_runs_with_a_step_mapping<E: Engine>() {
         .unwrap();
     let client = db.client();
 
-    // Refused before anything is written: a version nobody served, a step that does not exist.
+    // Refused before anything is written: a version nobody served, a step that does not
+    // exist, a sleep standing for a step.
+    let migration = || RunMigration::new("shipment", &from, &to, "alice", "retire v1");
     let err = client
         .migrate_runs(&RunMigration::new(
             "shipment",
@@ -265,25 +279,22 @@ fn ve_03_an_operator_migrates_runs_with_a_step_mapping<E: Engine>() {
         "{err}"
     );
     let err = client
-        .migrate_runs(
-            &RunMigration::new("shipment", &from, &to, "alice", "retire v1").step("charge", "nope"),
-        )
+        .migrate_runs(&migration().step("charge", "nope"))
         .unwrap_err();
     assert!(
         err.to_string().contains("the new version does not have"),
         "{err}"
     );
+    let err = client
+        .migrate_runs(&migration().step("charge", "wait"))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot stand for each other"),
+        "{err}"
+    );
 
     // Without a mapping, "charge" (where both runs sit) has no counterpart: refused per run.
-    let refused = client
-        .migrate_runs(&RunMigration::new(
-            "shipment",
-            &from,
-            &to,
-            "alice",
-            "retire v1",
-        ))
-        .unwrap();
+    let refused = client.migrate_runs(&migration()).unwrap();
     assert!(refused.moved.is_empty(), "{refused:?}");
     assert_eq!(refused.refused.len(), 2, "{refused:?}");
     assert!(
@@ -291,17 +302,14 @@ fn ve_03_an_operator_migrates_runs_with_a_step_mapping<E: Engine>() {
         "{refused:?}"
     );
     for root in roots {
-        assert_eq!(
-            new.tree(root).unwrap()[0].version.as_deref(),
-            Some(from.as_str())
-        );
+        let run = &new.tree(root).unwrap()[0];
+        assert_eq!(run.version.as_deref(), Some(from.as_str()));
+        assert_eq!(run.step_index, 2);
     }
 
-    // With "charge" mapped to "pay", both move, and version 2 runs them from "pay" on.
+    // With "charge" mapped to "pay", both move (to index 3), and version 2 runs them on.
     let migrated = client
-        .migrate_runs(
-            &RunMigration::new("shipment", &from, &to, "alice", "retire v1").step("charge", "pay"),
-        )
+        .migrate_runs(&migration().step("charge", "pay"))
         .unwrap();
     assert_eq!(migrated.moved.len(), 2, "{migrated:?}");
     assert!(migrated.refused.is_empty(), "{migrated:?}");
@@ -324,6 +332,23 @@ fn ve_03_an_operator_migrates_runs_with_a_step_mapping<E: Engine>() {
             Some(to.as_str())
         );
     }
+
+    // The steps it executed were renumbered with it: rolled back now, the run undoes
+    // "reserve" with version 2's compensation (found at its new index).
+    let requested = new
+        .rollback(roots[0], "support", "order cancelled")
+        .unwrap();
+    assert!(
+        matches!(requested, Requested::Recorded { .. }),
+        "{requested:?}"
+    );
+    eventually("the rollback", || {
+        new.tree(roots[0]).unwrap()[0].status == RunStatus::RolledBack
+    });
+    assert_eq!(
+        effects(&mut db, roots[0]),
+        ["v1:reserve", "v2:pay", "v2:ship", "v2:unreserve"]
+    );
     new.shutdown().unwrap();
 }
 
@@ -382,3 +407,27 @@ fn ve_05_older_versions_must_belong_to_a_subscription_and_differ() {
         .unwrap_err();
     assert!(err.to_string().contains("serves version"), "{err}");
 }
+
+fn ve_06_a_run_written_before_any_runtime_is_pinned_at_its_first_claim<E: Engine>() {
+    let mut db = TestDb::new("ve_06");
+    let client = db.client();
+    // Declared ahead of deployment: no runtime has said which version new runs get.
+    client.register_handler("orders", "order").unwrap();
+    let root = client.launch("orders", &json!({})).unwrap();
+    assert_eq!(client.tree(root).unwrap()[0].version, None);
+    let s = db.schema.clone();
+    let v1 = order_v1::<E>(&s);
+    let version = v1.version().to_owned();
+    // The schema exists (the client made it): the table is there before the run is claimed.
+    effects_table(&mut db);
+    let runtime = E::runtime(&db).subscribe("orders", v1).start().unwrap();
+    let outcome = runtime.wait_for(root, WAIT).unwrap();
+    assert_eq!(outcome.runs()[0].status, RunStatus::Committed);
+    assert_eq!(
+        runtime.tree(root).unwrap()[0].version.as_deref(),
+        Some(version.as_str())
+    );
+    runtime.shutdown().unwrap();
+}
+
+both!(ve_06_a_run_written_before_any_runtime_is_pinned_at_its_first_claim);

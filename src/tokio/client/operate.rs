@@ -142,8 +142,15 @@ impl Client {
                 handler: migration.handler(),
             })
             .await?;
-        let statement = migration.statement(&shapes)?;
-        Ok(Migrated::from_rows(self.run(&statement).await?))
+        // Check the request before locking anything.
+        migration.statement(&shapes, Vec::new())?;
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let locked = run(&*tx, self.sql(), None, &migration.lock()).await?;
+        let statement = migration.statement(&shapes, locked)?;
+        let rows = run(&*tx, self.sql(), None, &statement).await?;
+        tx.commit().await?;
+        Ok(Migrated::from_rows(rows))
     }
 
     async fn register(&self, topic: &str, handler: &str, kind: &'static str) -> Result<()> {
