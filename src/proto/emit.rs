@@ -162,17 +162,23 @@ msg AS (
 ),
 -- The emissions written (all but launches whose key was taken).
 w AS (SELECT e.* FROM e JOIN msg USING (id)),
+inherits AS MATERIALIZED (
+    SELECT EXISTS (SELECT 1 FROM __S__.runs r
+                   WHERE r.id = $6::uuid AND r.deadline_trace IS NOT NULL) AS yes
+),
 ed AS MATERIALIZED (
     -- Deadlines: a child inherits its emitter's, the earliest of each kind wins (see
-    -- child_deadlines). Computed only when the emission gives some or the emitter has some.
+    -- child_deadlines). Computed only when the emission gives some or the emitter has some:
+    -- the condition filters the emissions before the function is called (a filter on the
+    -- join would call it for every emission first).
     SELECT e.id, d.happy, d.rollback, d.absolute, d.trace
-    FROM w e LEFT JOIN LATERAL (
-        SELECT * FROM __S__.child_deadlines(CASE WHEN e.scoped THEN $6::uuid END,
-                                            e.deadlines::jsonb)
-        WHERE e.deadlines IS NOT NULL
-           OR (e.scoped AND EXISTS (SELECT 1 FROM __S__.runs r
-                                    WHERE r.id = $6::uuid AND r.deadline_trace IS NOT NULL))
-    ) d ON true
+    FROM w e, inherits i,
+        LATERAL __S__.child_deadlines(CASE WHEN e.scoped THEN $6::uuid END, e.deadlines::jsonb) d
+    WHERE e.deadlines IS NOT NULL OR (e.scoped AND i.yes)
+    UNION ALL
+    SELECT e.id, NULL, NULL, NULL, NULL
+    FROM w e, inherits i
+    WHERE NOT (e.deadlines IS NOT NULL OR (e.scoped AND i.yes))
 ),
 child AS (
     INSERT INTO __S__.runs (id, root_id, parent_id, parent_instance, message_id, handler, topic,
