@@ -192,7 +192,7 @@ impl Client {
         for chunk in launches.chunks() {
             let emit = chunk.emit();
             let emitted = match (alone, cache.as_deref_mut()) {
-                (Alone::Yes, Some(cache)) => exec::launch(client, self.sql(), cache, &emit)?,
+                (Alone::Yes, Some(cache)) => exec::emit(client, self.sql(), cache, &emit, false)?,
                 (_, cache) => exec::run(client, self.sql(), cache, &emit)?,
             };
             for root in chunk.roots(&emitted)? {
@@ -214,7 +214,7 @@ impl Client {
 /// The statements prepared on a pooled connection for launches, kept with the connection
 /// (in its r2d2 extensions) for as long as the pool keeps it.
 /// Whether a launch is written in a transaction of its own, on a connection outside any
-/// transaction: then it travels as one simple query (see `exec::launch`).
+/// transaction: then it travels as one simple query (see `exec::emit`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Alone {
     Yes,

@@ -287,14 +287,22 @@ impl Emit<'_> {
     const TYPES: &'static str = "uuid[], text[], text[], bool[], uuid, uuid, int4, text, text, \
         text, text[], int4[], bool, text[], text[], text[], timestamptz[], text[], text[], bool[]";
 
-    /// The emission as simple-query text, for a launch in its own transaction: the statement
-    /// prepared as `name` (prepared first unless `prepared`) with its parameters as literals,
-    /// after `SET LOCAL plan_cache_mode = force_generic_plan`. That is the point: with bound
-    /// parameters PostgreSQL plans this statement afresh for every call (its estimate of the
-    /// generic plan, blind to the arrays' lengths, is several times the custom plans'), which
-    /// costs more than executing it; the setting lasts for the implicit transaction of this
-    /// one query. `None` when a parameter cannot travel inside query text (it holds U+0000).
-    pub(crate) fn simple_text(&self, sql: &Sql, name: &str, prepared: bool) -> Option<String> {
+    /// The emission as simple-query text: the statement prepared as `name` (prepared first
+    /// unless `prepared`) with its parameters as literals, after `SET LOCAL plan_cache_mode =
+    /// force_generic_plan`. That is the point: with bound parameters PostgreSQL plans this
+    /// statement afresh for every call (its estimate of the generic plan, blind to the
+    /// arrays' lengths, is several times the custom plans'), which costs more than executing
+    /// it. Alone, the setting lasts for the implicit transaction of this one query; inside a
+    /// step's transaction, `in_tx` puts it back to the session's value right after, so that
+    /// nothing else in the transaction is planned differently. `None` when a parameter
+    /// cannot travel inside query text (it holds U+0000).
+    pub(crate) fn simple_text(
+        &self,
+        sql: &Sql,
+        name: &str,
+        prepared: bool,
+        in_tx: bool,
+    ) -> Option<String> {
         let args = Literals::default()
             .uuid_array(&self.ids)
             .text_array(&self.topics.iter().map(String::as_str).collect::<Vec<_>>())
@@ -326,6 +334,9 @@ impl Emit<'_> {
             ));
         }
         text.push_str(&format!("EXECUTE {name}({args})"));
+        if in_tx {
+            text.push_str("; SET LOCAL plan_cache_mode TO DEFAULT");
+        }
         Some(text)
     }
 

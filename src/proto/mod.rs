@@ -294,7 +294,7 @@ pub(crate) struct StmtCache {
 pub(crate) enum Simple {
     Claim,
     Finish,
-    Launch,
+    Emit,
 }
 
 /// Numbers the statements this process prepares with SQL `PREPARE`: every preparation gets a
@@ -335,7 +335,7 @@ impl StmtCache {
                 let kind = match s {
                     Simple::Claim => "claim",
                     Simple::Finish => "finish",
-                    Simple::Launch => "launch",
+                    Simple::Emit => "emit",
                 };
                 (format!("sc_{kind}_{n}"), false)
             }

@@ -72,22 +72,23 @@ pub(crate) fn claim(
     c.decode_simple(messages)
 }
 
-/// Writes a launch in a transaction of its own through the simple-query protocol (see
-/// [`Emit::simple_text`]: generic plans, one round trip); with bound parameters when a
-/// parameter cannot travel in query text. `client` must not be in a transaction.
-pub(crate) fn launch(
+/// Writes an emission through the simple-query protocol (see [`Emit::simple_text`]: generic
+/// plans, one round trip), alone (a launch in a transaction of its own) or `in_tx`; with bound
+/// parameters when a parameter cannot travel in query text.
+pub(crate) fn emit(
     client: &mut impl GenericClient,
     sql: &Sql,
     cache: &mut StmtCache,
     e: &Emit<'_>,
+    in_tx: bool,
 ) -> Result<Emitted> {
-    let (name, prepared) = cache.simple_name(Simple::Launch);
-    let Some(text) = e.simple_text(sql, &name, prepared) else {
+    let (name, prepared) = cache.simple_name(Simple::Emit);
+    let Some(text) = e.simple_text(sql, &name, prepared, in_tx) else {
         return run(client, sql, Some(cache), e);
     };
     let messages = client.simple_query(&text)?;
     if !prepared {
-        cache.prepared(Simple::Launch, name);
+        cache.prepared(Simple::Emit, name);
     }
     e.decode_simple(messages)
 }

@@ -267,6 +267,10 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 Io::Run(Stmt::Finish(f)) => {
                     attempt.handle_output(self.session.finish(sql, self.cache, &f));
                 }
+                Io::Run(Stmt::Emit(e)) => {
+                    let out = exec::emit(self.session.tx(), sql, self.cache, &e, true);
+                    attempt.handle_output(out.map(Output::Emitted));
+                }
                 Io::Run(s) | Io::RunAutocommit(s) => {
                     // Autocommit statements come only when no transaction is open.
                     let out = exec::run(self.session.tx(), sql, Some(self.cache), &s);

@@ -4,7 +4,9 @@
 use tokio_postgres::{GenericClient, Row};
 
 use crate::error::Result;
-use crate::proto::{Applied, Claim, Claimed, Finish, Simple, Sql, Statement, StmtCache};
+use crate::proto::{
+    Applied, Claim, Claimed, Emit, Emitted, Finish, Simple, Sql, Statement, StmtCache,
+};
 
 /// Executes `s` and returns its rows, with the driver's own error.
 ///
@@ -77,6 +79,28 @@ where
         cache.prepared(Simple::Claim, name);
     }
     c.decode_simple(messages)
+}
+
+/// Writes a step's emission through the simple-query protocol, in its transaction (as
+/// `runtime::exec::emit` does).
+pub(crate) async fn emit<C>(
+    client: &C,
+    sql: &Sql,
+    cache: &mut StmtCache,
+    e: &Emit<'_>,
+) -> Result<Emitted>
+where
+    C: GenericClient + Sync,
+{
+    let (name, prepared) = cache.simple_name(Simple::Emit);
+    let Some(text) = e.simple_text(sql, &name, prepared, true) else {
+        return run(client, sql, Some(cache), e).await;
+    };
+    let messages = client.simple_query(&text).await?;
+    if !prepared {
+        cache.prepared(Simple::Emit, name);
+    }
+    e.decode_simple(messages)
 }
 
 /// Persists a transition through the simple-query protocol after `prefix`, in one round trip

@@ -395,6 +395,10 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     let out = self.session.finish(sql, self.cache, &f).await;
                     attempt.handle_output(out);
                 }
+                Io::Run(Stmt::Emit(e)) => {
+                    let out = exec::emit(self.session.tx(), sql, self.cache, &e).await;
+                    attempt.handle_output(out.map(Output::Emitted));
+                }
                 Io::Run(s) | Io::RunAutocommit(s) => {
                     let out = exec::run(self.session.tx(), sql, Some(self.cache), &s).await;
                     attempt.handle_output(out);
