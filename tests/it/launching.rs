@@ -138,3 +138,34 @@ fn the_prepared_launch_outlives_a_connection_that_lost_it() {
         10 - failed
     );
 }
+
+/// The tokio client's single launch travels as one simple query, preparing its statement the
+/// first time a connection lacks it: on one connection, the first launch prepares and the
+/// next ones only execute; each is one root with its run.
+#[test]
+fn tokio_launches_prepare_once_per_connection() {
+    let mut db = TestDb::new("tokio_launch_once");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let roots = rt.block_on(async {
+        let client = structured_cooperation::tokio::Client::builder(&db.url)
+            .schema(&db.schema)
+            .pool_size(1)
+            .connect()
+            .await
+            .unwrap();
+        client.register_handler("once", "once-job").await.unwrap();
+        let mut roots = Vec::new();
+        for n in 0..3 {
+            roots.push(client.launch("once", &json!({ "n": n })).await.unwrap());
+        }
+        roots
+    });
+    assert_eq!(roots.len(), 3);
+    assert_eq!(
+        db.query_i64("SELECT count(DISTINCT root_id) FROM __S__.runs WHERE handler = 'once-job'"),
+        3
+    );
+}

@@ -3,6 +3,7 @@
 
 use deadpool_postgres::Object;
 use serde::Serialize;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{GenericClient, Statement};
 
 use super::Client;
@@ -10,7 +11,7 @@ use crate::client::{Launched, Launches, key_vanished};
 use crate::error::Result;
 use crate::ids::RootId;
 use crate::options::EmitOptions;
-use crate::proto::{KeyedRoot, Statement as _};
+use crate::proto::{Emit, Emitted, KeyedRoot, Statement as _};
 use crate::tokio::exec;
 use crate::typed::AsTopic;
 
@@ -55,7 +56,9 @@ impl Client {
         let mut launches = Launches::new(self.max_json_bytes(), self.strict_topics());
         launches.add(topic.topic_name(), payload, &options.into())?;
         let conn = self.conn().await?;
-        let roots = self.write(&**conn, Some(&conn), &launches).await?;
+        let roots = self
+            .write(&**conn, Some(Cached::Alone(&conn)), &launches)
+            .await?;
         Ok(roots[0])
     }
 
@@ -129,7 +132,7 @@ impl Client {
         }
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        let roots = self.write(&*tx, Some(&tx), &launches).await?;
+        let roots = self.write(&*tx, Some(Cached::InTx(&tx)), &launches).await?;
         tx.commit().await?;
         Ok(roots)
     }
@@ -163,18 +166,27 @@ impl Client {
     async fn write<C: GenericClient + Sync>(
         &self,
         client: &C,
-        cached: Option<&(dyn Prepares + Sync)>,
+        cached: Option<Cached<'_>>,
         launches: &Launches,
     ) -> Result<Vec<RootId>> {
         let mut roots = Vec::with_capacity(launches.len());
         for chunk in launches.chunks() {
             let emit = chunk.emit();
-            let emitted = match cached {
-                Some(conn) => {
+            let alone = match cached {
+                Some(Cached::Alone(conn)) => self.emit_alone(conn, &emit).await?,
+                _ => None,
+            };
+            let emitted = match (alone, cached) {
+                (Some(emitted), _) => emitted,
+                (None, Some(Cached::Alone(conn))) => {
                     let statement = conn.prepared(emit.text(self.sql())).await?;
                     emit.decode(client.query(&statement, &emit.params()).await?)?
                 }
-                None => exec::run(client, self.sql(), None, &emit).await?,
+                (None, Some(Cached::InTx(tx))) => {
+                    let statement = tx.prepared(emit.text(self.sql())).await?;
+                    emit.decode(client.query(&statement, &emit.params()).await?)?
+                }
+                (None, None) => exec::run(client, self.sql(), None, &emit).await?,
             };
             for root in chunk.roots(&emitted)? {
                 roots.push(match root {
@@ -192,6 +204,41 @@ impl Client {
 }
 
 /// A connection that keeps prepared statements (deadpool's, or one of its transactions).
+/// Where a launch's statement may be prepared: a pooled connection outside any transaction
+/// (then a single launch travels as one simple query, see [`Client::emit_alone`]), or a
+/// transaction of the client's own.
+#[derive(Clone, Copy)]
+enum Cached<'a> {
+    Alone(&'a Object),
+    InTx(&'a deadpool_postgres::Transaction<'a>),
+}
+
+impl Client {
+    /// A launch in a transaction of its own as one simple query with generic plans (as the
+    /// blocking client's, see `Emit::simple_text`). A deadpool connection keeps no memory of
+    /// what was prepared on it with SQL `PREPARE`, so the statement has one name per schema
+    /// and is prepared the first time its `EXECUTE` finds it missing (nothing was written
+    /// then: the query's implicit transaction failed as a whole). `None` when a parameter
+    /// cannot travel in query text.
+    async fn emit_alone(&self, conn: &Object, emit: &Emit<'_>) -> Result<Option<Emitted>> {
+        let name = format!("sc_emit_{}", self.schema());
+        let Some(text) = emit.simple_text(self.sql(), &name, true, false) else {
+            return Ok(None);
+        };
+        let messages = match conn.simple_query(&text).await {
+            Ok(messages) => messages,
+            Err(e) if e.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) => {
+                let Some(text) = emit.simple_text(self.sql(), &name, false, false) else {
+                    return Ok(None);
+                };
+                conn.simple_query(&text).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        emit.decode_simple(messages).map(Some)
+    }
+}
+
 trait Prepares {
     fn prepared<'a>(
         &'a self,
