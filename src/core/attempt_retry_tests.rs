@@ -145,7 +145,7 @@ fn a_data_exception_in_the_engines_statements_poisons_the_run() {
         "{failure}"
     );
     assert_eq!(failure.step(), Some("a"));
-    a.handle_output(Ok(Output::Poisoned(true)));
+    a.handle_output(Ok(Output::Poisoned(Some(true))));
     let report = tests::done(&mut a);
     assert!(report.poisoned);
     assert!(

@@ -200,7 +200,7 @@ impl Poison {
 
     pub(crate) const SQL: &'static str = "
 WITH target AS (
-    SELECT id FROM __S__.runs
+    SELECT id, poison IS NULL AS first FROM __S__.runs
     WHERE id = $1 AND status IN ('active', 'rolling_back')
     FOR UPDATE SKIP LOCKED
 )
@@ -212,12 +212,14 @@ UPDATE __S__.runs r SET
     updated_at = clock_timestamp()
 FROM target
 WHERE r.id = target.id
-RETURNING r.id";
+RETURNING target.first";
 }
 
 impl Statement for Poison {
-    /// Whether the run was marked (not if it was finished or held by someone else).
-    type Output = bool;
+    /// Whether the run was marked (not if it was finished or held by someone else), and if
+    /// so whether it was the first mark: two attempts can meet the same refusal (the run is
+    /// claimable between one's rollback and its mark), and the run counts once.
+    type Output = Option<bool>;
 
     fn id(&self) -> StmtId {
         StmtId::Poison
@@ -227,8 +229,10 @@ impl Statement for Poison {
         vec![&self.run, &self.failure, &self.error]
     }
 
-    fn decode(&self, rows: Vec<Row>) -> Result<bool> {
-        Ok(!rows.is_empty())
+    fn decode(&self, rows: Vec<Row>) -> Result<Option<bool>> {
+        rows.first()
+            .map(|row| row.try_get("first").map_err(Into::into))
+            .transpose()
     }
 }
 

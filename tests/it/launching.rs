@@ -142,6 +142,7 @@ fn the_prepared_launch_outlives_a_connection_that_lost_it() {
 /// The tokio client's single launch travels as one simple query, preparing its statement the
 /// first time a connection lacks it: on one connection, the first launch prepares and the
 /// next ones only execute; each is one root with its run.
+#[cfg(feature = "tokio")]
 #[test]
 fn tokio_launches_prepare_once_per_connection() {
     let mut db = TestDb::new("tokio_launch_once");

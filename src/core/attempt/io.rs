@@ -88,7 +88,8 @@ pub(crate) enum Output {
     Released(Option<String>),
     Retried(u32),
     Postponed(Option<Postponed>),
-    Poisoned(bool),
+    /// Whether the run was marked, and if so whether for the first time.
+    Poisoned(Option<bool>),
 }
 
 impl Statement for Stmt<'_> {

@@ -219,10 +219,11 @@ impl Run {
                 self.record_fault(env, report, poison, error)
             }
             (Await::Recorded { error }, Output::Poisoned(marked)) => {
-                if !marked {
+                let Some(first) = marked else {
                     return done(report, Outcome::Failed(error));
-                }
-                report.poisoned = true;
+                };
+                // Counted once per run, by the attempt that marked it first.
+                report.poisoned = first;
                 log::error!(
                     "{}: run {} fails: the database refused its data ({error})",
                     env.handler.name,
