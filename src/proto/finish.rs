@@ -47,6 +47,8 @@ pub(crate) struct Finish<'a> {
     pub(crate) check: Option<bool>,
     pub(crate) write_context: bool,
     pub(crate) context: Option<String>,
+    /// The saga version driving the run, recorded if the run had none (see `Claim`).
+    pub(crate) version: Option<&'a str>,
 }
 
 impl<'a> Finish<'a> {
@@ -103,6 +105,7 @@ impl<'a> Finish<'a> {
             check: check.param(),
             write_context,
             context,
+            version: None,
         })
     }
 
@@ -150,7 +153,9 @@ run AS (
         started_at = coalesce(started_at, clock_timestamp()),
         finished_at = CASE WHEN $2 IN ('committed', 'rolled_back', 'rollback_failed')
                            THEN clock_timestamp() END,
-        updated_at = clock_timestamp()
+        updated_at = clock_timestamp(),
+        -- A run written without a version is pinned to the one that drove its first step.
+        version = coalesce(version, $29::text)
     WHERE id = $1 AND (SELECT ok FROM checked)
     RETURNING root_id, parent_id, message_id, handler, release_pending
 ),
@@ -175,7 +180,7 @@ impl Finish<'_> {
     /// The parameters' types, in order, for the `PREPARE` of [`Finish::simple_text`].
     const TYPES: &'static str = "uuid, text, int4, int4, int4, int4, text, text, int4, int4, \
         int4, text, int4, int4, int4, int4, text, text[], text[], int4[], text[], uuid[], \
-        uuid[], timestamptz, int8, bool, bool, text";
+        uuid[], timestamptz, int8, bool, bool, text, text";
 
     /// The transition as simple-query text: `prefix` (`RELEASE SAVEPOINT ...; `, so the run's
     /// row is updated outside the step's savepoint), then the statement prepared as `name`
@@ -220,6 +225,7 @@ impl Finish<'_> {
             .opt_bool(self.check)
             .opt_bool(Some(self.write_context))
             .opt_text(self.context.as_deref())
+            .opt_text(self.version)
             .done()?;
         let mut text = String::from(prefix);
         if !prepared {
@@ -301,6 +307,7 @@ impl Statement for Finish<'_> {
             &self.check,
             &self.write_context,
             &self.context,
+            &self.version,
         ]
     }
 

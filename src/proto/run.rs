@@ -56,13 +56,6 @@ c AS (
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 ),
--- A run without a version (written before any runtime registered its handler, or before
--- versions existed) is pinned to the newest version of the first runtime that claims it, so
--- that one shape drives it from then on.
-stamped AS (
-    UPDATE __S__.runs r SET version = nullif(split_part($3, ',', 1), '')
-    FROM c WHERE r.id = c.id AND c.version IS NULL
-),
 seen AS (
     INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, worker)
     SELECT c.root_id, c.id, c.message_id, 'SEEN', $1, $2
@@ -96,6 +89,10 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
             THEN NULL
             ELSE __S__.give_up_reason(c.root_id, c.id, c.status = 'rolling_back')::text
        END AS give_up,
+       -- A run without a version (written before any runtime registered its handler, or
+       -- before versions existed) is driven by the claimer's newest version, and pinned to it
+       -- by the transition that ends its step (see `Finish`): one shape drives it from then
+       -- on. (Not updated here: an UPDATE in the claim costs every claim its setup.)
        coalesce(c.version, nullif(split_part($3, ',', 1), '')) AS version
 FROM c JOIN __S__.messages m ON m.id = c.message_id
     -- An occurrence of a stopped chain that has not started gives up.

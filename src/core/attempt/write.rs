@@ -128,7 +128,19 @@ impl Run {
             failure,
             retry_in: None,
         });
-        let stmt = Finish::new(self.claimed.id, &p.t, env.worker, messages, p.check, write);
+        let stmt = Finish::new(self.claimed.id, &p.t, env.worker, messages, p.check, write).map(
+            |mut f| {
+                // The claim says which version drives the run (the newest served, for a run
+                // that has none yet): a run without one is pinned to it by this transition.
+                let versions = env.handler.versions;
+                f.version = match self.claimed.version.as_deref() {
+                    Some(v) => versions.iter().find(|s| s.version == v),
+                    None => versions.first(),
+                }
+                .map(|s| s.version.as_str());
+                f
+            },
+        );
         match stmt {
             Ok(stmt) => {
                 self.wait = Await::Finish {
