@@ -165,6 +165,20 @@ fn worker() {
     }
 }
 
+/// Polls `count_sql` until it counts nothing, failing after `TIMEOUT` with how many are left
+/// and `what`.
+fn wait_for_none(admin: &mut postgres::Client, count_sql: &str, what: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left: i64 = admin.query_one(count_sql, &[]).unwrap().get(0);
+        if left == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{left} {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Kills the worker processes if the orchestrator panics.
 struct Workers(Vec<Child>);
 
@@ -487,24 +501,11 @@ fn sigkill_mid_compensation() {
     // Process B finishes the rollback.
     let (b, _b_out) = spawn_compensator(&schema, &effects, None);
     workers.0.push(b);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let unfinished: i64 = admin
-            .query_one(
-                &format!("SELECT count(*) FROM {schema}.runs WHERE status <> 'rolled_back'"),
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        if unfinished == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{unfinished} runs did not roll back in time"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_none(
+        &mut admin,
+        &format!("SELECT count(*) FROM {schema}.runs WHERE status <> 'rolled_back'"),
+        "runs did not roll back in time",
+    );
     let mut count = |sql: &str| -> i64 {
         admin
             .query_one(sql.replace("__S__", &schema).as_str(), &[])

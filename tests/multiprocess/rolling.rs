@@ -7,12 +7,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use structured_cooperation::{Client, Runtime, Saga, StepContext, StepResult};
 
-use super::{TIMEOUT, Workers, database_url};
+use super::{Workers, database_url, wait_for_none};
 
 pub(crate) const NAME: &str = "rolling_deploy_of_a_new_saga_version_runs_each_run_in_its_own";
 const BATCH: usize = 150;
@@ -121,21 +121,11 @@ pub(crate) fn rolling_deploy() {
     // Deploy the new version while the old runs are in flight (most of them sleep).
     let new_pid = spawn(&mut workers, &schema, &effects, true);
     let after = client.launch_many("rolling", &payloads).unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let open: i64 = admin
-            .query_one(
-                &format!("SELECT count(*) FROM {schema}.runs WHERE finished_at IS NULL"),
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        if open == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{open} runs still open");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_none(
+        &mut admin,
+        &format!("SELECT count(*) FROM {schema}.runs WHERE finished_at IS NULL"),
+        "runs still open",
+    );
     for child in &mut workers.0 {
         drop(child.stdin.take());
         assert!(child.wait().unwrap().success());
