@@ -25,7 +25,8 @@ use crate::proto::{Applied, Claim, Claimed, ClaimedRun, Fault, GiveUpCheck, Post
 use crate::saga::Phase;
 
 pub(crate) use io::{
-    CallKind, Io, Outcome, Output, Report, RunNews, SavepointState, Stmt, UserCall, UserOutcome,
+    CallKind, ConcludeError, Io, Outcome, Output, Report, RunNews, SavepointState, Stmt, UserCall,
+    UserOutcome,
 };
 
 /// The handler an attempt is for, as the machine needs to know it.
@@ -59,6 +60,8 @@ struct Env<'h> {
     strict: bool,
     /// Whether a commit may also claim the handler's next run (see [`Io::CommitClaim`]).
     chain: bool,
+    /// Whether a transition is written together with its commit ([`Io::Conclude`]).
+    conclude: bool,
 }
 
 /// One attempt at the next due run of a handler, from `BEGIN` to the release after `COMMIT`.
@@ -128,6 +131,7 @@ impl<'h> Attempt<'h> {
                 now,
                 strict: false,
                 chain: false,
+                conclude: false,
             },
             next: Some(Io::Claim(claim_of(handler, worker))),
             state: State::Claim,
@@ -141,6 +145,14 @@ impl<'h> Attempt<'h> {
     /// holds, in the transaction the commit opened.
     pub(crate) fn chain_claims(mut self, chain: bool) -> Attempt<'h> {
         self.env.chain = chain;
+        self
+    }
+
+    /// Lets the attempt write a step's transition, commit it, release the parent and claim
+    /// the next run (if [`chain_claims`](Self::chain_claims)) in one round trip
+    /// ([`Io::Conclude`]). Only for drivers that commit every step on its own.
+    pub(crate) fn conclude_steps(mut self, conclude: bool) -> Attempt<'h> {
+        self.env.conclude = conclude;
         self
     }
 
@@ -233,6 +245,24 @@ impl<'h> Attempt<'h> {
             }
             State::Owed(owed) => self.after_owed(owed, true),
             _ => done(&mut self.report, Outcome::Failed(fault.into_error())),
+        };
+        self.set_next(io);
+    }
+
+    /// Answers [`Io::Conclude`] that failed, with what the driver found out about the
+    /// commit.
+    pub(crate) fn handle_conclude_error(&mut self, failure: ConcludeError) {
+        let failure = match failure {
+            ConcludeError::NotCommitted(e) => return self.handle_output(Err(e)),
+            other => other,
+        };
+        let io = match std::mem::replace(&mut self.state, State::Over) {
+            State::Claimed(mut run) => {
+                let io = run.on_conclude_error(&mut self.report, failure);
+                self.state = State::Claimed(run);
+                io
+            }
+            other => unexpected("handle_conclude_error", &other),
         };
         self.set_next(io);
     }
@@ -366,6 +396,13 @@ enum Await {
         /// The code whose results are being written, when a transaction it left aborted is
         /// its own failure.
         blame: Option<Box<Ran>>,
+    },
+    /// The transition, its commit and what follows ([`Io::Conclude`]).
+    Conclude {
+        terminal: bool,
+        blame: Option<Box<Ran>>,
+        /// The parent's release was part of it.
+        release: bool,
     },
     Commit {
         applied: Applied,

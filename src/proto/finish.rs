@@ -239,6 +239,20 @@ impl Finish<'_> {
         Some(text)
     }
 
+    /// Whether every parameter can travel inside query text (none holds U+0000), so that
+    /// [`Finish::simple_text`] gives text.
+    pub(crate) fn sendable(&self) -> bool {
+        let nul = |t: &str| t.contains('\0');
+        let opt = |t: &Option<String>| t.as_deref().is_some_and(nul);
+        ![&self.failure, &self.rollback_failure, &self.context]
+            .into_iter()
+            .any(opt)
+            && !self.event_steps.iter().any(opt)
+            && !self.event_failures.iter().any(opt)
+            && ![self.worker, self.status].into_iter().any(nul)
+            && !self.version.is_some_and(nul)
+    }
+
     /// Decodes what [`Finish::simple_text`] returned.
     pub(crate) fn decode_simple(&self, messages: Vec<SimpleQueryMessage>) -> Result<Applied> {
         let row = messages.into_iter().find_map(|m| match m {

@@ -14,6 +14,7 @@
 mod alive;
 mod chain;
 mod cols;
+mod conclude;
 mod emit;
 mod finish;
 mod inspect;
@@ -40,6 +41,7 @@ use crate::failure::Failure;
 pub(crate) use alive::{Heartbeat, Retire, RuntimeRow, Runtimes, Topology, TopologyRow};
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
 pub(crate) use cols::{Cols, Literals, literal};
+pub(crate) use conclude::{Conclude, Concluded};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register, Served};
 pub(crate) use finish::{Applied, Finish};
 pub(crate) use inspect::{
@@ -283,7 +285,7 @@ pub(crate) struct StmtCache {
     stmts: Vec<Option<postgres::Statement>>,
     /// The names of the statements prepared on the session for the simple-query protocol
     /// (see [`Simple`]), once prepared.
-    simple: [Option<String>; 3],
+    simple: [Option<String>; 4],
 }
 
 /// Statements that also run through the simple-query protocol, as `EXECUTE` of a statement
@@ -295,6 +297,7 @@ pub(crate) enum Simple {
     Claim,
     Finish,
     Emit,
+    Release,
 }
 
 /// Numbers the statements this process prepares with SQL `PREPARE`: every preparation gets a
@@ -320,7 +323,7 @@ impl StmtCache {
     /// Forgets every statement (after an error that may have left them unusable).
     pub(crate) fn clear(&mut self) {
         self.stmts.clear();
-        self.simple = [None, None, None];
+        self.simple = [None, None, None, None];
     }
 
     /// The name of statement `s` as prepared on the session, and whether it is prepared yet
@@ -336,6 +339,7 @@ impl StmtCache {
                     Simple::Claim => "claim",
                     Simple::Finish => "finish",
                     Simple::Emit => "emit",
+                    Simple::Release => "release",
                 };
                 (format!("sc_{kind}_{n}"), false)
             }

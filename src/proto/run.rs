@@ -11,7 +11,7 @@ use super::{
     Cols, Sql, Statement, StmtId, failure_col, literal, millis_col, one, run_view, u32_col,
 };
 use crate::core::RunView;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::failure::Failure;
 use crate::ids::{MessageId, RootId, RunId};
 use crate::saga::Occurrence;
@@ -93,14 +93,17 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
        -- before versions existed) is driven by the claimer's newest version, and pinned to it
        -- by the transition that ends its step (see `Finish`): one shape drives it from then
        -- on. (Not updated here: an UPDATE in the claim costs every claim its setup.)
-       coalesce(c.version, nullif(split_part($3, ',', 1), '')) AS version
+       coalesce(c.version, nullif(split_part($3, ',', 1), '')) AS version,
+       -- The claiming transaction's id (its row lock gave it one): after an error in a
+       -- round trip that also commits, it tells whether the commit happened.
+       pg_current_xact_id()::text AS xact
 FROM c JOIN __S__.messages m ON m.id = c.message_id
     -- An occurrence of a stopped chain that has not started gives up.
     LEFT JOIN __S__.chain_stops s ON s.chain = m.chain AND NOT c.seen
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        false, later.wait_ms, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL
+       NULL, NULL, NULL, NULL, NULL
 FROM later";
 }
 
@@ -148,6 +151,8 @@ pub(crate) struct ClaimedRun {
     pub(crate) chain_stop: Option<Failure>,
     /// The saga version that wrote the run (`None`: from before versions existed).
     pub(crate) version: Option<String>,
+    /// The id of the transaction that claimed it.
+    pub(crate) xact: Option<u64>,
 }
 
 impl Statement for Claim<'_> {
@@ -239,6 +244,7 @@ fn decode_claimed(row: &impl Cols) -> Result<Claimed> {
         occurrence: occurrence(row)?,
         chain_stop: chain_stop(row)?,
         version: row.opt_str("version")?,
+        xact: row.opt_str("xact")?.and_then(|x| x.parse().ok()),
     })))
 }
 
@@ -327,6 +333,18 @@ notified AS MATERIALIZED (
 )
 SELECT (SELECT handler FROM woke) AS woken_parent, (SELECT count(*) FROM notified)::int4 AS notified,
        (SELECT setting FROM async) AS commit_mode";
+
+    /// Decodes the release's result in the simple-query format (see `Conclude`).
+    pub(crate) fn decode_simple(&self, messages: Vec<SimpleQueryMessage>) -> Result<Option<String>> {
+        let row = messages.into_iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        });
+        let row = row.ok_or_else(|| {
+            Error::UnexpectedData("the release of a parent returned no row".into())
+        })?;
+        row.opt_str("woken_parent")
+    }
 }
 
 impl Statement for Release<'_> {

@@ -5,9 +5,9 @@
 use postgres::Transaction;
 
 use super::exec;
-use crate::core::attempt::Output;
+use crate::core::attempt::{ConcludeError, Output};
 use crate::error::{Error, Result};
-use crate::proto::{Claim, Finish, Sql, StmtCache};
+use crate::proto::{Claim, Conclude, Concluded, Finish, Sql, StmtCache};
 use crate::runtime::batch::Batch;
 
 /// Ends the step's savepoint, keeping what the step wrote.
@@ -17,6 +17,21 @@ pub(crate) const RELEASE_SAVEPOINT: &str = "RELEASE SAVEPOINT structured_coopera
 pub(crate) fn aborted_before(e: &Error) -> bool {
     matches!(e, Error::Postgres(pg)
         if pg.code() == Some(&postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION))
+}
+
+/// The error a failed [`Conclude`] ends with, given whether its commit happened.
+pub(crate) fn conclude_error(e: Error, committed: Option<bool>) -> ConcludeError {
+    match committed {
+        Some(true) => ConcludeError::Committed(e),
+        Some(false) => ConcludeError::NotCommitted(e),
+        None => ConcludeError::Unknown(e),
+    }
+}
+
+/// A conclusion whose parameters cannot travel in query text (the attempt asks for one only
+/// when they can).
+pub(crate) fn unsendable() -> Error {
+    Error::UnexpectedData("a step's conclusion cannot travel as query text".into())
 }
 
 /// The worker's handle on its connection for one drain. The driver's `Transaction` object
@@ -96,6 +111,45 @@ impl<'c> Session<'c> {
         // aborted, and the savepoint is still there to roll back to.
         self.savepoint &= applied.as_ref().is_err_and(aborted_before);
         applied.map(Output::Applied)
+    }
+
+    /// Ends the step in one round trip (see [`Conclude`]): the savepoint's release, the
+    /// transition, the commit, and what the conclusion asks to follow. After an error, ends
+    /// the transaction left open and asks whether the step's commit happened.
+    pub(crate) fn conclude(
+        &mut self,
+        sql: &Sql,
+        cache: &mut StmtCache,
+        c: &Conclude<'_>,
+    ) -> std::result::Result<Concluded, ConcludeError> {
+        let prefix = if self.savepoint {
+            RELEASE_SAVEPOINT
+        } else {
+            ""
+        };
+        let Some((text, prepares)) = c.simple_text(sql, cache, prefix) else {
+            return Err(ConcludeError::NotCommitted(unsendable()));
+        };
+        match self.tx().simple_query(&text) {
+            Ok(messages) => {
+                prepares.record(cache);
+                self.open = c.claim.is_some();
+                self.savepoint = self.open;
+                c.decode_simple(messages).map_err(ConcludeError::Committed)
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                if self.savepoint && aborted_before(&e) {
+                    // The code left the transaction aborted: nothing else ran, and the
+                    // savepoint is there to roll back to.
+                    return Err(ConcludeError::NotCommitted(e));
+                }
+                self.open = false;
+                self.savepoint = false;
+                let status = c.status_text().and_then(|t| self.tx().simple_query(&t).ok());
+                Err(conclude_error(e, status.and_then(Conclude::decode_status)))
+            }
+        }
     }
 
     /// Done with the connection for now: rolls back what may be open; if nothing is, the

@@ -202,7 +202,8 @@ fn attempt<'e: 'c, 'c>(
     let now = std::time::SystemTime::now();
     let attempt = Attempt::new(handler, &registry.instance, &quiet, registry.backoff, now)
         .strict_topics(registry.strict_topics)
-        .chain_claims(chain);
+        .chain_claims(chain)
+        .conclude_steps(registry.steps_per_commit <= 1);
     let mut attempt = match carried {
         Some(claimed) => attempt.resume(claimed),
         None => attempt.owing(entry.take_owed()),
@@ -296,6 +297,20 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     let out = self.session.end("COMMIT");
                     self.session.batch.ended(out.is_ok(), false);
                     attempt.handle_output(out);
+                }
+                Io::Conclude(mut c) => {
+                    if self.handler.owes() {
+                        // As for `CommitClaim`: the next attempt starts afresh.
+                        c.claim = None;
+                    }
+                    match self.session.conclude(sql, self.cache, &c) {
+                        Ok(concluded) => attempt.handle_output(Ok(Output::Concluded(concluded))),
+                        Err(e) => attempt.handle_conclude_error(e),
+                    }
+                }
+                Io::Rollback if !self.session.open => {
+                    // A failed conclusion ended the transaction already.
+                    attempt.handle_output(Ok(Output::Done));
                 }
                 Io::Rollback => {
                     // With finished steps in the transaction, only the attempt's own part.

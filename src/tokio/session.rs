@@ -4,11 +4,11 @@
 use tokio_postgres::Transaction;
 
 use super::exec;
-use crate::core::attempt::Output;
-use crate::error::Result;
-use crate::proto::{Claim, Finish, Sql, StmtCache};
+use crate::core::attempt::{ConcludeError, Output};
+use crate::error::{Error, Result};
+use crate::proto::{Claim, Conclude, Concluded, Finish, Sql, StmtCache};
 use crate::runtime::batch::Batch;
-use crate::runtime::session::{RELEASE_SAVEPOINT, aborted_before};
+use crate::runtime::session::{RELEASE_SAVEPOINT, aborted_before, conclude_error, unsendable};
 
 /// A task's handle on its leased connection for one drain, as the blocking worker's
 /// `Session`: the driver's `Transaction` object is made once and kept, while transactions
@@ -68,6 +68,44 @@ impl<'c> Session<'c> {
         let applied = exec::finish(self.tx(), sql, cache, f, prefix).await;
         self.savepoint &= applied.as_ref().is_err_and(aborted_before);
         applied.map(Output::Applied)
+    }
+
+    /// Ends the step in one round trip (see the blocking worker's `Session::conclude`).
+    pub(super) async fn conclude(
+        &mut self,
+        sql: &Sql,
+        cache: &mut StmtCache,
+        c: &Conclude<'_>,
+    ) -> std::result::Result<Concluded, ConcludeError> {
+        let prefix = if self.savepoint {
+            RELEASE_SAVEPOINT
+        } else {
+            ""
+        };
+        let Some((text, prepares)) = c.simple_text(sql, cache, prefix) else {
+            return Err(ConcludeError::NotCommitted(unsendable()));
+        };
+        match self.tx().simple_query(&text).await {
+            Ok(messages) => {
+                prepares.record(cache);
+                self.open = c.claim.is_some();
+                self.savepoint = self.open;
+                c.decode_simple(messages).map_err(ConcludeError::Committed)
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                if self.savepoint && aborted_before(&e) {
+                    return Err(ConcludeError::NotCommitted(e));
+                }
+                self.open = false;
+                self.savepoint = false;
+                let status = match c.status_text() {
+                    Some(t) => self.tx().simple_query(&t).await.ok(),
+                    None => None,
+                };
+                Err(conclude_error(e, status.and_then(Conclude::decode_status)))
+            }
+        }
     }
 
     /// Rolls back what may be open; if nothing is, the driver's object (which only borrows

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::failure::{Failure, StepResult};
 use crate::ids::RunId;
 use crate::proto::{
-    Applied, Children, Claim, Claimed, Emit, Emitted, Finish, Instances, Poison, Postpone,
+    Applied, Children, Claim, Claimed, Conclude, Concluded, Emit, Emitted, Finish, Instances,
+    Poison, Postpone,
     Postponed, Release, RequestRollback, Requested, ScheduleRetry, Statement, StmtId,
 };
 use crate::saga::{ChildFailures, Emission, StepInfo};
@@ -49,7 +50,18 @@ pub(crate) enum Io<'h> {
     /// [`Report::next_claim`]; the driver keeps the new transaction open for the attempt it
     /// resumes with it. Only asked of drivers that allowed it (`Attempt::chain_claims`).
     CommitClaim(Claim<'h>),
-    /// Roll the transaction back. Answer: `handle_output(Ok(Output::Done))` or the error.
+    /// Persist the transition and commit, then (each in the same round trip, as asked)
+    /// release the run's parent in a transaction of its own and claim the handler's next run
+    /// in the next one (leaving it open, as for `CommitClaim`; a driver whose handler owes a
+    /// failure leaves the claim out). Answer: `handle_output` with `Output::Concluded`, or
+    /// `handle_conclude_error` with whether the commit happened, which the driver finds out
+    /// (`Conclude::status_text`) after ending whatever transaction the error left open, except
+    /// when the statement before the transition found the transaction already aborted: then
+    /// nothing ran and the transaction stays open with its savepoint (`NotCommitted`).
+    /// Only asked of drivers that allowed it (`Attempt::conclude_steps`).
+    Conclude(Conclude<'h>),
+    /// Roll the transaction back. Answer: `handle_output(Ok(Output::Done))` or the error. A
+    /// driver with no transaction open (after a failed `Conclude`) answers `Done` at once.
     Rollback,
     /// Run this statement on its own, outside any transaction (autocommit): the release of a
     /// finished run's parent after the run's commit, or the record of a failed attempt after
@@ -90,6 +102,18 @@ pub(crate) enum Output {
     Postponed(Option<Postponed>),
     /// Whether the run was marked, and if so whether for the first time.
     Poisoned(Option<bool>),
+    Concluded(Concluded),
+}
+
+/// How an [`Io::Conclude`] failed, as far as the driver could tell.
+#[derive(Debug)]
+pub(crate) enum ConcludeError {
+    /// Nothing was committed (the transition, or its commit, failed).
+    NotCommitted(Error),
+    /// The step committed; what followed its commit failed.
+    Committed(Error),
+    /// Whether the step committed is unknown (the connection is gone).
+    Unknown(Error),
 }
 
 impl Statement for Stmt<'_> {

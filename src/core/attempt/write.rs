@@ -1,7 +1,7 @@
 //! Writing a transition (with the rollback requests it carries), committing, releasing, and
 //! what the answers and failures of those statements mean.
 
-use super::io::{Io, Outcome, Output, Report, RunNews, Stmt, Unhandled};
+use super::io::{ConcludeError, Io, Outcome, Output, Report, RunNews, Stmt, Unhandled};
 use super::{Await, Env, Facts, Persist, Ran, Run, done};
 use crate::context::CooperationContext;
 use crate::core::RunStatus;
@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::failure::Failure;
 use crate::ids::new_uuid;
 use crate::proto::{
-    Applied, ContextWrite, Emit, Fault, Finish, GiveUpCheck, Poison, Postpone, Release,
+    Applied, Conclude, ContextWrite, Emit, Fault, Finish, GiveUpCheck, Poison, Postpone, Release,
     RequestRollback, Requested,
 };
 use crate::saga::{Emission, Occurrence};
@@ -141,12 +141,28 @@ impl Run {
                 f
             },
         );
+        let terminal = p.t.status.is_terminal();
+        let blame = p.code.filter(|_| p.blame).map(Box::new);
         match stmt {
-            Ok(stmt) => {
-                self.wait = Await::Finish {
-                    terminal: p.t.status.is_terminal(),
-                    blame: p.code.filter(|_| p.blame).map(Box::new),
+            Ok(finish) if env.conclude && finish.sendable() => {
+                // Only a child that finishes can have a parent to release (and the release
+                // does nothing unless the transition marked the run).
+                let release = (terminal && !self.claimed.top_level)
+                    .then(|| Release::new(self.claimed.id, env.quiet));
+                self.wait = Await::Conclude {
+                    terminal,
+                    blame,
+                    release: release.is_some(),
                 };
+                Io::Conclude(Conclude {
+                    finish,
+                    release,
+                    claim: env.chain.then(|| super::claim_of(env.handler, env.worker)),
+                    xact: self.claimed.xact,
+                })
+            }
+            Ok(stmt) => {
+                self.wait = Await::Finish { terminal, blame };
                 Io::Run(Stmt::Finish(stmt))
             }
             Err(e) => done(report, Outcome::Failed(e)),
@@ -198,6 +214,17 @@ impl Run {
             }
             (Await::Finish { terminal, .. }, Output::Applied(applied)) => {
                 self.commit(env, applied, terminal)
+            }
+            (Await::Conclude { terminal, .. }, Output::Concluded(c)) => {
+                // A release that should have been part of it (the guess missed) follows.
+                let release_missing = c.applied.release_pending && c.released.is_none();
+                report.next_claim = c.claimed;
+                report.woken.extend(c.released.flatten());
+                let applied = Applied {
+                    release_pending: release_missing,
+                    ..c.applied
+                };
+                self.committed(env, report, applied, terminal)
             }
             (Await::Commit { applied, terminal }, Output::Claimed(next)) => {
                 report.next_claim = Some(next);
@@ -292,7 +319,7 @@ impl Run {
     ) -> Io<'h> {
         match std::mem::replace(&mut self.wait, Await::Nothing) {
             Await::Emit { ran, .. } => self.fault_after_code(env, report, Some(*ran), fault),
-            Await::Finish { blame, .. } => {
+            Await::Finish { blame, .. } | Await::Conclude { blame, .. } => {
                 self.fault_after_code(env, report, blame.map(|r| *r), fault)
             }
             Await::Retry => self.fault_after_code(env, report, None, fault),
@@ -321,6 +348,40 @@ impl Run {
                 done(report, Outcome::Failed(error))
             }
             _ => self.recover(env, None, fault),
+        }
+    }
+
+    /// An [`Io::Conclude`] failed after its commit happened, or when whether it happened is
+    /// unknown.
+    pub(super) fn on_conclude_error<'h>(
+        &mut self,
+        report: &mut Report,
+        failure: ConcludeError,
+    ) -> Io<'h> {
+        let wait = std::mem::replace(&mut self.wait, Await::Nothing);
+        let Await::Conclude {
+            terminal, release, ..
+        } = wait
+        else {
+            panic!("attempt protocol violated: a conclusion failed while waiting for {wait:?}")
+        };
+        match failure {
+            ConcludeError::Committed(e) => {
+                report.committed = true;
+                report.news = self.news.take();
+                report.root_finished = self.claimed.top_level && terminal;
+                if release {
+                    // The release may not have happened: a sweep performs it (at most once).
+                    report.release_error = Some((self.claimed.id, e));
+                    done(report, Outcome::Ran)
+                } else {
+                    done(report, Outcome::Failed(e))
+                }
+            }
+            // As after a failed commit: the run is retried from whatever the database holds.
+            ConcludeError::Unknown(e) | ConcludeError::NotCommitted(e) => {
+                done(report, Outcome::Failed(e))
+            }
         }
     }
 
