@@ -253,7 +253,18 @@ impl<'h> Attempt<'h> {
     /// commit.
     pub(crate) fn handle_conclude_error(&mut self, failure: ConcludeError) {
         let failure = match failure {
-            ConcludeError::NotCommitted(e) => return self.handle_output(Err(e)),
+            ConcludeError::NotCommitted(e) => {
+                // A constraint checked at the commit (deferred) refused what the step wrote:
+                // that is the run's own data, as a value the database refuses is.
+                let integrity = matches!(&e, Error::Postgres(pg)
+                    if pg.code().is_some_and(|c| c.code().starts_with("23")));
+                let fault = if integrity {
+                    Fault::Data(e)
+                } else {
+                    Fault::from(e)
+                };
+                return self.handle_fault(fault);
+            }
             other => other,
         };
         let io = match std::mem::replace(&mut self.state, State::Over) {
@@ -535,3 +546,7 @@ mod rollback_tests;
 #[cfg(test)]
 #[path = "attempt_retry_tests.rs"]
 mod retry_tests;
+
+#[cfg(test)]
+#[path = "attempt_conclude_tests.rs"]
+mod conclude_tests;

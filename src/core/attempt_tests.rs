@@ -83,6 +83,7 @@ pub(super) fn claimed(view: RunView) -> ClaimedRun {
         occurrence: None,
         chain_stop: None,
         version: None,
+        xact: Some(7),
     }
 }
 

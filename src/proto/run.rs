@@ -335,7 +335,10 @@ SELECT (SELECT handler FROM woke) AS woken_parent, (SELECT count(*) FROM notifie
        (SELECT setting FROM async) AS commit_mode";
 
     /// Decodes the release's result in the simple-query format (see `Conclude`).
-    pub(crate) fn decode_simple(&self, messages: Vec<SimpleQueryMessage>) -> Result<Option<String>> {
+    pub(crate) fn decode_simple(
+        &self,
+        messages: Vec<SimpleQueryMessage>,
+    ) -> Result<Option<String>> {
         let row = messages.into_iter().find_map(|m| match m {
             SimpleQueryMessage::Row(row) => Some(row),
             _ => None,

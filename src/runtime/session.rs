@@ -146,7 +146,9 @@ impl<'c> Session<'c> {
                 }
                 self.open = false;
                 self.savepoint = false;
-                let status = c.status_text().and_then(|t| self.tx().simple_query(&t).ok());
+                let status = c
+                    .status_text()
+                    .and_then(|t| self.tx().simple_query(&t).ok());
                 Err(conclude_error(e, status.and_then(Conclude::decode_status)))
             }
         }

@@ -13,6 +13,8 @@ mod chains;
 mod child_failures;
 /// Compensations across a tree, failed rollbacks, operator requests.
 mod compensation;
+/// A step's conclusion in one round trip, when it fails.
+mod conclude;
 /// Bad configuration gives clear errors.
 mod config;
 /// Connecting: fast, clear failures; connection limits.

@@ -15,8 +15,8 @@ use crate::failure::{Failure, StepResult};
 use crate::ids::RunId;
 use crate::proto::{
     Applied, Children, Claim, Claimed, Conclude, Concluded, Emit, Emitted, Finish, Instances,
-    Poison, Postpone,
-    Postponed, Release, RequestRollback, Requested, ScheduleRetry, Statement, StmtId,
+    Poison, Postpone, Postponed, Release, RequestRollback, Requested, ScheduleRetry, Statement,
+    StmtId,
 };
 use crate::saga::{ChildFailures, Emission, StepInfo};
 
