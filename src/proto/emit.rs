@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use postgres::SimpleQueryMessage;
 
-use super::{Cols, GiveUpCheck, Literals, Sql, Statement, StmtId, one, u32_col};
+use super::{Cols, GiveUpCheck, LaunchOne, Literals, Simple, Sql, Statement, StmtId, one, u32_col};
 use crate::error::{Error, Result};
 use crate::ids::{RootId, RunId};
 use crate::saga::Emission;
@@ -283,6 +283,16 @@ fn decode_emitted(row: &impl Cols) -> Result<Emitted> {
 }
 
 impl Emit<'_> {
+    /// Which prepared statement [`Emit::simple_text`] executes: the lean one for a single
+    /// launch from outside a run ([`LaunchOne`]), else the general one.
+    pub(crate) fn simple_kind(&self) -> Simple {
+        if LaunchOne::fits(self) {
+            Simple::Launch
+        } else {
+            Simple::Emit
+        }
+    }
+
     /// The parameters' types, in order, for the `PREPARE` of [`Emit::simple_text`].
     const TYPES: &'static str = "uuid[], text[], text[], bool[], uuid, uuid, int4, text, text, \
         text, text[], int4[], bool, text[], text[], text[], timestamptz[], text[], text[], bool[]";
@@ -303,6 +313,9 @@ impl Emit<'_> {
         prepared: bool,
         in_tx: bool,
     ) -> Option<String> {
+        if self.simple_kind() == Simple::Launch {
+            return LaunchOne::simple_text(self, sql, name, prepared);
+        }
         let args = Literals::default()
             .uuid_array(&self.ids)
             .text_array(&self.topics.iter().map(String::as_str).collect::<Vec<_>>())

@@ -18,6 +18,7 @@ mod conclude;
 mod emit;
 mod finish;
 mod inspect;
+mod launch;
 mod list;
 mod migrate;
 mod operator;
@@ -48,6 +49,7 @@ pub(crate) use inspect::{
     ExternalRun, History, HistoryRow, LockExternal, Message, MessageRow, RootExists, RootRunRow,
     RootRuns, Tree, TreeRow,
 };
+pub(crate) use launch::LaunchOne;
 pub(crate) use list::{
     CountRow, ListRuns, PruneBatch, Pruned, RootCounts, RunById, UnfinishedCounts,
 };
@@ -116,6 +118,8 @@ statements! {
     Claim => Claim::SQL,
     /// [`Emit`]
     Emit => Emit::SQL,
+    /// [`LaunchOne`]
+    LaunchOne => LaunchOne::SQL,
     /// [`KeyedRoot`]
     KeyedRoot => KeyedRoot::SQL,
     /// [`ChainState`]
@@ -285,7 +289,7 @@ pub(crate) struct StmtCache {
     stmts: Vec<Option<postgres::Statement>>,
     /// The names of the statements prepared on the session for the simple-query protocol
     /// (see [`Simple`]), once prepared.
-    simple: [Option<String>; 4],
+    simple: [Option<String>; 5],
 }
 
 /// Statements that also run through the simple-query protocol, as `EXECUTE` of a statement
@@ -298,6 +302,8 @@ pub(crate) enum Simple {
     Finish,
     Emit,
     Release,
+    /// [`LaunchOne`], on a client's pooled connection.
+    Launch,
 }
 
 /// Numbers the statements this process prepares with SQL `PREPARE`: every preparation gets a
@@ -323,7 +329,7 @@ impl StmtCache {
     /// Forgets every statement (after an error that may have left them unusable).
     pub(crate) fn clear(&mut self) {
         self.stmts.clear();
-        self.simple = [None, None, None, None];
+        self.simple = [None, None, None, None, None];
     }
 
     /// The name of statement `s` as prepared on the session, and whether it is prepared yet
@@ -340,6 +346,7 @@ impl StmtCache {
                     Simple::Finish => "finish",
                     Simple::Emit => "emit",
                     Simple::Release => "release",
+                    Simple::Launch => "launch",
                 };
                 (format!("sc_{kind}_{n}"), false)
             }

@@ -82,13 +82,14 @@ pub(crate) fn emit(
     e: &Emit<'_>,
     in_tx: bool,
 ) -> Result<Emitted> {
-    let (name, prepared) = cache.simple_name(Simple::Emit);
+    let kind = e.simple_kind();
+    let (name, prepared) = cache.simple_name(kind);
     let Some(text) = e.simple_text(sql, &name, prepared, in_tx) else {
         return run(client, sql, Some(cache), e);
     };
     let messages = client.simple_query(&text)?;
     if !prepared {
-        cache.prepared(Simple::Emit, name);
+        cache.prepared(kind, name);
     }
     e.decode_simple(messages)
 }

@@ -92,13 +92,14 @@ pub(crate) async fn emit<C>(
 where
     C: GenericClient + Sync,
 {
-    let (name, prepared) = cache.simple_name(Simple::Emit);
+    let kind = e.simple_kind();
+    let (name, prepared) = cache.simple_name(kind);
     let Some(text) = e.simple_text(sql, &name, prepared, true) else {
         return run(client, sql, Some(cache), e).await;
     };
     let messages = client.simple_query(&text).await?;
     if !prepared {
-        cache.prepared(Simple::Emit, name);
+        cache.prepared(kind, name);
     }
     e.decode_simple(messages)
 }

@@ -170,3 +170,70 @@ fn tokio_launches_prepare_once_per_connection() {
         3
     );
 }
+
+/// A root launched on its own (the lean statement) is written exactly as the general
+/// emission statement writes it (a launch inside the caller's transaction): the same message,
+/// runs and history, with the context and key, on a handled topic and on one nobody handles.
+#[test]
+fn a_lone_launch_writes_what_the_general_statement_writes() {
+    use structured_cooperation::{CooperationContext, EmitOptions};
+
+    let mut db = TestDb::new("lean_launch");
+    let client = db.client();
+    client.register_handler("paid", "billing").unwrap();
+    client.register_handler("paid", "shipping").unwrap();
+    let s = db.schema.clone();
+    let mut describe = |root: structured_cooperation::RootId| -> String {
+        let sql = format!(
+            "SELECT concat_ws(' | ',
+                (SELECT string_agg(concat_ws(',', m.root_id = m.id, m.topic, m.payload::text,
+                                             m.parent_run_id, m.parent_instance, m.run_count,
+                                             m.idempotency_key IS NOT NULL, m.context, m.chain,
+                                             m.schedule, m.scheduled_for, m.unhandled), ';')
+                 FROM {s}.messages m WHERE m.id = '{root}'),
+                (SELECT string_agg(concat_ws(',', r.root_id = r.message_id, r.parent_id,
+                                             r.parent_instance, r.handler, r.topic, r.status,
+                                             r.step_index, r.instances, r.pending_children,
+                                             r.wake_at IS NOT NULL, r.context, r.version,
+                                             r.happy_deadline, r.absolute_deadline,
+                                             r.deadline_trace), ';' ORDER BY r.handler)
+                 FROM {s}.runs r WHERE r.root_id = '{root}'),
+                (SELECT string_agg(concat_ws(',', h.message_id = h.root_id, h.run_id, h.event,
+                                             h.handler, h.step, h.next_step, h.worker IS NOT NULL),
+                                   ';' ORDER BY h.seq)
+                 FROM {s}.history h WHERE h.root_id = '{root}'))"
+        );
+        db.admin().query_one(sql.as_str(), &[]).unwrap().get(0)
+    };
+    let mut context = CooperationContext::new();
+    context.set_raw("tenant", r#""acme""#).unwrap();
+    for (topic, n) in [("paid", 1), ("nobody-handles-this", 2)] {
+        let options = |k: &str| {
+            EmitOptions::new()
+                .context(context.clone())
+                .idempotency_key(format!("{k}-{n}"))
+        };
+        let lean = client
+            .launch_with(topic, &json!({ "n": n }), options("lean"))
+            .unwrap();
+        let mut conn = client.pool().get().unwrap();
+        let mut tx = conn.transaction().unwrap();
+        let general = client
+            .launch_in_with(&mut tx, topic, &json!({ "n": n }), options("general"))
+            .unwrap();
+        tx.commit().unwrap();
+        drop(conn);
+        let (lean, general) = (describe(lean), describe(general));
+        assert_eq!(lean, general);
+        assert!(lean.contains("acme"), "{lean}");
+    }
+    // The same key again is the same root, by either statement.
+    let again = client
+        .launch_with(
+            "paid",
+            &json!({ "n": 1 }),
+            EmitOptions::new().idempotency_key("lean-1"),
+        )
+        .unwrap();
+    assert_eq!(describe(again).matches("EMITTED").count(), 1);
+}
