@@ -51,6 +51,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "versions",
         include_str!("../../migrations/0009_versions.sql"),
     ),
+    (
+        10,
+        "history_without_key",
+        include_str!("../../migrations/0010_history_without_key.sql"),
+    ),
 ];
 
 /// The highest migration version this library ships.
