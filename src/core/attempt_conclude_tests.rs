@@ -124,3 +124,23 @@ fn without_conclusions_the_transition_comes_alone() {
     a.handle_user(returned(Ok(Next::Continue), true));
     finish(&mut a);
 }
+
+#[test]
+fn a_release_the_conclusion_did_not_carry_is_left_to_a_sweep() {
+    let f = Fixture::new(&["a"]);
+    let (mut a, _) = concluding(&f, true, true);
+    let next = Claimed::Due(Box::new(claimed(RunView::default())));
+    // The database says the run has a parent to release, though the claim said it had none.
+    a.handle_output(Ok(Output::Concluded(Concluded {
+        applied: Applied {
+            is_root: false,
+            release_pending: true,
+        },
+        released: None,
+        claimed: Some(next.clone()),
+    })));
+    let report = tests::done(&mut a);
+    assert!(report.committed);
+    assert!(report.release_error.is_some(), "a sweep releases it");
+    assert_eq!(report.next_claim, Some(next));
+}
