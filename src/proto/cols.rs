@@ -154,6 +154,16 @@ fn parsed<T>(
     }
 }
 
+/// The first row a simple query returned (of its first statement that returned any).
+pub(crate) fn first_row(
+    messages: Vec<postgres::SimpleQueryMessage>,
+) -> Option<postgres::SimpleQueryRow> {
+    messages.into_iter().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    })
+}
+
 /// `text` as an SQL string literal, whatever the server's `standard_conforming_strings`:
 /// an escape string (`E'...'`) with its backslashes and quotes doubled. For the few engine
 /// values (handler and worker names) sent inside simple-query text.

@@ -9,7 +9,9 @@
 
 use postgres::SimpleQueryMessage;
 
-use super::{Applied, Claim, Claimed, Finish, Literals, Release, Simple, Sql, StmtCache, StmtId};
+use super::{
+    Applied, Claim, Claimed, Finish, Literals, Release, Simple, Sql, StmtCache, StmtId, first_row,
+};
 use crate::error::{Error, Result};
 
 /// The transition of a claimed run, its commit, and what may follow the commit in the same
@@ -128,10 +130,7 @@ impl Conclude<'_> {
     /// Decodes what [`Conclude::status_text`] returned: whether the commit happened, if the
     /// server could say.
     pub(crate) fn decode_status(messages: Vec<SimpleQueryMessage>) -> Option<bool> {
-        let row = messages.into_iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row),
-            _ => None,
-        })?;
+        let row = first_row(messages)?;
         match row.try_get(0).ok()?? {
             "committed" => Some(true),
             "aborted" => Some(false),

@@ -8,7 +8,9 @@ use uuid::Uuid;
 
 use postgres::SimpleQueryMessage;
 
-use super::{Cols, GiveUpCheck, LaunchOne, Literals, Simple, Sql, Statement, StmtId, one, u32_col};
+use super::{
+    Cols, GiveUpCheck, LaunchOne, Literals, Simple, Sql, Statement, StmtId, first_row, one, u32_col,
+};
 use crate::error::{Error, Result};
 use crate::ids::{RootId, RunId};
 use crate::saga::Emission;
@@ -355,10 +357,7 @@ impl Emit<'_> {
 
     /// Decodes what [`Emit::simple_text`] returned.
     pub(crate) fn decode_simple(&self, messages: Vec<SimpleQueryMessage>) -> Result<Emitted> {
-        let row = messages.into_iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row),
-            _ => None,
-        });
+        let row = first_row(messages);
         decode_emitted(
             &row.ok_or_else(|| Error::UnexpectedData("the emission returned no row".to_owned()))?,
         )

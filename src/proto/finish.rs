@@ -8,7 +8,9 @@ use postgres::types::ToSql;
 use postgres::{Row, SimpleQueryMessage};
 use uuid::Uuid;
 
-use super::{Cols, ContextWrite, GiveUpCheck, Literals, Sql, Statement, StmtId, failure_json};
+use super::{
+    Cols, ContextWrite, GiveUpCheck, Literals, Sql, Statement, StmtId, failure_json, first_row,
+};
 use crate::core::Wake;
 use crate::core::decide::Transition;
 use crate::error::{Error, Result};
@@ -255,10 +257,7 @@ impl Finish<'_> {
 
     /// Decodes what [`Finish::simple_text`] returned.
     pub(crate) fn decode_simple(&self, messages: Vec<SimpleQueryMessage>) -> Result<Applied> {
-        let row = messages.into_iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row),
-            _ => None,
-        });
+        let row = first_row(messages);
         let row = row.ok_or_else(|| self.gone())?;
         Ok(Applied {
             is_root: row.opt_uuid("parent_id")?.is_none(),

@@ -41,7 +41,7 @@ use crate::failure::Failure;
 
 pub(crate) use alive::{Heartbeat, Retire, RuntimeRow, Runtimes, Topology, TopologyRow};
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
-pub(crate) use cols::{Cols, Literals, literal};
+pub(crate) use cols::{Cols, Literals, first_row, literal};
 pub(crate) use conclude::{Conclude, Concluded};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register, Served};
 pub(crate) use finish::{Applied, Finish};

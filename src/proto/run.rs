@@ -8,7 +8,8 @@ use postgres::{Row, SimpleQueryMessage};
 use uuid::Uuid;
 
 use super::{
-    Cols, Sql, Statement, StmtId, failure_col, literal, millis_col, one, run_view, u32_col,
+    Cols, Sql, Statement, StmtId, failure_col, first_row, literal, millis_col, one, run_view,
+    u32_col,
 };
 use crate::core::RunView;
 use crate::error::{Error, Result};
@@ -212,10 +213,7 @@ impl Claim<'_> {
 
     /// Decodes what [`Claim::simple_text`] returned.
     pub(crate) fn decode_simple(&self, messages: Vec<SimpleQueryMessage>) -> Result<Claimed> {
-        let row = messages.into_iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row),
-            _ => None,
-        });
+        let row = first_row(messages);
         row.as_ref().map_or(Ok(Claimed::Nothing), decode_claimed)
     }
 }
@@ -339,10 +337,7 @@ SELECT (SELECT handler FROM woke) AS woken_parent, (SELECT count(*) FROM notifie
         &self,
         messages: Vec<SimpleQueryMessage>,
     ) -> Result<Option<String>> {
-        let row = messages.into_iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row),
-            _ => None,
-        });
+        let row = first_row(messages);
         let row = row.ok_or_else(|| {
             Error::UnexpectedData("the release of a parent returned no row".into())
         })?;
