@@ -220,15 +220,22 @@ fn after_an_absolute_deadline_nothing_is_compensated() {
             .unwrap()
     };
     let runtime = db.runtime().subscribe("t", saga).start().unwrap();
+    // The first step must commit before the deadline (else there is nothing to compensate
+    // and the rollback succeeds): two seconds leave room for a machine busy with other tests.
     let id = runtime
         .launch_with(
             "t",
             &json!({}),
-            Deadlines::new().absolute_within(Duration::from_millis(300), "sla"),
+            Deadlines::new().absolute_within(Duration::from_secs(2), "sla"),
         )
         .unwrap();
     let outcome = runtime.wait_for(id, WAIT).unwrap();
     let run = &outcome.runs()[0];
+    assert_eq!(
+        runtime.history(id).unwrap()[2].kind,
+        structured_cooperation::EventKind::Suspended,
+        "the first step committed before the deadline"
+    );
     assert_eq!(run.status, RunStatus::RollbackFailed);
     assert!(
         log.entries().is_empty(),
