@@ -306,6 +306,19 @@ pub(crate) enum Simple {
     Launch,
 }
 
+impl Simple {
+    /// The word in the names it is prepared under (`sc_<kind>_...`).
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            Simple::Claim => "claim",
+            Simple::Finish => "finish",
+            Simple::Emit => "emit",
+            Simple::Release => "release",
+            Simple::Launch => "launch",
+        }
+    }
+}
+
 /// Numbers the statements this process prepares with SQL `PREPARE`: every preparation gets a
 /// name of its own, since one prepared before [`StmtCache::clear`], or by an earlier user of
 /// a pooled connection, may still exist on the session.
@@ -341,13 +354,7 @@ impl StmtCache {
             Some(name) => (name.clone(), true),
             None => {
                 let n = SIMPLE_PREPARED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let kind = match s {
-                    Simple::Claim => "claim",
-                    Simple::Finish => "finish",
-                    Simple::Emit => "emit",
-                    Simple::Release => "release",
-                    Simple::Launch => "launch",
-                };
+                let kind = s.kind();
                 (format!("sc_{kind}_{n}"), false)
             }
         }

@@ -221,11 +221,7 @@ impl Client {
     /// then: the query's implicit transaction failed as a whole). `None` when a parameter
     /// cannot travel in query text.
     async fn emit_alone(&self, conn: &Object, emit: &Emit<'_>) -> Result<Option<Emitted>> {
-        let kind = match emit.simple_kind() {
-            crate::proto::Simple::Launch => "launch",
-            _ => "emit",
-        };
-        let name = format!("sc_{kind}_{}", self.schema());
+        let name = format!("sc_{}_{}", emit.simple_kind().kind(), self.schema());
         let Some(text) = emit.simple_text(self.sql(), &name, true, false) else {
             return Ok(None);
         };
