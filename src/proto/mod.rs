@@ -13,6 +13,7 @@
 
 mod alive;
 mod chain;
+mod claim_many;
 mod cols;
 mod conclude;
 mod emit;
@@ -41,6 +42,7 @@ use crate::failure::Failure;
 
 pub(crate) use alive::{Heartbeat, Retire, RuntimeRow, Runtimes, Topology, TopologyRow};
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
+pub(crate) use claim_many::{ClaimMany, Queued, Seen};
 pub(crate) use cols::{Cols, Literals, first_row, literal};
 pub(crate) use conclude::{Conclude, Concluded};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register, Served};
@@ -116,6 +118,10 @@ macro_rules! statements {
 statements! {
     /// [`Claim`]
     Claim => Claim::SQL,
+    /// [`ClaimMany`]
+    ClaimMany => ClaimMany::SQL,
+    /// [`Seen`]
+    Seen => Seen::SQL,
     /// [`Emit`]
     Emit => Emit::SQL,
     /// [`LaunchOne`]
@@ -289,7 +295,7 @@ pub(crate) struct StmtCache {
     stmts: Vec<Option<postgres::Statement>>,
     /// The names of the statements prepared on the session for the simple-query protocol
     /// (see [`Simple`]), once prepared.
-    simple: [Option<String>; 5],
+    simple: [Option<String>; Simple::COUNT],
 }
 
 /// Statements that also run through the simple-query protocol, as `EXECUTE` of a statement
@@ -304,6 +310,10 @@ pub(crate) enum Simple {
     Release,
     /// [`LaunchOne`], on a client's pooled connection.
     Launch,
+    /// [`ClaimMany`]
+    ClaimMany,
+    /// [`Seen`]
+    Seen,
 }
 
 impl Simple {
@@ -315,8 +325,13 @@ impl Simple {
             Simple::Emit => "emit",
             Simple::Release => "release",
             Simple::Launch => "launch",
+            Simple::ClaimMany => "claim_many",
+            Simple::Seen => "seen",
         }
     }
+
+    /// How many there are.
+    const COUNT: usize = 7;
 }
 
 /// Numbers the statements this process prepares with SQL `PREPARE`: every preparation gets a
@@ -342,7 +357,7 @@ impl StmtCache {
     /// Forgets every statement (after an error that may have left them unusable).
     pub(crate) fn clear(&mut self) {
         self.stmts.clear();
-        self.simple = [None, None, None, None, None];
+        self.simple = Default::default();
     }
 
     /// The name of statement `s` as prepared on the session, and whether it is prepared yet

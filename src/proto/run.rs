@@ -17,30 +17,14 @@ use crate::failure::Failure;
 use crate::ids::{MessageId, RootId, RunId};
 use crate::saga::Occurrence;
 
-/// Claims the oldest runnable run of a handler.
-#[derive(Debug)]
-pub(crate) struct Claim<'a> {
-    pub(crate) handler: &'a str,
-    /// Who claims, for the `SEEN` history entry.
-    pub(crate) worker: &'a str,
-    /// The saga versions the claimer serves, comma-separated: only their runs are claimed
-    /// (and runs from before versions existed, which have none).
-    pub(crate) versions: &'a str,
-}
-
-impl Claim<'_> {
-    /// A run is runnable when it is not terminal and none of its latest step's children are
-    /// unfinished; `runs_runnable` indexes exactly those rows, so the cost does not depend on
-    /// how much finished work the table holds. Only a *due* run (`wake_at` passed) is locked,
-    /// with `FOR UPDATE SKIP LOCKED`, so concurrent workers (in any process) take different
-    /// runs and hold them until the step commits. A run that is not due yet is never locked
-    /// here: a cancellation waking sleeping runs skips locked rows, and must find only runs
-    /// in a step (whose end-of-step check catches it) locked. When nothing is due, the second
-    /// branch says, without locking, how long until the earliest runnable run wakes, so the
-    /// runtime knows when to try again without another query. The first claim of a run writes
-    /// its `SEEN`. Runs of saga versions the claimer does not serve are neither claimed nor
-    /// waited for: they wait for a runtime that serves them.
-    pub(crate) const SQL: &'static str = "
+/// The claim's text, for one run ([`Claim::SQL`]) or for a batch's several
+/// (`ClaimMany::SQL`): how many it locks, and for several, which one's `SEEN` it writes (the
+/// first's: the others' are written when their steps start, see `ClaimMany`), which are
+/// owed one, and in what order they come back.
+macro_rules! claim_sql {
+    ($limit:literal, $first:literal, $seen_only:literal, $owed:literal, $owed_null:literal,
+     $order:literal) => {
+        concat!("
 WITH clock AS (SELECT clock_timestamp() AS t),
 c AS (
     SELECT r.id, r.root_id, r.message_id, r.topic, r.status, r.step_index,
@@ -54,14 +38,14 @@ c AS (
       AND r.wake_at <= (SELECT t FROM clock)
       AND (r.version IS NULL OR r.version = ANY (string_to_array($3, ',')))
     ORDER BY r.wake_at, r.id
-    LIMIT 1
+    LIMIT ", $limit, "
     FOR UPDATE SKIP LOCKED
-),
+),", $first, "
 seen AS (
     INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, worker)
     SELECT c.root_id, c.id, c.message_id, 'SEEN', $1, $2
     FROM c
-    WHERE NOT c.seen
+    WHERE NOT c.seen", $seen_only, "
 ),
 later AS (
     SELECT greatest(0, ceil(extract(epoch FROM r.wake_at - clock.t) * 1000))::int8 AS wait_ms
@@ -73,7 +57,7 @@ later AS (
     ORDER BY r.wake_at
     LIMIT 1
 )
-SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
+(SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
        c.step_iteration, c.instances, c.failed_children, c.cfh_iteration, c.rollback_cursor,
        c.waited_instance, c.rollback_seen, c.failure::text AS failure,
        true AS due, 0::int8 AS wait_ms,
@@ -97,15 +81,43 @@ SELECT c.id, c.root_id, c.message_id, c.topic, c.status, c.step_index,
        coalesce(c.version, nullif(split_part($3, ',', 1), '')) AS version,
        -- The claiming transaction's id (its row lock gave it one): after an error in a
        -- round trip that also commits, it tells whether the commit happened.
-       pg_current_xact_id()::text AS xact
+       pg_current_xact_id()::text AS xact", $owed, "
 FROM c JOIN __S__.messages m ON m.id = c.message_id
     -- An occurrence of a stopped chain that has not started gives up.
-    LEFT JOIN __S__.chain_stops s ON s.chain = m.chain AND NOT c.seen
+    LEFT JOIN __S__.chain_stops s ON s.chain = m.chain AND NOT c.seen", $order, ")
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        false, later.wait_ms, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL
-FROM later";
+       NULL, NULL, NULL, NULL, NULL", $owed_null, "
+FROM later")
+    };
+}
+pub(super) use claim_sql;
+
+/// Claims the oldest runnable run of a handler.
+#[derive(Debug)]
+pub(crate) struct Claim<'a> {
+    pub(crate) handler: &'a str,
+    /// Who claims, for the `SEEN` history entry.
+    pub(crate) worker: &'a str,
+    /// The saga versions the claimer serves, comma-separated: only their runs are claimed
+    /// (and runs from before versions existed, which have none).
+    pub(crate) versions: &'a str,
+}
+
+impl Claim<'_> {
+    /// A run is runnable when it is not terminal and none of its latest step's children are
+    /// unfinished; `runs_runnable` indexes exactly those rows, so the cost does not depend on
+    /// how much finished work the table holds. Only a *due* run (`wake_at` passed) is locked,
+    /// with `FOR UPDATE SKIP LOCKED`, so concurrent workers (in any process) take different
+    /// runs and hold them until the step commits. A run that is not due yet is never locked
+    /// here: a cancellation waking sleeping runs skips locked rows, and must find only runs
+    /// in a step (whose end-of-step check catches it) locked. When nothing is due, the second
+    /// branch says, without locking, how long until the earliest runnable run wakes, so the
+    /// runtime knows when to try again without another query. The first claim of a run writes
+    /// its `SEEN`. Runs of saga versions the claimer does not serve are neither claimed nor
+    /// waited for: they wait for a runtime that serves them.
+    pub(crate) const SQL: &'static str = claim_sql!("1", "", "", "", "", "");
 }
 
 /// What a claim found.
@@ -219,7 +231,7 @@ impl Claim<'_> {
 }
 
 /// The claim's one row, in either format.
-fn decode_claimed(row: &impl Cols) -> Result<Claimed> {
+pub(super) fn decode_claimed(row: &impl Cols) -> Result<Claimed> {
     if !row.bool("due")? {
         return Ok(Claimed::Later(millis_col(row, "wait_ms")?));
     }

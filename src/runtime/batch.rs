@@ -5,6 +5,13 @@
 //! drivers hold the reports of attempts whose writes wait for that commit and settle them
 //! after it (or drop them, if the batch was rolled back: their runs are simply retried).
 
+use std::collections::VecDeque;
+
+use postgres::SimpleQueryMessage;
+
+use crate::error::Result;
+use crate::proto::{Claim, ClaimMany, Claimed, Queued, Savepoint, Seen, Simple, Sql, StmtCache};
+
 /// Releases the finished step's savepoint (`proto::Savepoint`), so savepoints never nest.
 const RELEASE: &str = "RELEASE SAVEPOINT structured_cooperation_step; ";
 
@@ -28,6 +35,28 @@ pub(crate) struct Batch {
     pending: usize,
     /// What happened to the held reports since the last look (see [`Batch::take`]).
     event: Settle,
+    /// Runs claimed (locked) in the open transaction, waiting for their steps.
+    queue: VecDeque<Queued>,
+}
+
+/// One claim's round trip, as [`Batch::claim_trip`] planned it.
+#[derive(Debug)]
+pub(crate) struct ClaimTrip {
+    /// The query text.
+    pub(crate) text: String,
+    kind: TripKind,
+    /// The statement the text prepares on the session, if it does.
+    prepares: Option<(Simple, String)>,
+}
+
+#[derive(Debug)]
+enum TripKind {
+    /// [`Claim`]: one run.
+    One,
+    /// [`ClaimMany`]: the first run, and others to queue.
+    Many,
+    /// No claim: the next run waiting in the batch.
+    Queued(Box<crate::proto::ClaimedRun>),
 }
 
 impl Batch {
@@ -36,7 +65,106 @@ impl Batch {
             size: size.max(1),
             pending: 0,
             event: Settle::Nothing,
+            queue: VecDeque::new(),
         }
+    }
+
+    /// How many runs the next claim may lock: as many steps as the batch has room for,
+    /// counting its own. `after`: `None` for a claim that ends no step, else whether the
+    /// claim's prefix commits (see [`next_claim`](Self::next_claim)).
+    fn room(&self, after: Option<bool>) -> usize {
+        let used = match after {
+            None => self.pending,
+            Some(true) => 0,
+            Some(false) => self.pending + 1,
+        };
+        self.size.saturating_sub(used).max(1)
+    }
+
+    /// Plans the round trip that claims the next run after `prefix` (see `after` at
+    /// [`room`](Self::room)): with one step per commit, [`Claim`]; in a batch, the next
+    /// run claimed already (only its savepoint, and its `SEEN` if owed, are sent), or a
+    /// [`ClaimMany`] of as many runs as the batch has room for. Answer with
+    /// [`claim_answer`](Self::claim_answer).
+    pub(crate) fn claim_trip(
+        &mut self,
+        sql: &Sql,
+        cache: &StmtCache,
+        c: &Claim<'_>,
+        prefix: &str,
+        after: Option<bool>,
+    ) -> ClaimTrip {
+        if after == Some(true) {
+            // Committed runs were all stepped through; nothing is locked any more.
+            self.queue.clear();
+        }
+        if let Some(next) = self.queue.pop_front() {
+            let mut text = String::from(prefix);
+            let mut prepares = None;
+            if next.seen_owed {
+                let (seen, prepared) = Seen::simple_text(&next.run, c, sql, cache);
+                text.push_str(&seen);
+                prepares = prepared;
+            }
+            text.push_str(Savepoint::SQL);
+            return ClaimTrip {
+                text,
+                kind: TripKind::Queued(next.run),
+                prepares,
+            };
+        }
+        let room = self.room(after);
+        let (simple, kind) = if room > 1 {
+            (Simple::ClaimMany, TripKind::Many)
+        } else {
+            (Simple::Claim, TripKind::One)
+        };
+        let (name, prepared) = cache.simple_name(simple);
+        let text = match kind {
+            TripKind::Many => ClaimMany::simple_text(c, sql, &name, prepared, prefix, room),
+            _ => c.simple_text(sql, &name, prepared, prefix),
+        };
+        ClaimTrip {
+            text,
+            kind,
+            prepares: (!prepared).then_some((simple, name)),
+        }
+    }
+
+    /// What the round trip [`claim_trip`](Self::claim_trip) planned found (`answer`: what
+    /// the server returned); queues the other runs a claim of several locked.
+    pub(crate) fn claim_answer(
+        &mut self,
+        c: &Claim<'_>,
+        trip: ClaimTrip,
+        answer: Result<Vec<SimpleQueryMessage>>,
+        cache: &mut StmtCache,
+    ) -> Result<Claimed> {
+        let messages = match answer {
+            Ok(messages) => messages,
+            Err(e) => {
+                // The transaction is lost: so are the locks on the runs waiting.
+                self.queue.clear();
+                return Err(e);
+            }
+        };
+        if let Some((simple, name)) = trip.prepares {
+            cache.prepared(simple, name);
+        }
+        match trip.kind {
+            TripKind::One => c.decode_simple(messages),
+            TripKind::Many => {
+                let (claimed, queued) = ClaimMany::decode_simple(messages)?;
+                self.queue.extend(queued);
+                Ok(claimed)
+            }
+            TripKind::Queued(run) => Ok(Claimed::Due(run)),
+        }
+    }
+
+    /// The transaction ended: the runs waiting in it are unlocked, and forgotten.
+    pub(crate) fn unlocked(&mut self) {
+        self.queue.clear();
     }
 
     /// Whether finished steps wait for the batch's commit: the attempt that just ended is

@@ -6,9 +6,7 @@
 use postgres::{GenericClient, Row};
 
 use crate::error::Result;
-use crate::proto::{
-    Applied, Claim, Claimed, Emit, Emitted, Finish, Simple, Sql, Statement, StmtCache,
-};
+use crate::proto::{Applied, Emit, Emitted, Finish, Simple, Sql, Statement, StmtCache};
 
 /// Executes `s` and returns its rows, with the driver's own error (step code's helpers that
 /// promise a `postgres::Error` need it unconverted).
@@ -53,23 +51,6 @@ pub(crate) fn run<S: Statement>(
 ) -> Result<S::Output> {
     let rows = query(client, sql, cache, s)?;
     s.decode(rows)
-}
-
-/// Claims through the simple-query protocol, after `prefix` (see [`Claim::simple_text`]), in
-/// one round trip; prepares the claim on the session the first time.
-pub(crate) fn claim(
-    client: &mut impl GenericClient,
-    sql: &Sql,
-    cache: &mut StmtCache,
-    c: &Claim<'_>,
-    prefix: &str,
-) -> Result<Claimed> {
-    let (name, prepared) = cache.simple_name(Simple::Claim);
-    let messages = client.simple_query(&c.simple_text(sql, &name, prepared, prefix))?;
-    if !prepared {
-        cache.prepared(Simple::Claim, name);
-    }
-    c.decode_simple(messages)
 }
 
 /// Writes an emission through the simple-query protocol (see [`Emit::simple_text`]: generic

@@ -72,22 +72,27 @@ impl<'c> Session<'c> {
     pub(crate) fn end(&mut self, statement: &str) -> Result<Output> {
         self.open = false;
         self.savepoint = false;
+        self.batch.unlocked();
         self.tx().batch_execute(statement)?;
         Ok(Output::Done)
     }
 
-    /// Claims in a new transaction (or, after a commit, in the next one).
+    /// Claims in a new transaction (or, after a commit, in the next one), or takes the
+    /// next run a batch claimed already (see [`Batch::claim_trip`]; `after` as there).
     pub(crate) fn claim(
         &mut self,
         sql: &Sql,
         cache: &mut StmtCache,
         c: &Claim<'_>,
         prefix: &str,
+        after: Option<bool>,
     ) -> Result<Output> {
         self.open = true;
-        let claimed = exec::claim(self.tx(), sql, cache, c, prefix).map(Output::Claimed);
+        let trip = self.batch.claim_trip(sql, cache, c, prefix, after);
+        let answer = self.tx().simple_query(&trip.text).map_err(Error::from);
+        let claimed = self.batch.claim_answer(c, trip, answer, cache);
         self.savepoint = claimed.is_ok();
-        claimed
+        claimed.map(Output::Claimed)
     }
 
     /// Persists the transition, releasing the step's savepoint first in the same round trip:

@@ -248,7 +248,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 Io::Claim(c) => {
                     // The session's first claim finds the transaction `Session::begin` opened.
                     let prefix = if self.session.open { "" } else { "BEGIN; " };
-                    attempt.handle_output(self.session.claim(sql, self.cache, &c, prefix));
+                    attempt.handle_output(self.session.claim(sql, self.cache, &c, prefix, None));
                 }
                 Io::CommitClaim(_) if self.handler.owes() => {
                     // A failure is owed to a run of the handler (its attempt lost its
@@ -261,7 +261,9 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 Io::CommitClaim(c) => {
                     // The commit, or (while the batch has room) only the step's savepoint.
                     let (prefix, commits) = self.session.batch.next_claim(self.session.savepoint);
-                    let out = self.session.claim(sql, self.cache, &c, prefix);
+                    let out = self
+                        .session
+                        .claim(sql, self.cache, &c, prefix, Some(commits));
                     self.session.batch.claimed(commits, out.is_ok());
                     attempt.handle_output(out);
                 }

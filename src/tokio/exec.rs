@@ -4,9 +4,7 @@
 use tokio_postgres::{GenericClient, Row};
 
 use crate::error::Result;
-use crate::proto::{
-    Applied, Claim, Claimed, Emit, Emitted, Finish, Simple, Sql, Statement, StmtCache,
-};
+use crate::proto::{Applied, Emit, Emitted, Finish, Simple, Sql, Statement, StmtCache};
 
 /// Executes `s` and returns its rows, with the driver's own error.
 ///
@@ -58,27 +56,6 @@ where
 {
     let rows = query(client, sql, cache, s).await?;
     s.decode(rows)
-}
-
-/// Claims through the simple-query protocol, after `prefix`, in one round trip (as
-/// `runtime::exec::claim` does).
-pub(crate) async fn claim<C>(
-    client: &C,
-    sql: &Sql,
-    cache: &mut StmtCache,
-    c: &Claim<'_>,
-    prefix: &str,
-) -> Result<Claimed>
-where
-    C: GenericClient + Sync,
-{
-    let (name, prepared) = cache.simple_name(Simple::Claim);
-    let text = c.simple_text(sql, &name, prepared, prefix);
-    let messages = client.simple_query(&text).await?;
-    if !prepared {
-        cache.prepared(Simple::Claim, name);
-    }
-    c.decode_simple(messages)
 }
 
 /// Writes a step's emission through the simple-query protocol, in its transaction (as

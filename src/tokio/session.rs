@@ -33,23 +33,31 @@ impl<'c> Session<'c> {
     pub(super) async fn end(&mut self, statement: &str) -> Result<Output> {
         self.open = false;
         self.savepoint = false;
+        self.batch.unlocked();
         self.tx().batch_execute(statement).await?;
         Ok(Output::Done)
     }
 
+    /// Claims, or takes the next run a batch claimed already (see the blocking worker's
+    /// `Session::claim`).
     pub(super) async fn claim(
         &mut self,
         sql: &Sql,
         cache: &mut StmtCache,
         c: &Claim<'_>,
         prefix: &str,
+        after: Option<bool>,
     ) -> Result<Output> {
         self.open = true;
-        let claimed = exec::claim(self.tx(), sql, cache, c, prefix)
+        let trip = self.batch.claim_trip(sql, cache, c, prefix, after);
+        let answer = self
+            .tx()
+            .simple_query(&trip.text)
             .await
-            .map(Output::Claimed);
+            .map_err(Error::from);
+        let claimed = self.batch.claim_answer(c, trip, answer, cache);
         self.savepoint = claimed.is_ok();
-        claimed
+        claimed.map(Output::Claimed)
     }
 
     /// Persists the transition, releasing the step's savepoint first in the same round trip

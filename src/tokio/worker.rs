@@ -374,7 +374,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
             match attempt.poll() {
                 Io::Claim(c) => {
                     let prefix = if self.session.open { "" } else { "BEGIN; " };
-                    let out = self.session.claim(sql, self.cache, &c, prefix).await;
+                    let out = self.session.claim(sql, self.cache, &c, prefix, None).await;
                     attempt.handle_output(out);
                 }
                 Io::CommitClaim(_) if self.handler.owes() => {
@@ -388,7 +388,10 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 Io::CommitClaim(c) => {
                     // The commit, or (while the batch has room) only the step's savepoint.
                     let (prefix, commits) = self.session.batch.next_claim(self.session.savepoint);
-                    let out = self.session.claim(sql, self.cache, &c, prefix).await;
+                    let out = self
+                        .session
+                        .claim(sql, self.cache, &c, prefix, Some(commits))
+                        .await;
                     self.session.batch.claimed(commits, out.is_ok());
                     attempt.handle_output(out);
                 }

@@ -50,10 +50,35 @@ fn a_failing_step_rolls_back_alone_in_its_batch<E: Engine>() {
         db.query_i64(&format!("SELECT count(*) FROM {s}.done WHERE n % 10 = 3")),
         0
     );
+    every_run_seen_once(&mut db, 100);
     runtime.shutdown().unwrap();
 }
 
 both!(a_failing_step_rolls_back_alone_in_its_batch);
+
+/// A batch claims several runs at once and writes each one's `SEEN` as its step starts: a
+/// batch that ends early (a step rolled back to its savepoint commits the others) unlocks
+/// the runs it had not reached without a trace, so every run has exactly one.
+fn every_run_seen_once(db: &mut TestDb, runs: i64) {
+    let s = db.schema.clone();
+    assert_eq!(
+        db.query_i64(&format!(
+            "SELECT count(DISTINCT run_id) FROM {s}.history WHERE event = 'SEEN'"
+        )),
+        runs
+    );
+    assert_eq!(
+        db.query_i64(&format!(
+            "SELECT count(*) FROM (SELECT run_id FROM {s}.history WHERE event = 'SEEN' \
+             GROUP BY run_id HAVING count(*) > 1) twice"
+        )),
+        0
+    );
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {s}.runs")),
+        runs
+    );
+}
 
 fn trees_run_batched<E: Engine>() {
     let mut db = TestDb::new("batched_trees");
@@ -102,6 +127,7 @@ fn trees_run_batched<E: Engine>() {
         db.query_i64(&format!("SELECT count(*) FROM {s}.done")),
         20 * 6
     );
+    every_run_seen_once(&mut db, 20 * 6);
     runtime.shutdown().unwrap();
 }
 
