@@ -537,7 +537,7 @@ impl Persist {
 
 #[cfg(test)]
 #[path = "attempt_tests.rs"]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 #[path = "attempt_rollback_tests.rs"]

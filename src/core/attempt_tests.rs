@@ -63,7 +63,7 @@ impl Fixture {
     }
 }
 
-pub(super) fn claimed(view: RunView) -> ClaimedRun {
+pub(crate) fn claimed(view: RunView) -> ClaimedRun {
     ClaimedRun {
         id: RunId::from_uuid(new_uuid()),
         root_id: RootId::from_uuid(new_uuid()),

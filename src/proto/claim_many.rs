@@ -27,10 +27,13 @@ pub(crate) struct Queued {
 }
 
 impl ClaimMany {
-    /// As [`Claim::SQL`], locking up to `$4` due runs; answers them in claiming order, the
-    /// first with its `SEEN` written, the others saying whether they are owed one.
+    /// As [`Claim::SQL`], locking up to `__LIMIT__` due runs; answers them in claiming
+    /// order, the first with its `SEEN` written, the others saying whether they are owed one.
+    /// The limit is written into the text when it is prepared, not passed: with a parameter
+    /// there, PostgreSQL's generic plan assumes a tenth of the runnable runs are wanted, finds
+    /// itself costlier than a plan made for the value, and plans every execution afresh.
     pub(crate) const SQL: &'static str = claim_sql!(
-        "$4",
+        "__LIMIT__",
         "
 first AS MATERIALIZED (SELECT id FROM c ORDER BY wake_at, id LIMIT 1),",
         "
@@ -42,8 +45,9 @@ first AS MATERIALIZED (SELECT id FROM c ORDER BY wake_at, id LIMIT 1),",
 ORDER BY c.wake_at, c.id"
     );
 
-    /// The claim of up to `limit` runs as simple-query text after `prefix`, then the first
-    /// one's savepoint (as [`Claim::simple_text`]); prepares it as `name` unless `prepared`.
+    /// The claim as simple-query text after `prefix`, then the first run's savepoint (as
+    /// [`Claim::simple_text`]); prepares it as `name`, for up to `limit` runs, unless
+    /// `prepared` (a session's batches all have the same size).
     pub(crate) fn simple_text(
         c: &Claim<'_>,
         sql: &Sql,
@@ -55,12 +59,13 @@ ORDER BY c.wake_at, c.id"
         let mut text = String::from(prefix);
         if !prepared {
             text.push_str(&format!(
-                "PREPARE {name} (text, text, text, int8) AS {}; ",
+                "PREPARE {name} (text, text, text) AS {}; ",
                 sql.text(StmtId::ClaimMany)
+                    .replace("__LIMIT__", &limit.to_string())
             ));
         }
         text.push_str(&format!(
-            "EXECUTE {name}({}, {}, {}, {limit}); {}",
+            "EXECUTE {name}({}, {}, {}); {}",
             literal(c.handler),
             literal(c.worker),
             literal(c.versions),

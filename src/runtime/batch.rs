@@ -113,15 +113,17 @@ impl Batch {
                 prepares,
             };
         }
-        let room = self.room(after);
-        let (simple, kind) = if room > 1 {
+        // A claim of several takes a whole batch's worth even when fewer steps are left in
+        // this one (its text is prepared once per session): those it does not reach are
+        // unlocked, untouched, when the batch commits.
+        let (simple, kind) = if self.room(after) > 1 {
             (Simple::ClaimMany, TripKind::Many)
         } else {
             (Simple::Claim, TripKind::One)
         };
         let (name, prepared) = cache.simple_name(simple);
         let text = match kind {
-            TripKind::Many => ClaimMany::simple_text(c, sql, &name, prepared, prefix, room),
+            TripKind::Many => ClaimMany::simple_text(c, sql, &name, prepared, prefix, self.size),
             _ => c.simple_text(sql, &name, prepared, prefix),
         };
         ClaimTrip {
@@ -248,7 +250,94 @@ impl Batch {
 
 #[cfg(test)]
 mod tests {
-    use super::{Batch, Settle};
+    use super::{Batch, Settle, TripKind};
+    use crate::core::RunView;
+    use crate::core::attempt::tests::claimed;
+    use crate::proto::{Claim, Queued, Sql, StmtCache};
+
+    const CLAIM: Claim<'static> = Claim {
+        handler: "h",
+        worker: "w",
+        versions: "v1",
+    };
+
+    fn queued(seen_owed: bool) -> Queued {
+        Queued {
+            run: Box::new(claimed(RunView::default())),
+            seen_owed,
+        }
+    }
+
+    #[test]
+    fn one_step_per_commit_claims_one_run() {
+        let (sql, cache) = (Sql::new("s"), StmtCache::default());
+        let mut b = Batch::new(1);
+        let trip = b.claim_trip(&sql, &cache, &CLAIM, "BEGIN; ", None);
+        assert!(matches!(trip.kind, TripKind::One));
+        assert!(
+            trip.text.starts_with("BEGIN; PREPARE sc_claim_"),
+            "{}",
+            trip.text
+        );
+        assert!(trip.text.contains("LIMIT 1\n"), "{}", trip.text);
+    }
+
+    #[test]
+    fn a_batch_claims_its_size_and_steps_through_what_it_claimed() {
+        let (sql, cache) = (Sql::new("s"), StmtCache::default());
+        let mut b = Batch::new(4);
+        let trip = b.claim_trip(&sql, &cache, &CLAIM, "BEGIN; ", None);
+        assert!(matches!(trip.kind, TripKind::Many));
+        assert!(trip.text.contains("LIMIT 4\n"), "{}", trip.text);
+        assert!(trip.text.ends_with("SAVEPOINT structured_cooperation_step"));
+        b.queue.extend([queued(true), queued(false)]);
+
+        // The next step's claim is the first run waiting: its SEEN, then its savepoint.
+        let (prefix, commits) = b.next_claim(true);
+        let trip = b.claim_trip(&sql, &cache, &CLAIM, prefix, Some(commits));
+        assert!(matches!(trip.kind, TripKind::Queued(_)));
+        assert!(
+            trip.text
+                .starts_with("RELEASE SAVEPOINT structured_cooperation_step; PREPARE sc_seen_")
+        );
+        assert!(trip.text.ends_with("SAVEPOINT structured_cooperation_step"));
+        b.claimed(commits, true);
+        // A run seen before gets only its savepoint.
+        let (prefix, commits) = b.next_claim(false);
+        let trip = b.claim_trip(&sql, &cache, &CLAIM, prefix, Some(commits));
+        assert!(matches!(trip.kind, TripKind::Queued(_)));
+        assert_eq!(trip.text, "SAVEPOINT structured_cooperation_step");
+        b.claimed(commits, true);
+        // The batch has room for one more step: nothing waits, so one run is claimed.
+        let (prefix, commits) = b.next_claim(false);
+        let trip = b.claim_trip(&sql, &cache, &CLAIM, prefix, Some(commits));
+        assert!(matches!(trip.kind, TripKind::One), "{trip:?}");
+        b.claimed(commits, true);
+        // The batch is full: it commits, and a new one claims four again.
+        let (prefix, commits) = b.next_claim(false);
+        assert!(commits);
+        let trip = b.claim_trip(&sql, &cache, &CLAIM, prefix, Some(commits));
+        assert!(matches!(trip.kind, TripKind::Many));
+        assert!(
+            trip.text
+                .starts_with("COMMIT; BEGIN; PREPARE sc_claim_many_")
+        );
+    }
+
+    #[test]
+    fn runs_waiting_are_forgotten_when_their_transaction_ends() {
+        let (sql, cache) = (Sql::new("s"), StmtCache::default());
+        let mut b = Batch::new(8);
+        b.queue.extend([queued(true), queued(true)]);
+        b.unlocked();
+        let trip = b.claim_trip(&sql, &cache, &CLAIM, "BEGIN; ", None);
+        assert!(matches!(trip.kind, TripKind::Many));
+        // A claim that commits first starts afresh too.
+        b.queue.extend([queued(true)]);
+        let trip = b.claim_trip(&sql, &cache, &CLAIM, "COMMIT; BEGIN; ", Some(true));
+        assert!(matches!(trip.kind, TripKind::Many));
+        assert!(b.queue.is_empty());
+    }
 
     #[test]
     fn one_step_per_commit_always_commits() {
