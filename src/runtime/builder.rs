@@ -119,14 +119,15 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Steps per commit (opt-in; 1 by default): a worker draining a handler runs up to `k`
-    /// steps, of different runs of that handler, in one transaction, each after its own
-    /// claim and under its own savepoint, and commits them together; at most 32.
+    /// Steps per commit (opt-in; 1 by default): a worker draining a handler claims up to `k`
+    /// of its runnable runs with one statement, runs their steps one after another in that
+    /// transaction, each under its own savepoint, and commits them together; at most 32.
     ///
     /// A step that fails rolls back only to its savepoint and its failure is recorded as
-    /// usual. What changes: a step's writes (its own, and the messages it emits) become
-    /// visible, and its runs' row locks are released, only when the batch commits, i.e.
-    /// after up to `k - 1` further steps; a crash or lost connection loses (and so retries)
+    /// usual (the batch then commits the steps before it; the runs it had not reached are
+    /// unlocked untouched, and claimed again). What changes: a step's writes (its own, and
+    /// the messages it emits) become visible, and the batch's row locks are released, only
+    /// when the batch commits, i.e. after up to `k - 1` further steps; a crash or lost connection loses (and so retries)
     /// the whole batch, not one step; and a step that finishes a child commits the batch at
     /// once (its parent is released after the commit). Effects stay exactly once: every step
     /// of a batch commits, or none does. Use it for handlers with many short, independent
