@@ -3,11 +3,17 @@
 //! the batch at once, to release their parents) run as usual. Process kills: see
 //! `tests/multiprocess/batched.rs`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
-use structured_cooperation::{RunStatus, StepContext, StepError, StepResult};
+use structured_cooperation::{
+    Deadlines, EmitOptions, RunStatus, StepContext, StepError, StepResult,
+};
 
 use crate::engine::{Engine, Served, both};
-use crate::util::{TestDb, WAIT};
+use crate::util::{Gate, TestDb, WAIT, eventually};
 
 fn a_failing_step_rolls_back_alone_in_its_batch<E: Engine>() {
     let mut db = TestDb::new("batched_failure");
@@ -132,6 +138,81 @@ fn trees_run_batched<E: Engine>() {
 }
 
 both!(trees_run_batched);
+
+/// A batch claims its runs together; one waiting for its turn whose deadline passes meanwhile
+/// still runs its step, but the step's end finds the deadline missed: its writes are rolled
+/// back and the run gives up, as when a deadline passes during a step.
+fn a_deadline_missed_while_waiting_in_a_batch_gives_up<E: Engine>() {
+    let mut db = TestDb::new("batched_deadline");
+    let s = db.schema.clone();
+    let client = db.client();
+    db.exec(&format!("CREATE TABLE {s}.done (n int8 PRIMARY KEY)"));
+    client.register_handler("queued", "queued-job").unwrap();
+    // Both wait before any runtime starts, so that one claim takes both: `first` (launched
+    // first, so stepped first) and `late`, whose deadline passes while `first` is held.
+    let first = client.launch("queued", &json!({ "n": 1 })).unwrap();
+    let within = Duration::from_millis(500);
+    let launched = Instant::now();
+    let late = client
+        .launch_with(
+            "queued",
+            &json!({ "n": 2 }),
+            EmitOptions::new().deadlines(Deadlines::new().happy_path_within(within, "test")),
+        )
+        .unwrap();
+    let gate = Gate::default();
+    let held = gate.clone();
+    let ran_late = Arc::new(AtomicBool::new(false));
+    let ran = ran_late.clone();
+    let insert = format!("INSERT INTO {s}.done (n) VALUES ($1)");
+    let saga = E::saga("queued-job")
+        .step(
+            move |ctx: &mut StepContext<'_, E::X>, payload: &Value| -> StepResult {
+                let n = payload["n"].as_i64().unwrap_or(-1);
+                if n == 1 {
+                    held.pass();
+                } else {
+                    ran.store(true, Ordering::SeqCst);
+                }
+                E::execute(ctx, &insert, &[&n])?;
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap();
+    let runtime = E::runtime(&db)
+        .workers(1)
+        .steps_per_commit(4)
+        .subscribe("queued", saga)
+        .start()
+        .unwrap();
+    gate.wait_for_waiting(1);
+    eventually("the deadline to pass", || {
+        launched.elapsed() > within + Duration::from_millis(100)
+    });
+    gate.open();
+    assert!(runtime.wait_for(first, WAIT).unwrap().is_committed());
+    let outcome = runtime.wait_for(late, WAIT).unwrap();
+    let run = &outcome.runs()[0];
+    assert_eq!(run.status, RunStatus::RolledBack, "{outcome:?}");
+    let failure = run.failure.clone().unwrap();
+    assert_eq!(failure.kind(), "structured_cooperation::MissedDeadline");
+    // Its step ran (after the deadline: it was claimed before), and what it wrote was
+    // rolled back.
+    assert!(ran_late.load(Ordering::SeqCst));
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {s}.done WHERE n = 2")),
+        0
+    );
+    assert_eq!(
+        db.query_i64(&format!("SELECT count(*) FROM {s}.done WHERE n = 1")),
+        1
+    );
+    every_run_seen_once(&mut db, 2);
+    runtime.shutdown().unwrap();
+}
+
+both!(a_deadline_missed_while_waiting_in_a_batch_gives_up);
 
 #[test]
 fn steps_per_commit_is_bounded() {
