@@ -1,17 +1,16 @@
 //! Claiming several runs at once, for a batch of steps per commit (`steps_per_commit`): one
-//! statement locks as many runnable runs as the batch has room for, and the worker steps
-//! through them one by one in the same transaction, instead of claiming each with a
-//! statement of its own (whose fixed cost, not the rows it reads, is most of a claim's).
+//! statement locks as many runnable runs as the batch holds, and the worker steps through
+//! them one by one in the same transaction, instead of claiming each with a statement of its
+//! own (whose fixed cost, not the rows it reads, is most of a claim's).
 //!
-//! Only the first run's `SEEN` is written with the claim. Each of the others gets its own
-//! (`Seen`) right before its step starts, in the round trip that takes the step's savepoint:
-//! the batch may end early (a step rolled back to its savepoint commits what came before),
-//! and then the runs still waiting are simply unlocked, with no trace of having been seen.
-
-use uuid::Uuid;
+//! The claim writes every run's `SEEN`, as a claim of one does. A batch may end before it
+//! reaches all of them (a step rolled back to its savepoint commits what came before; a
+//! finished child commits at once; the drain ends): the `SEEN` of the runs it did not reach
+//! is then deleted ([`Unseen`]) in the same round trip, before the commit, so that nothing
+//! says they were seen; they are simply unlocked, and claimed again later.
 
 use super::run::{claim_sql, decode_claimed};
-use super::{Claim, Claimed, ClaimedRun, Cols, Simple, Sql, StmtCache, StmtId, literal};
+use super::{Claim, Claimed, ClaimedRun, Cols, Sql, StmtId, literal};
 use crate::error::{Error, Result};
 
 /// [`Claim`] for up to `$4` runs, in the order they are to be stepped through.
@@ -22,24 +21,23 @@ pub(crate) struct ClaimMany;
 #[derive(Debug)]
 pub(crate) struct Queued {
     pub(crate) run: Box<ClaimedRun>,
-    /// Its `SEEN` is still to be written (see [`Seen`]).
-    pub(crate) seen_owed: bool,
+    /// The claim wrote its first `SEEN`: to be deleted if its step does not start (see
+    /// [`Unseen`]).
+    pub(crate) seen_written: bool,
 }
 
 impl ClaimMany {
-    /// As [`Claim::SQL`], locking up to `__LIMIT__` due runs; answers them in claiming
-    /// order, the first with its `SEEN` written, the others saying whether they are owed one.
+    /// As [`Claim::SQL`], locking up to `__LIMIT__` due runs and writing each one's `SEEN`;
+    /// answers them in claiming order, each saying whether its `SEEN` was written now.
     /// The limit is written into the text when it is prepared, not passed: with a parameter
     /// there, PostgreSQL's generic plan assumes a tenth of the runnable runs are wanted, finds
     /// itself costlier than a plan made for the value, and plans every execution afresh.
     pub(crate) const SQL: &'static str = claim_sql!(
         "__LIMIT__",
-        "
-first AS MATERIALIZED (SELECT id FROM c ORDER BY wake_at, id LIMIT 1),",
-        "
-      AND c.id = (SELECT id FROM first)",
+        "",
+        "",
         ",
-       NOT c.seen AND c.id <> (SELECT id FROM first) AS seen_owed",
+       NOT c.seen AS seen_written",
         ", NULL",
         "
 ORDER BY c.wake_at, c.id"
@@ -96,48 +94,43 @@ ORDER BY c.wake_at, c.id"
             };
             queued.push(Queued {
                 run,
-                seen_owed: row.bool("seen_owed")?,
+                seen_written: row.bool("seen_written")?,
             });
         }
         Ok((claimed, queued))
     }
 }
 
-/// The `SEEN` of a run [`ClaimMany`] claimed, written when its step starts.
+/// Deletes the `SEEN` a [`ClaimMany`] wrote for runs whose steps did not start before their
+/// batch ended (they are unlocked by its end, and claimed again later).
 #[derive(Debug)]
-pub(crate) struct Seen;
+pub(crate) struct Unseen;
 
-impl Seen {
-    /// `$1` root, `$2` run, `$3` message, `$4` handler, `$5` worker.
+impl Unseen {
+    /// `__RUNS__`: the runs, `__ROOTS__`: their roots (for the history's index), as `uuid[]`
+    /// literals.
     pub(crate) const SQL: &'static str = "
-INSERT INTO __S__.history (root_id, run_id, message_id, event, handler, worker)
-VALUES ($1, $2, $3, 'SEEN', $4, $5)";
+DELETE FROM __S__.history
+WHERE root_id = ANY (__ROOTS__) AND run_id = ANY (__RUNS__) AND event = 'SEEN'";
 
-    /// The insert as simple-query text (preparing it first, unless the cache has it), and
-    /// what it prepared, to record in the cache once the text ran.
-    pub(crate) fn simple_text(
-        run: &ClaimedRun,
-        c: &Claim<'_>,
+    /// The delete as simple-query text, ending in `; `, for `runs`; `None` if there are none.
+    pub(crate) fn simple_text<'r>(
         sql: &Sql,
-        cache: &StmtCache,
-    ) -> (String, Option<(Simple, String)>) {
-        let (name, prepared) = cache.simple_name(Simple::Seen);
-        let uuid = |u: Uuid| format!("'{u}'");
-        let mut text = String::new();
-        if !prepared {
-            text.push_str(&format!(
-                "PREPARE {name} (uuid, uuid, uuid, text, text) AS {}; ",
-                sql.text(StmtId::Seen)
-            ));
+        runs: impl Iterator<Item = &'r ClaimedRun>,
+    ) -> Option<String> {
+        let (mut ids, mut roots) = (Vec::new(), Vec::new());
+        for run in runs {
+            ids.push(format!("'{}'", run.id.as_uuid()));
+            roots.push(format!("'{}'", run.root_id.as_uuid()));
         }
-        text.push_str(&format!(
-            "EXECUTE {name}({}, {}, {}, {}, {}); ",
-            uuid(run.root_id.as_uuid()),
-            uuid(run.id.as_uuid()),
-            uuid(run.message_id.as_uuid()),
-            literal(c.handler),
-            literal(c.worker)
-        ));
-        (text, (!prepared).then_some((Simple::Seen, name)))
+        if ids.is_empty() {
+            return None;
+        }
+        let array = |items: Vec<String>| format!("ARRAY[{}]::uuid[]", items.join(", "));
+        let text = sql
+            .text(StmtId::Unseen)
+            .replace("__ROOTS__", &array(roots))
+            .replace("__RUNS__", &array(ids));
+        Some(format!("{}; ", text.trim()))
     }
 }

@@ -42,7 +42,7 @@ use crate::failure::Failure;
 
 pub(crate) use alive::{Heartbeat, Retire, RuntimeRow, Runtimes, Topology, TopologyRow};
 pub(crate) use chain::{ChainRow, ChainState, StopChain, Stopped};
-pub(crate) use claim_many::{ClaimMany, Queued, Seen};
+pub(crate) use claim_many::{ClaimMany, Queued, Unseen};
 pub(crate) use cols::{Cols, Literals, first_row, literal};
 pub(crate) use conclude::{Conclude, Concluded};
 pub(crate) use emit::{Emit, Emitted, Emitter, KeyedRoot, Register, Served};
@@ -120,8 +120,8 @@ statements! {
     Claim => Claim::SQL,
     /// [`ClaimMany`]
     ClaimMany => ClaimMany::SQL,
-    /// [`Seen`]
-    Seen => Seen::SQL,
+    /// [`Unseen`]
+    Unseen => Unseen::SQL,
     /// [`Emit`]
     Emit => Emit::SQL,
     /// [`LaunchOne`]
@@ -312,8 +312,6 @@ pub(crate) enum Simple {
     Launch,
     /// [`ClaimMany`]
     ClaimMany,
-    /// [`Seen`]
-    Seen,
 }
 
 impl Simple {
@@ -326,12 +324,11 @@ impl Simple {
             Simple::Release => "release",
             Simple::Launch => "launch",
             Simple::ClaimMany => "claim_many",
-            Simple::Seen => "seen",
         }
     }
 
     /// How many there are.
-    const COUNT: usize = 7;
+    const COUNT: usize = 6;
 }
 
 /// Numbers the statements this process prepares with SQL `PREPARE`: every preparation gets a

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use postgres::SimpleQueryMessage;
 
 use crate::error::Result;
-use crate::proto::{Claim, ClaimMany, Claimed, Queued, Savepoint, Seen, Simple, Sql, StmtCache};
+use crate::proto::{Claim, ClaimMany, Claimed, Queued, Savepoint, Simple, Sql, StmtCache, Unseen};
 
 /// Releases the finished step's savepoint (`proto::Savepoint`), so savepoints never nest.
 const RELEASE: &str = "RELEASE SAVEPOINT structured_cooperation_step; ";
@@ -37,6 +37,9 @@ pub(crate) struct Batch {
     event: Settle,
     /// Runs claimed (locked) in the open transaction, waiting for their steps.
     queue: VecDeque<Queued>,
+    /// The next step's savepoint was taken already, with the last finish (see
+    /// [`Batch::prime`]).
+    primed: bool,
 }
 
 /// One claim's round trip, as [`Batch::claim_trip`] planned it.
@@ -66,6 +69,42 @@ impl Batch {
             pending: 0,
             event: Settle::Nothing,
             queue: VecDeque::new(),
+            primed: false,
+        }
+    }
+
+    /// What to append to a finish's round trip: the next step's savepoint, when a run
+    /// waits in the batch and the next claim will not commit (so it will be that run's, and
+    /// take no round trip of its own). Call [`primed`](Self::primed) once the finish ran.
+    pub(crate) fn prime(&self) -> &'static str {
+        if !self.queue.is_empty() && self.pending + 1 < self.size {
+            concat!("; ", "SAVEPOINT structured_cooperation_step")
+        } else {
+            ""
+        }
+    }
+
+    /// The finish carrying [`prime`](Self::prime)'s text succeeded.
+    pub(crate) fn primed(&mut self, suffix: &str) {
+        self.primed = !suffix.is_empty();
+    }
+
+    /// `statement` (which ends the transaction, or begins with ending it), with the
+    /// `SEEN` of the runs still waiting deleted before its `COMMIT`: their steps did not
+    /// start (see `proto::Unseen`).
+    pub(crate) fn ending(&self, sql: &Sql, statement: &str) -> String {
+        let unseen = Unseen::simple_text(
+            sql,
+            self.queue
+                .iter()
+                .filter(|q| q.seen_written)
+                .map(|q| &*q.run),
+        );
+        match (unseen, statement.find("COMMIT")) {
+            (Some(delete), Some(at)) => {
+                format!("{}{delete}{}", &statement[..at], &statement[at..])
+            }
+            _ => statement.to_owned(),
         }
     }
 
@@ -94,25 +133,29 @@ impl Batch {
         prefix: &str,
         after: Option<bool>,
     ) -> ClaimTrip {
+        let mut prefix = std::borrow::Cow::Borrowed(prefix);
         if after == Some(true) {
-            // Committed runs were all stepped through; nothing is locked any more.
+            // The commit unlocks the runs still waiting (a claim of several may take more
+            // than the batch had room left for).
+            prefix = self.ending(sql, &prefix).into();
             self.queue.clear();
+            self.primed = false;
         }
         if let Some(next) = self.queue.pop_front() {
-            let mut text = String::from(prefix);
-            let mut prepares = None;
-            if next.seen_owed {
-                let (seen, prepared) = Seen::simple_text(&next.run, c, sql, cache);
-                text.push_str(&seen);
-                prepares = prepared;
-            }
-            text.push_str(Savepoint::SQL);
+            // Its savepoint came with the last finish, or comes now.
+            let text = if std::mem::take(&mut self.primed) {
+                prefix.into_owned()
+            } else {
+                format!("{prefix}{}", Savepoint::SQL)
+            };
             return ClaimTrip {
                 text,
                 kind: TripKind::Queued(next.run),
-                prepares,
+                prepares: None,
             };
         }
+        self.primed = false;
+        let prefix = &*prefix;
         // A claim of several takes a whole batch's worth even when fewer steps are left in
         // this one (its text is prepared once per session): those it does not reach are
         // unlocked, untouched, when the batch commits.
@@ -146,7 +189,7 @@ impl Batch {
             Ok(messages) => messages,
             Err(e) => {
                 // The transaction is lost: so are the locks on the runs waiting.
-                self.queue.clear();
+                self.unlocked();
                 return Err(e);
             }
         };
@@ -167,6 +210,7 @@ impl Batch {
     /// The transaction ended: the runs waiting in it are unlocked, and forgotten.
     pub(crate) fn unlocked(&mut self) {
         self.queue.clear();
+        self.primed = false;
     }
 
     /// Whether finished steps wait for the batch's commit: the attempt that just ended is
@@ -261,10 +305,10 @@ mod tests {
         versions: "v1",
     };
 
-    fn queued(seen_owed: bool) -> Queued {
+    fn queued(seen_written: bool) -> Queued {
         Queued {
             run: Box::new(claimed(RunView::default())),
-            seen_owed,
+            seen_written,
         }
     }
 
@@ -280,6 +324,7 @@ mod tests {
             trip.text
         );
         assert!(trip.text.contains("LIMIT 1\n"), "{}", trip.text);
+        assert_eq!(b.prime(), "");
     }
 
     #[test]
@@ -292,23 +337,27 @@ mod tests {
         assert!(trip.text.ends_with("SAVEPOINT structured_cooperation_step"));
         b.queue.extend([queued(true), queued(false)]);
 
-        // The next step's claim is the first run waiting: its SEEN, then its savepoint.
+        // The next step's claim is the first run waiting: only its savepoint.
         let (prefix, commits) = b.next_claim(true);
         let trip = b.claim_trip(&sql, &cache, &CLAIM, prefix, Some(commits));
         assert!(matches!(trip.kind, TripKind::Queued(_)));
-        assert!(
-            trip.text
-                .starts_with("RELEASE SAVEPOINT structured_cooperation_step; PREPARE sc_seen_")
+        assert_eq!(
+            trip.text,
+            "RELEASE SAVEPOINT structured_cooperation_step; SAVEPOINT structured_cooperation_step"
         );
-        assert!(trip.text.ends_with("SAVEPOINT structured_cooperation_step"));
         b.claimed(commits, true);
-        // A run seen before gets only its savepoint.
+        // A finish with a run waiting and room left takes the next savepoint itself; the
+        // claim that follows then needs no round trip.
+        let suffix = b.prime();
+        assert_eq!(suffix, "; SAVEPOINT structured_cooperation_step");
+        b.primed(suffix);
         let (prefix, commits) = b.next_claim(false);
         let trip = b.claim_trip(&sql, &cache, &CLAIM, prefix, Some(commits));
         assert!(matches!(trip.kind, TripKind::Queued(_)));
-        assert_eq!(trip.text, "SAVEPOINT structured_cooperation_step");
+        assert_eq!(trip.text, "");
         b.claimed(commits, true);
         // The batch has room for one more step: nothing waits, so one run is claimed.
+        assert_eq!(b.prime(), "");
         let (prefix, commits) = b.next_claim(false);
         let trip = b.claim_trip(&sql, &cache, &CLAIM, prefix, Some(commits));
         assert!(matches!(trip.kind, TripKind::One), "{trip:?}");
@@ -325,6 +374,33 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_ending_early_deletes_the_seen_of_runs_it_did_not_reach() {
+        let sql = Sql::new("s");
+        let mut b = Batch::new(8);
+        assert_eq!(b.ending(&sql, "COMMIT"), "COMMIT");
+        b.queue.extend([queued(true), queued(false)]);
+        let first = b.queue[0].run.id.as_uuid();
+        let commit = b.ending(&sql, "COMMIT");
+        assert!(commit.contains("DELETE FROM s.history"), "{commit}");
+        assert!(commit.contains(&format!("'{first}'")), "{commit}");
+        assert!(commit.ends_with("'SEEN'; COMMIT"), "{commit}");
+        // Only the run whose SEEN the claim wrote.
+        let second = b.queue[1].run.id.as_uuid();
+        assert!(!commit.contains(&format!("'{second}'")), "{commit}");
+        let partial = b.ending(
+            &sql,
+            "ROLLBACK TO SAVEPOINT structured_cooperation_step; COMMIT",
+        );
+        assert!(
+            partial.starts_with("ROLLBACK TO SAVEPOINT structured_cooperation_step; DELETE"),
+            "{partial}"
+        );
+        assert!(partial.ends_with("; COMMIT"), "{partial}");
+        // A rollback takes everything with it.
+        assert_eq!(b.ending(&sql, "ROLLBACK"), "ROLLBACK");
+    }
+
+    #[test]
     fn runs_waiting_are_forgotten_when_their_transaction_ends() {
         let (sql, cache) = (Sql::new("s"), StmtCache::default());
         let mut b = Batch::new(8);
@@ -332,10 +408,15 @@ mod tests {
         b.unlocked();
         let trip = b.claim_trip(&sql, &cache, &CLAIM, "BEGIN; ", None);
         assert!(matches!(trip.kind, TripKind::Many));
-        // A claim that commits first starts afresh too.
+        // A claim that commits first starts afresh too, deleting what the claim had seen.
         b.queue.extend([queued(true)]);
         let trip = b.claim_trip(&sql, &cache, &CLAIM, "COMMIT; BEGIN; ", Some(true));
         assert!(matches!(trip.kind, TripKind::Many));
+        assert!(
+            trip.text.starts_with("DELETE FROM s.history"),
+            "{}",
+            trip.text
+        );
         assert!(b.queue.is_empty());
     }
 

@@ -76,22 +76,29 @@ pub(crate) fn emit(
 }
 
 /// Persists a transition through the simple-query protocol after `prefix` (the release of
-/// the step's savepoint), in one round trip; with bound parameters (and the prefix on its
-/// own) when a parameter cannot travel in query text.
+/// the step's savepoint) and before `suffix` (a batch's next savepoint, see
+/// `Batch::prime`), in one round trip; with bound parameters (and the prefix and suffix on
+/// their own) when a parameter cannot travel in query text.
 pub(crate) fn finish(
     client: &mut impl GenericClient,
     sql: &Sql,
     cache: &mut StmtCache,
     f: &Finish<'_>,
     prefix: &str,
+    suffix: &str,
 ) -> Result<Applied> {
     let (name, prepared) = cache.simple_name(Simple::Finish);
-    let Some(text) = f.simple_text(sql, &name, prepared, prefix) else {
+    let Some(mut text) = f.simple_text(sql, &name, prepared, prefix) else {
         if !prefix.is_empty() {
             client.batch_execute(prefix)?;
         }
-        return run(client, sql, Some(cache), f);
+        let applied = run(client, sql, Some(cache), f)?;
+        if !suffix.is_empty() {
+            client.batch_execute(suffix.trim_start_matches("; "))?;
+        }
+        return Ok(applied);
     };
+    text.push_str(suffix);
     let messages = client.simple_query(&text)?;
     if !prepared {
         cache.prepared(Simple::Finish, name);

@@ -69,11 +69,14 @@ impl<'c> Session<'c> {
 
     /// Ends the server's transaction with `COMMIT` or `ROLLBACK`. Afterwards none is open,
     /// whatever the answer (a failed commit ends the transaction too).
-    pub(crate) fn end(&mut self, statement: &str) -> Result<Output> {
+    /// The `SEEN` of runs a batch claimed but did not reach are deleted first (see
+    /// [`Batch::ending`]).
+    pub(crate) fn end(&mut self, sql: &Sql, statement: &str) -> Result<Output> {
         self.open = false;
         self.savepoint = false;
+        let text = self.batch.ending(sql, statement);
         self.batch.unlocked();
-        self.tx().batch_execute(statement)?;
+        self.tx().batch_execute(&text)?;
         Ok(Output::Done)
     }
 
@@ -89,7 +92,12 @@ impl<'c> Session<'c> {
     ) -> Result<Output> {
         self.open = true;
         let trip = self.batch.claim_trip(sql, cache, c, prefix, after);
-        let answer = self.tx().simple_query(&trip.text).map_err(Error::from);
+        let answer = if trip.text.is_empty() {
+            // The run waiting next, its savepoint taken with the last finish.
+            Ok(Vec::new())
+        } else {
+            self.tx().simple_query(&trip.text).map_err(Error::from)
+        };
         let claimed = self.batch.claim_answer(c, trip, answer, cache);
         self.savepoint = claimed.is_ok();
         claimed.map(Output::Claimed)
@@ -111,10 +119,14 @@ impl<'c> Session<'c> {
         } else {
             ""
         };
-        let applied = exec::finish(self.tx(), sql, cache, f, prefix);
+        let suffix = self.batch.prime();
+        let applied = exec::finish(self.tx(), sql, cache, f, prefix, suffix);
         // It is released unless the release itself failed: the code left the transaction
         // aborted, and the savepoint is still there to roll back to.
         self.savepoint &= applied.as_ref().is_err_and(aborted_before);
+        if applied.is_ok() {
+            self.batch.primed(suffix);
+        }
         applied.map(Output::Applied)
     }
 

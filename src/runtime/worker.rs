@@ -254,7 +254,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     // A failure is owed to a run of the handler (its attempt lost its
                     // connection): commit without claiming, so that the next attempt starts
                     // afresh and records it before it could claim that run again.
-                    let out = self.session.end("COMMIT");
+                    let out = self.session.end(sql, "COMMIT");
                     self.session.batch.ended(out.is_ok(), false);
                     attempt.handle_output(out);
                 }
@@ -296,7 +296,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     attempt.handle_output(rolled_back.map(|()| Output::Done));
                 }
                 Io::Commit => {
-                    let out = self.session.end("COMMIT");
+                    let out = self.session.end(sql, "COMMIT");
                     self.session.batch.ended(out.is_ok(), false);
                     attempt.handle_output(out);
                 }
@@ -317,7 +317,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 Io::Rollback => {
                     // With finished steps in the transaction, only the attempt's own part.
                     let text = self.session.batch.rollback_text(self.session.savepoint);
-                    let out = self.session.end(text);
+                    let out = self.session.end(sql, text);
                     if out.is_err() {
                         // The rollback to the savepoint may have failed before its commit.
                         self.session.open = true;
@@ -330,7 +330,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     // dropping it would (with any finished steps of the batch in it). A
                     // commit that claimed the next run keeps its own.
                     if self.session.open && report.next_claim.is_none() {
-                        let _ = self.session.end("ROLLBACK");
+                        let _ = self.session.end(sql, "ROLLBACK");
                         self.session.batch.ended(true, true);
                     }
                     return report;

@@ -89,17 +89,25 @@ pub(crate) async fn finish<C>(
     cache: &mut StmtCache,
     f: &Finish<'_>,
     prefix: &str,
+    suffix: &str,
 ) -> Result<Applied>
 where
     C: GenericClient + Sync,
 {
     let (name, prepared) = cache.simple_name(Simple::Finish);
-    let Some(text) = f.simple_text(sql, &name, prepared, prefix) else {
+    let Some(mut text) = f.simple_text(sql, &name, prepared, prefix) else {
         if !prefix.is_empty() {
             client.batch_execute(prefix).await?;
         }
-        return run(client, sql, Some(cache), f).await;
+        let applied = run(client, sql, Some(cache), f).await?;
+        if !suffix.is_empty() {
+            client
+                .batch_execute(suffix.trim_start_matches("; "))
+                .await?;
+        }
+        return Ok(applied);
     };
+    text.push_str(suffix);
     let messages = client.simple_query(&text).await?;
     if !prepared {
         cache.prepared(Simple::Finish, name);

@@ -30,11 +30,12 @@ impl<'c> Session<'c> {
     }
 
     /// Ends the server's transaction (`COMMIT` or `ROLLBACK`).
-    pub(super) async fn end(&mut self, statement: &str) -> Result<Output> {
+    pub(super) async fn end(&mut self, sql: &Sql, statement: &str) -> Result<Output> {
         self.open = false;
         self.savepoint = false;
+        let text = self.batch.ending(sql, statement);
         self.batch.unlocked();
-        self.tx().batch_execute(statement).await?;
+        self.tx().batch_execute(&text).await?;
         Ok(Output::Done)
     }
 
@@ -50,11 +51,15 @@ impl<'c> Session<'c> {
     ) -> Result<Output> {
         self.open = true;
         let trip = self.batch.claim_trip(sql, cache, c, prefix, after);
-        let answer = self
-            .tx()
-            .simple_query(&trip.text)
-            .await
-            .map_err(Error::from);
+        let answer = if trip.text.is_empty() {
+            // The run waiting next, its savepoint taken with the last finish.
+            Ok(Vec::new())
+        } else {
+            self.tx()
+                .simple_query(&trip.text)
+                .await
+                .map_err(Error::from)
+        };
         let claimed = self.batch.claim_answer(c, trip, answer, cache);
         self.savepoint = claimed.is_ok();
         claimed.map(Output::Claimed)
@@ -73,8 +78,12 @@ impl<'c> Session<'c> {
         } else {
             ""
         };
-        let applied = exec::finish(self.tx(), sql, cache, f, prefix).await;
+        let suffix = self.batch.prime();
+        let applied = exec::finish(self.tx(), sql, cache, f, prefix, suffix).await;
         self.savepoint &= applied.as_ref().is_err_and(aborted_before);
+        if applied.is_ok() {
+            self.batch.primed(suffix);
+        }
         applied.map(Output::Applied)
     }
 

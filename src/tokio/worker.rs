@@ -381,7 +381,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     // A failure is owed to a run of the handler (its attempt lost its
                     // connection): commit without claiming, so that the next attempt starts
                     // afresh and records it before it could claim that run again.
-                    let out = self.session.end("COMMIT").await;
+                    let out = self.session.end(sql, "COMMIT").await;
                     self.session.batch.ended(out.is_ok(), false);
                     attempt.handle_output(out);
                 }
@@ -429,7 +429,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                     attempt.handle_output(rolled_back.map(|()| Output::Done));
                 }
                 Io::Commit => {
-                    let out = self.session.end("COMMIT").await;
+                    let out = self.session.end(sql, "COMMIT").await;
                     self.session.batch.ended(out.is_ok(), false);
                     attempt.handle_output(out);
                 }
@@ -450,7 +450,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 Io::Rollback => {
                     // With finished steps in the transaction, only the attempt's own part.
                     let text = self.session.batch.rollback_text(self.session.savepoint);
-                    let out = self.session.end(text).await;
+                    let out = self.session.end(sql, text).await;
                     if out.is_err() {
                         self.session.open = true;
                     }
@@ -459,7 +459,7 @@ impl<'e: 'c, 'c> Driver<'e, '_, 'c> {
                 }
                 Io::Done(report) => {
                     if self.session.open && report.next_claim.is_none() {
-                        let _ = self.session.end("ROLLBACK").await;
+                        let _ = self.session.end(sql, "ROLLBACK").await;
                         self.session.batch.ended(true, true);
                     }
                     return Ok(report);
