@@ -1,9 +1,11 @@
 //! Steps per commit (opt-in, `steps_per_commit`): a worker draining one handler runs up to
-//! K steps (of different runs, or of one run) in one transaction, each after its own claim
-//! and under its own savepoint, and commits once. This decides, for both editions' drivers,
-//! what ends an attempt's part of the transaction and when the batch really commits; the
-//! drivers hold the reports of attempts whose writes wait for that commit and settle them
-//! after it (or drop them, if the batch was rolled back: their runs are simply retried).
+//! K steps (of different runs, or of one run) in one transaction, each under its own
+//! savepoint, and commits once. This decides, for both editions' drivers, how the batch's
+//! runs are claimed (several at once, then stepped through: [`Batch::claim_trip`]), what
+//! ends an attempt's part of the transaction and when the batch really commits (deleting the
+//! `SEEN` of claimed runs it did not reach: [`Batch::ending`]); the drivers hold the reports
+//! of attempts whose writes wait for that commit and settle them after it (or drop them, if
+//! the batch was rolled back: their runs are simply retried).
 
 use std::collections::VecDeque;
 
@@ -78,7 +80,7 @@ impl Batch {
     /// take no round trip of its own). Call [`primed`](Self::primed) once the finish ran.
     pub(crate) fn prime(&self) -> &'static str {
         if !self.queue.is_empty() && self.pending + 1 < self.size {
-            concat!("; ", "SAVEPOINT structured_cooperation_step")
+            "; SAVEPOINT structured_cooperation_step"
         } else {
             ""
         }
@@ -122,7 +124,7 @@ impl Batch {
 
     /// Plans the round trip that claims the next run after `prefix` (see `after` at
     /// [`room`](Self::room)): with one step per commit, [`Claim`]; in a batch, the next
-    /// run claimed already (only its savepoint, and its `SEEN` if owed, are sent), or a
+    /// run claimed already (only its savepoint is sent, unless the last finish took it), or a
     /// [`ClaimMany`] of as many runs as the batch has room for. Answer with
     /// [`claim_answer`](Self::claim_answer).
     pub(crate) fn claim_trip(
