@@ -7,6 +7,7 @@
 //! of attempts whose writes wait for that commit and settle them after it (or drop them, if
 //! the batch was rolled back: their runs are simply retried).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use postgres::SimpleQueryMessage;
@@ -94,7 +95,7 @@ impl Batch {
     /// `statement` (which ends the transaction, or begins with ending it), with the
     /// `SEEN` of the runs still waiting deleted before its `COMMIT`: their steps did not
     /// start (see `proto::Unseen`).
-    pub(crate) fn ending(&self, sql: &Sql, statement: &str) -> String {
+    pub(crate) fn ending<'s>(&self, sql: &Sql, statement: &'s str) -> Cow<'s, str> {
         let unseen = Unseen::simple_text(
             sql,
             self.queue
@@ -104,9 +105,9 @@ impl Batch {
         );
         match (unseen, statement.find("COMMIT")) {
             (Some(delete), Some(at)) => {
-                format!("{}{delete}{}", &statement[..at], &statement[at..])
+                format!("{}{delete}{}", &statement[..at], &statement[at..]).into()
             }
-            _ => statement.to_owned(),
+            _ => Cow::Borrowed(statement),
         }
     }
 
@@ -135,14 +136,15 @@ impl Batch {
         prefix: &str,
         after: Option<bool>,
     ) -> ClaimTrip {
-        let mut prefix = std::borrow::Cow::Borrowed(prefix);
-        if after == Some(true) {
+        let prefix = if after == Some(true) {
             // The commit unlocks the runs still waiting (a claim of several may take more
             // than the batch had room left for).
-            prefix = self.ending(sql, &prefix).into();
-            self.queue.clear();
-            self.primed = false;
-        }
+            let prefix = self.ending(sql, prefix);
+            self.unlocked();
+            prefix
+        } else {
+            Cow::Borrowed(prefix)
+        };
         if let Some(next) = self.queue.pop_front() {
             // Its savepoint came with the last finish, or comes now.
             let text = if std::mem::take(&mut self.primed) {
