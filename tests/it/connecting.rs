@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use structured_cooperation::{Client, Error, Runtime, Saga, StepContext, StepResult};
 
-use crate::util::{TestDb, WAIT, database_url};
+use crate::util::{Gate, TestDb, WAIT, database_url, eventually};
 
 /// `url` with its user and database replaced (a `postgres://user@host:port/db` URL).
 fn with(url: &str, user: &str, database: &str) -> String {
@@ -206,25 +206,44 @@ fn a_worker_without_a_connection_does_not_hold_its_handler_up() {
     let squatters: Vec<_> = (0..2)
         .map(|_| postgres::Client::connect(&url, postgres::NoTls).unwrap())
         .collect();
+    // The first run is held at a gate, so its worker (the one with a connection) stays busy
+    // and the handler's next claim must go to the worker that cannot connect; without it,
+    // the connected worker could drain every run before the other is ever asked.
+    let gate = Gate::default();
+    let held = gate.clone();
+    let saga = Saga::builder("held-first")
+        .step(
+            move |_: &mut StepContext<'_>, payload: &Value| -> StepResult {
+                if payload["i"] == 0 {
+                    held.pass();
+                }
+                Ok(())
+            },
+        )
+        .build()
+        .unwrap();
     let runtime = Runtime::builder(&url)
         .schema(&schema)
         .workers(2)
         .connect_timeout(Duration::from_secs(60))
-        .subscribe("t", noop())
+        .subscribe("t", saga)
         .start()
         .unwrap();
     let launcher = limited.db.client();
     let started = Instant::now();
-    let roots: Vec<_> = (0..20)
+    let first = launcher.launch("t", &json!({ "i": 0 })).unwrap();
+    gate.wait_for_waiting(1);
+    let mut roots: Vec<_> = (1..20)
         .map(|i| launcher.launch("t", &json!({ "i": i })).unwrap())
         .collect();
+    eventually("a worker to fail to connect", || {
+        runtime.stats().infra_errors > 0
+    });
+    gate.open();
+    roots.push(first);
     for root in roots {
         assert!(launcher.wait_for(root, WAIT).unwrap().is_committed());
     }
-    assert!(
-        runtime.stats().infra_errors > 0,
-        "no worker went without a connection"
-    );
     // Were the handler held for the connect timeout by the worker that cannot connect, this
     // would take a minute per attempt.
     assert!(
