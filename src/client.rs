@@ -13,12 +13,12 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result, from_r2d2};
+use crate::error::{Error, Result};
 use crate::ids::{MessageId, RootId};
 use crate::inspect::{HistoryEvent, Message, RootRun, RunInfo, TreeOutcome, TroubledRun};
 use crate::migrate;
 pub(crate) use crate::pool::build_pool;
-use crate::pool::{ConnectionManager, Pool};
+use crate::pool::{self, ConnectionManager, Pool};
 use crate::proto::{self, Sql};
 use crate::runtime::exec;
 use crate::validate;
@@ -359,7 +359,7 @@ impl Client {
     }
 
     pub(crate) fn conn(&self) -> Result<r2d2::PooledConnection<ConnectionManager>> {
-        self.inner.pool.get().map_err(from_r2d2)
+        pool::checked_out(&self.inner.pool, None)
     }
 
     /// A pooled connection, waiting at most `wait` (a worker that cannot get one gives its
@@ -368,7 +368,7 @@ impl Client {
         &self,
         wait: Duration,
     ) -> Result<r2d2::PooledConnection<ConnectionManager>> {
-        self.inner.pool.get_timeout(wait).map_err(from_r2d2)
+        pool::checked_out(&self.inner.pool, Some(wait))
     }
 
     /// Runs one statement on a pooled connection, outside any transaction.

@@ -1,10 +1,13 @@
 //! The blocking edition's connection pool: r2d2 over a manager that connects with the URL's
 //! TLS settings and keeps PostgreSQL's reason in its errors.
 
-use std::time::Duration;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use r2d2::PooledConnection;
 
 use crate::connect::{Target, Tls, first_connection};
-use crate::error::{Error, Result, with_sources};
+use crate::error::{Error, Result, from_r2d2, with_sources};
 
 /// The connection pool type the engine uses (and accepts).
 pub type Pool = r2d2::Pool<ConnectionManager>;
@@ -84,11 +87,92 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 
     fn is_valid(&self, conn: &mut postgres::Client) -> std::result::Result<(), ConnectError> {
+        if TESTED_BY_CALLER.get() {
+            return Ok(());
+        }
         conn.simple_query("").map(drop).map_err(ConnectError)
     }
 
     fn has_broken(&self, conn: &mut postgres::Client) -> bool {
         conn.is_closed()
+    }
+}
+
+thread_local! {
+    /// Set while [`checked_out`] takes a connection from the pool: it tests the connection
+    /// itself, and only when it has sat unused for a while, so the pool's test on checkout
+    /// (a round trip) is skipped for it. Every other checkout (the application's own, through
+    /// `Client::pool`) is tested as r2d2 is configured to.
+    static TESTED_BY_CALLER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How long a connection the library took last may sit in the pool and still be handed out
+/// untested. A server restart takes longer than this, so a connection it broke has always
+/// sat for longer and is tested (and replaced); a connection killed on its own within this
+/// window fails its next operation once (with a transient error), and is then dropped from the
+/// pool. Back-to-back operations (one launch after another) save the round trip of the test,
+/// about a seventh of a launch.
+const TRUSTED_IDLE: Duration = Duration::from_millis(100);
+
+/// When the library last took the connection (kept in its r2d2 extensions).
+struct LastTaken(Instant);
+
+/// Resets [`TESTED_BY_CALLER`] even if the pool panics.
+struct CallerTests;
+
+impl CallerTests {
+    fn set() -> CallerTests {
+        TESTED_BY_CALLER.set(true);
+        CallerTests
+    }
+}
+
+impl Drop for CallerTests {
+    fn drop(&mut self) {
+        TESTED_BY_CALLER.set(false);
+    }
+}
+
+/// A connection from `pool` for the library's own operations, waiting at most `wait` (the
+/// pool's connection timeout if `None`). It is tested with a round trip only if the library
+/// has not taken it in the last [`TRUSTED_IDLE`] (or never has); one that fails the test is
+/// closed, so the pool drops it, and another is taken.
+pub(crate) fn checked_out(
+    pool: &Pool,
+    wait: Option<Duration>,
+) -> Result<PooledConnection<ConnectionManager>> {
+    // Each failed test closes a connection for good, so this ends; the bound only guards
+    // against a manager whose `has_broken` keeps a closed connection.
+    let mut attempts = pool.max_size() + 1;
+    loop {
+        let mut conn = {
+            let _tests = CallerTests::set();
+            match wait {
+                Some(wait) => pool.get_timeout(wait),
+                None => pool.get(),
+            }
+            .map_err(from_r2d2)?
+        };
+        let now = Instant::now();
+        let recent = PooledConnection::extensions(&conn)
+            .get::<LastTaken>()
+            .is_some_and(|t| now.duration_since(t.0) < TRUSTED_IDLE);
+        let tested = if recent {
+            Ok(())
+        } else {
+            conn.simple_query("").map(drop)
+        };
+        match tested {
+            Ok(()) => {
+                PooledConnection::extensions_mut(&mut conn).insert(LastTaken(now));
+                return Ok(conn);
+            }
+            Err(e) if attempts <= 1 => return Err(e.into()),
+            Err(e) => {
+                log::debug!("a pooled connection failed its test ({e}); taking another");
+                attempts -= 1;
+            }
+        }
     }
 }
 

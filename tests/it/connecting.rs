@@ -194,6 +194,50 @@ fn a_roles_connection_limit_is_checked_and_pool_errors_keep_the_reason() {
     drop(held);
 }
 
+/// Terminates every connection of `role` and waits until their backends have exited (so
+/// the server has closed their sockets).
+fn kill_connections(db: &mut TestDb, role: &str) {
+    let killed = db.query_i64(&format!(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE usename = '{role}'"
+    ));
+    assert!(killed > 0, "the client had no connection to kill");
+    eventually("the killed backends to exit", || {
+        db.query_i64(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'"
+        )) == 0
+    });
+}
+
+#[test]
+fn a_pooled_connection_the_server_closed_is_replaced_before_use() {
+    // The library tests a pooled connection only when it has sat unused for a while (100 ms);
+    // the application's own checkouts are always tested. Either way a connection the server
+    // closed while it sat in the pool (a restart, a terminated backend) is replaced, not used.
+    let mut limited = LimitedRole::new("closed_in_pool", 10);
+    let (url, role) = (limited.url(), limited.role.clone());
+    let client = Client::builder(&url)
+        .schema(&limited.db.schema)
+        .pool_size(2)
+        .connect()
+        .unwrap();
+    client.register_handler("t", "h").unwrap();
+    client.launch("t", &json!({})).unwrap();
+    kill_connections(&mut limited.db, &role);
+    // What is under test is time passing: a connection unused for longer than the trusted
+    // window is tested before the launch gets it.
+    std::thread::sleep(Duration::from_millis(150));
+    client.launch("t", &json!({})).unwrap();
+
+    // The application's checkout right after the kill: tested however recently it was used.
+    kill_connections(&mut limited.db, &role);
+    let mut conn = client.pool().get().unwrap();
+    let one: i32 = conn.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+    drop(conn);
+    client.launch("t", &json!({})).unwrap();
+}
+
 #[test]
 fn a_worker_without_a_connection_does_not_hold_its_handler_up() {
     // Four connections for the role, as many as the runtime keeps (two workers, the
