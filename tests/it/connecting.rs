@@ -223,10 +223,14 @@ fn a_pooled_connection_the_server_closed_is_replaced_before_use() {
         .unwrap();
     client.register_handler("t", "h").unwrap();
     client.launch("t", &json!({})).unwrap();
+    let used = Instant::now();
     kill_connections(&mut limited.db, &role);
-    // What is under test is time passing: a connection unused for longer than the trusted
-    // window is tested before the launch gets it.
-    std::thread::sleep(Duration::from_millis(150));
+    // A connection unused for longer than the trusted window is tested before the launch
+    // gets it.
+    eventually(
+        "the connection to sit unused past the trusted window",
+        || used.elapsed() > Duration::from_millis(150),
+    );
     client.launch("t", &json!({})).unwrap();
 
     // The application's checkout right after the kill: tested however recently it was used.
