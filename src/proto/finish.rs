@@ -134,8 +134,11 @@ checked AS MATERIALIZED (
 ),
 run AS (
     UPDATE __S__.runs SET
-        status = $2, step_index = $3, step_iteration = $4, instances = $5,
-        pending_children = $6, failed_children = 0,
+        -- Cast: `status` and `pending_children` are domains (migration 11), and a bound
+        -- parameter assigned to one would be typed as the domain, which the driver does not
+        -- encode from a string or an integer.
+        status = $2::text, step_index = $3, step_iteration = $4, instances = $5,
+        pending_children = $6::int4, failed_children = 0,
         failure = coalesce($7::text::jsonb, failure),
         rollback_failure = coalesce($8::text::jsonb, rollback_failure),
         cfh_iteration = $9, rollback_cursor = $10, waited_instance = $11,

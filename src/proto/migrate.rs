@@ -56,6 +56,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "history_without_key",
         include_str!("../../migrations/0010_history_without_key.sql"),
     ),
+    (
+        11,
+        "checks_as_domains",
+        include_str!("../../migrations/0011_checks_as_domains.sql"),
+    ),
 ];
 
 /// The highest migration version this library ships.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use structured_cooperation::{Client, Error, Runtime, Saga, StepResult};
 
-use crate::util::{TestDb, database_url};
+use crate::util::{TestDb, WAIT, database_url};
 
 fn saga() -> Saga {
     Saga::builder("h")
@@ -187,4 +187,81 @@ fn run_ids_are_time_ordered_uuid_v7() {
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(sorted.len(), ids.len());
+}
+
+/// Migration 11 on a schema that already holds runs and history: it puts the schema back as
+/// migration 10 left it (text columns with CHECK constraints, no domains), with the engine's
+/// rows in it, then migrates again. The rows stay, the engine goes on, and what the CHECK
+/// constraints refused the domains refuse.
+#[test]
+fn checks_become_domains_on_a_populated_schema() {
+    let mut db = TestDb::new("checks_to_domains");
+    let s = db.schema.clone();
+    let runtime = db.runtime().subscribe("t", saga()).start().unwrap();
+    let done = runtime.launch("t", &serde_json::json!({})).unwrap();
+    assert!(runtime.wait_for(done, WAIT).unwrap().is_committed());
+    runtime.shutdown().unwrap();
+    db.exec(&format!(
+        "SET search_path TO {s};
+         ALTER TABLE runs ALTER COLUMN status TYPE text, ALTER COLUMN pending_children TYPE integer,
+             ADD CONSTRAINT runs_status_check CHECK (status IN ('active', 'rolling_back',
+                 'committed', 'rolled_back', 'rollback_failed')),
+             ADD CONSTRAINT runs_pending_children_check CHECK (pending_children >= 0);
+         ALTER TABLE history ALTER COLUMN event TYPE text,
+             ADD CONSTRAINT history_event_check CHECK (event IN ('EMITTED', 'SEEN', 'SUSPENDED',
+                 'COMMITTED', 'ROLLING_BACK', 'ROLLBACK_EMITTED', 'ROLLED_BACK', 'ROLLBACK_FAILED',
+                 'CANCELLATION_REQUESTED', 'RETRYING', 'UNHANDLED', 'MIGRATED'));
+         ALTER TABLE step_instances ALTER COLUMN kind TYPE text,
+             ADD CONSTRAINT step_instances_kind_check
+                 CHECK (kind IN ('step', 'child_failures', 'compensation'));
+         DROP DOMAIN run_status; DROP DOMAIN child_count; DROP DOMAIN history_event;
+         DROP DOMAIN instance_kind;
+         DELETE FROM schema_migrations WHERE version = 11;
+         RESET search_path;"
+    ));
+    let client = db.client();
+    assert_eq!(
+        client.migrate().unwrap(),
+        Vec::<i32>::new(),
+        "migrated at connect"
+    );
+    assert_eq!(
+        db.query_i64(&format!(
+            "SELECT count(*) FROM {s}.schema_migrations WHERE version = 11"
+        )),
+        1
+    );
+    assert_eq!(
+        db.query_i64(&format!(
+            "SELECT count(*) FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
+             JOIN pg_namespace n ON n.oid = t.relnamespace \
+             WHERE n.nspname = '{s}' AND c.contype = 'c' \
+               AND t.relname IN ('runs', 'history', 'step_instances')"
+        )),
+        0,
+        "no CHECK constraint is left on the tables every step writes"
+    );
+    // The rows from before are there, and the engine goes on.
+    assert!(client.wait_for(done, WAIT).unwrap().is_committed());
+    let runtime = db.runtime().subscribe("t", saga()).start().unwrap();
+    let after = runtime.launch("t", &serde_json::json!({})).unwrap();
+    assert!(runtime.wait_for(after, WAIT).unwrap().is_committed());
+    runtime.shutdown().unwrap();
+    // What the CHECK constraints refused is refused still.
+    let admin = db.admin();
+    for bad in [
+        format!("UPDATE {s}.runs SET status = 'lost'"),
+        format!("UPDATE {s}.runs SET pending_children = -1"),
+        format!("UPDATE {s}.history SET event = 'LOST'"),
+        format!("UPDATE {s}.step_instances SET kind = 'lost'"),
+    ] {
+        let e = admin.batch_execute(&bad).unwrap_err();
+        let reason = e.as_db_error().map(|d| d.message().to_owned());
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.contains("violates check constraint")),
+            "{bad}: {e:?}"
+        );
+    }
 }
