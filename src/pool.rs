@@ -106,13 +106,14 @@ thread_local! {
     static TESTED_BY_CALLER: Cell<bool> = const { Cell::new(false) };
 }
 
-/// How long a connection the library took last may sit in the pool and still be handed out
-/// untested. A server restart takes longer than this, so a connection it broke has always
-/// sat for longer and is tested (and replaced); a connection killed on its own within this
-/// window fails its next operation once (with a transient error), and is then dropped from the
-/// pool. Back-to-back operations (one launch after another) save the round trip of the test,
-/// about a seventh of a launch.
-const TRUSTED_IDLE: Duration = Duration::from_millis(100);
+/// How long after the library last took a connection it may take it again untested: long
+/// enough for one operation (a launch takes well under a millisecond), so back-to-back
+/// operations save the test's round trip (about a seventh of a launch), and short enough
+/// that a connection which sat idle in the pool (where a server restart, an idle timeout or
+/// a terminated backend would find it) is tested and, if the server closed it, replaced.
+/// A connection killed within this window fails the one operation that gets it, with a
+/// transient error, and is then dropped from the pool (as one killed mid-operation does).
+const TRUSTED_IDLE: Duration = Duration::from_millis(5);
 
 /// When the library last took the connection (kept in its r2d2 extensions).
 struct LastTaken(Instant);
